@@ -1,0 +1,1 @@
+//! Base XML -> domain XML.
