@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod ceph;
+pub mod crdgen;
 pub mod domain_xml;
 pub mod libvirt;

@@ -1,0 +1,362 @@
+//! The `VirtualMachine` custom resource (short name `svm`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A SEAPATH virtual machine: its disks live in Ceph RBD (one RBD group named like the VM,
+/// images `system_NAME` and `data_NAME_<i>`), it runs under libvirt on one hypervisor, and
+/// its status reports what Ceph and libvirt really show.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "seapath.lfenergy.org",
+    version = "v1alpha1",
+    kind = "VirtualMachine",
+    namespaced,
+    shortname = "svm",
+    status = "VirtualMachineStatus",
+    derive = "PartialEq",
+    doc = "A SEAPATH virtual machine: RBD disks in Ceph, a libvirt domain on one hypervisor, and a status computed from what both report.",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "SEAPATH status, from observed Ceph and libvirt state"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.node", description = "Hypervisor the VM is placed on"),
+    printcolumn(name = "Desired", type_ = "string", json_path = ".spec.state", description = "Desired state"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]+$')").message("a VirtualMachine name may contain only lowercase letters and digits (SEAPATH names the RBD group and images after it and allows only [a-zA-Z0-9]; Kubernetes allows only lowercase)"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("a VirtualMachine name may be at most 40 characters long (it names the RBD images data_NAME_<i>)"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineSpec {
+    /// Desired state: `Started` (run it), `Stopped` (enabled on the cluster but shut down) or
+    /// `Disabled` (no domain defined anywhere; disks kept). Changing it never touches the disks.
+    #[serde(default)]
+    pub state: DesiredState,
+
+    /// The base libvirt domain XML. The operator replaces `<name>`, keeps a non-empty `<uuid>`
+    /// (or generates one) and appends one RBD network disk per image. Immutable: to change the
+    /// XML, clone the VM (SEAPATH rule).
+    #[schemars(length(min = 1, max = 262144))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.xml is immutable: SEAPATH VMs change their configuration by cloning; create a new VirtualMachine with spec.systemDisk.source.vm"))]
+    pub xml: String,
+
+    /// The system disk (RBD image `system_NAME`).
+    pub system_disk: Disk,
+
+    /// Additional disks (RBD images `data_NAME_0`, `data_NAME_1`, ...), attached in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub data_disks: Vec<Disk>,
+
+    /// User metadata stored as RBD image metadata on the system image, as SEAPATH's
+    /// vm_manager does. Keys: letters and digits only; `xml` is reserved. Immutable.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.metadata is immutable: SEAPATH VMs change their metadata by cloning"))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-zA-Z0-9]+$') && size(k) <= 63 && k != 'xml')").message("metadata keys may contain only letters and digits (at most 63) and may not be the reserved key 'xml'"))]
+    pub metadata: BTreeMap<String, String>,
+
+    /// Where the VM may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+
+    /// Seconds a graceful shutdown may take before the domain is destroyed.
+    #[serde(default = "default_stop_timeout_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stop_timeout_seconds: i32,
+
+    /// What happens to the RBD data when this object is deleted: `Delete` removes the
+    /// snapshots, images and group; `Retain` keeps them (reported in an Event).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+fn default_stop_timeout_seconds() -> i32 {
+    60
+}
+
+/// Desired run state of a VM.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DesiredState {
+    /// Defined on a hypervisor and running.
+    #[default]
+    Started,
+    /// Enabled on the cluster, shut down.
+    Stopped,
+    /// Not defined on any hypervisor; the disks stay.
+    Disabled,
+}
+
+/// What happens to RBD data when the resource is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Remove snapshots, images and the RBD group.
+    #[default]
+    Delete,
+    /// Keep everything in RBD.
+    Retain,
+}
+
+/// One disk of the VM.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.source.blank) || has(self.size)").message("a blank disk needs a size"))]
+pub struct Disk {
+    /// Where the disk's content comes from. Exactly one source.
+    pub source: DiskSource,
+    /// Size of the RBD image (Kubernetes quantity, e.g. `10Gi`). When larger than the source,
+    /// the image is grown; it is never shrunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(Ki|Mi|Gi|Ti)?$')").message("size must be a whole number of bytes or use Ki, Mi, Gi or Ti, e.g. 10Gi"))]
+    #[schemars(length(max = 32))]
+    pub size: Option<String>,
+    /// Disk bus in the guest.
+    #[serde(default)]
+    pub bus: DiskBus,
+}
+
+/// Guest bus of a disk.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBus {
+    #[default]
+    Virtio,
+    Scsi,
+    Sata,
+    Ide,
+}
+
+/// Where a disk comes from. Exactly one field is set.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.http), has(self.path), has(self.rbd), has(self.vm), has(self.golden), has(self.blank)].filter(x, x).size() == 1").message("a disk source needs exactly one of http, path, rbd, vm, golden or blank"))]
+pub struct DiskSource {
+    /// A qcow2 or raw image downloaded over HTTP(S) and streamed into RBD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSource>,
+    /// A qcow2 or raw image at a path readable by the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathSource>,
+    /// An existing RBD image, copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbd: Option<RbdSource>,
+    /// The same disk of another VirtualMachine in this namespace (SEAPATH clone: a deep copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmSource>,
+    /// A golden image snapshot, cloned copy-on-write (RBD layered clone; near-instant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub golden: Option<GoldenSource>,
+    /// An empty disk of `size` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blank: Option<BlankSource>,
+}
+
+/// Image file format.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+/// An image served over HTTP(S).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSource {
+    /// `http://` or `https://` URL of the image.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("url must start with http:// or https://"))]
+    pub url: String,
+    /// Format of the file.
+    #[serde(default)]
+    pub format: ImageFormat,
+}
+
+/// An image file readable by the controller.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PathSource {
+    /// Absolute path of the image file.
+    #[schemars(length(max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must be absolute"))]
+    pub path: String,
+    /// Format of the file.
+    #[serde(default)]
+    pub format: ImageFormat,
+}
+
+/// An existing RBD image.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RbdSource {
+    /// Pool of the image; the operator's pool when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub pool: Option<String>,
+    /// RBD namespace of the image; the VM's own RBD namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub namespace: Option<String>,
+    /// Image name.
+    #[schemars(length(min = 1, max = 128))]
+    pub image: String,
+}
+
+/// Another VirtualMachine of the same namespace to clone from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VmSource {
+    /// Name of the source VirtualMachine.
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Clone from this snapshot of the source instead of its current content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub snapshot: Option<String>,
+}
+
+/// A protected snapshot of a golden image.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GoldenSource {
+    /// Pool of the golden image; the operator's pool when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub pool: Option<String>,
+    /// RBD namespace of the golden image; the default namespace when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub namespace: Option<String>,
+    /// Golden image name.
+    #[schemars(length(min = 1, max = 128))]
+    pub image: String,
+    /// Snapshot of the golden image to clone.
+    #[schemars(length(min = 1, max = 128))]
+    pub snapshot: String,
+}
+
+/// An empty disk.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct BlankSource {}
+
+/// Where a VM may run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.pinnedNode) && has(self.preferredNode))").message("set pinnedNode or preferredNode, not both"))]
+pub struct Placement {
+    /// Run only on this hypervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub pinned_node: Option<String>,
+    /// Run on this hypervisor when it is Ready, elsewhere otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub preferred_node: Option<String>,
+    /// Higher priority VMs are placed first.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub priority: i32,
+}
+
+/// Observed SEAPATH status of a VM.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// No RBD group exists for the VM yet.
+    Undefined,
+    /// The disks exist; the VM is not enabled on any hypervisor.
+    Disabled,
+    /// Enabled; a start is under way.
+    Starting,
+    /// Enabled and running (not necessarily booted).
+    Started,
+    /// Enabled; a shutdown is under way.
+    Stopping,
+    /// Enabled and shut off.
+    Stopped,
+    /// Enabled but failed to start, or crashed too often.
+    Failed,
+}
+
+/// Observed state of a VirtualMachine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualMachineStatus {
+    /// SEAPATH status computed from what Ceph and libvirt report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, StorageReady, Scheduled, Reconciling, Stalled, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Hypervisor the VM is placed on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// UUID of the libvirt domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_uuid: Option<String>,
+    /// Where the VM's data lives in Ceph.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+    /// Progress of a disk import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportProgress>,
+    /// Restarts after guest crashes and the back-off in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<RestartStatus>,
+}
+
+/// Where a VM's data lives in Ceph.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    pub pool: String,
+    /// RBD namespace ("" is the default namespace).
+    pub namespace: String,
+    /// RBD group (named like the VM).
+    pub group: String,
+    /// Images of the VM, system disk first.
+    pub images: Vec<ImageStatus>,
+}
+
+/// One RBD image of a VM.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageStatus {
+    pub name: String,
+    pub size_bytes: i64,
+    /// Parent `pool/namespace/image@snapshot` of a layered clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// Progress of a disk import.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportProgress {
+    /// Image being written.
+    pub image: String,
+    pub bytes_done: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<i64>,
+}
+
+/// Guest crash restarts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// Consecutive failed starts or crashes.
+    pub consecutive_failures: i32,
+    /// All restarts since the object was created.
+    pub total: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// No restart is attempted before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<Time>,
+}
