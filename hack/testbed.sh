@@ -72,8 +72,8 @@ cmd_up() {
   cmd_install
   mkdir -p "$TESTBED_DIR/pids" "$TESTBED_DIR/logs"
   echo "$COMPONENTS" >"$TESTBED_DIR/components"
-  # A failed start must not leave half a test bed running.
-  trap 'echo "error: start failed, stopping what was started" >&2; cmd_down >/dev/null 2>&1 || true' ERR
+  # A failed start (a component calls die, which exits) must not leave half a test bed running.
+  trap 'echo "error: start failed, stopping what was started" >&2; cmd_down >/dev/null 2>&1 || true' EXIT
   local summary="" t0
   : >"$TESTBED_DIR/env.partial"
   if has_component kube; then
@@ -90,7 +90,7 @@ cmd_up() {
   fi
   echo "export SEAPATH_TESTBED_DIR=$TESTBED_DIR" >>"$TESTBED_DIR/env.partial"
   mv "$TESTBED_DIR/env.partial" "$TESTBED_DIR/env"
-  trap - ERR
+  trap - EXIT
   printf "test bed '%s' is up (%s):\n%b" "$INSTANCE" "$TESTBED_DIR" "$summary" >&2
   echo "load it with: eval \"\$(hack/testbed.sh env --instance $INSTANCE)\"" >&2
 }

@@ -38,14 +38,16 @@ apt_ensure() {
   rm -f /tmp/seapath-apt.$$.log
 }
 
-# Prints a free TCP port on 127.0.0.1, skipping those listed in $SEAPATH_TAKEN_PORTS.
+# Prints a free TCP port on 127.0.0.1. Ports already handed out to this instance are kept in
+# a file, because callers use $(free_port) and a subshell cannot update a shell variable.
 free_port() {
-  local port
+  local port taken="$TESTBED_DIR/ports-taken"
+  touch "$taken"
   for _ in $(seq 1 200); do
     port=$(( (RANDOM % 20000) + 20000 ))
-    case " ${SEAPATH_TAKEN_PORTS:-} " in *" $port "*) continue ;; esac
+    grep -qx "$port" "$taken" && continue
     if ! port_in_use "$port"; then
-      SEAPATH_TAKEN_PORTS="${SEAPATH_TAKEN_PORTS:-} $port"
+      echo "$port" >>"$taken"
       echo "$port"
       return 0
     fi
