@@ -1,0 +1,184 @@
+//! The VirtualMachine CRD on the real kube-apiserver: round trip, and the validation that makes
+//! the API server refuse bad manifests with a readable message.
+
+mod common;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::Status;
+use seapath_operator::api::{
+    DeletionPolicy, DesiredState, Disk, DiskBus, DiskSource, GoldenSource, HttpSource, Phase, VirtualMachine,
+    VirtualMachineSpec, VirtualMachineStatus,
+};
+use serde_json::json;
+
+const BASE_XML: &str = "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><os><type>hvm</type></os></domain>";
+
+fn golden_disk() -> Disk {
+    Disk {
+        source: DiskSource {
+            golden: Some(GoldenSource {
+                pool: None,
+                namespace: None,
+                image: "debian12".into(),
+                snapshot: "v1".into(),
+            }),
+            ..empty_source()
+        },
+        size: Some("2Gi".into()),
+        bus: DiskBus::Virtio,
+    }
+}
+
+fn empty_source() -> DiskSource {
+    DiskSource { http: None, path: None, rbd: None, vm: None, golden: None, blank: None }
+}
+
+fn vm(name: &str) -> VirtualMachine {
+    VirtualMachine::new(
+        name,
+        VirtualMachineSpec {
+            state: DesiredState::Started,
+            xml: BASE_XML.into(),
+            system_disk: golden_disk(),
+            data_disks: vec![],
+            metadata: [("site".to_string(), "substation1".to_string())].into(),
+            placement: None,
+            stop_timeout_seconds: 30,
+            deletion_policy: DeletionPolicy::Delete,
+        },
+    )
+}
+
+/// The API server's rejection message; panics if the request was accepted.
+fn rejection<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Status {
+    match result {
+        Err(kube::Error::Api(response)) => *response,
+        other => panic!("expected the API server to refuse the request, got {other:?}"),
+    }
+}
+
+async fn setup() -> Api<VirtualMachine> {
+    let client = common::admin_client().await;
+    common::install_crds(&client).await;
+    let ns = common::fresh_namespace(&client, "api").await;
+    Api::namespaced(client, &ns)
+}
+
+#[tokio::test]
+async fn virtual_machine_round_trips_through_the_api_server() {
+    let vms = setup().await;
+    let created = vms.create(&PostParams::default(), &vm("guest0")).await.expect("create");
+    assert_eq!(created.spec, vm("guest0").spec);
+
+    let status = VirtualMachineStatus { phase: Some(Phase::Disabled), observed_generation: Some(1), ..Default::default() };
+    vms.patch_status(
+        "guest0",
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": status})),
+    )
+    .await
+    .expect("status patch");
+    let read = vms.get("guest0").await.expect("get");
+    assert_eq!(read.spec, vm("guest0").spec);
+    assert_eq!(read.status.unwrap().phase, Some(Phase::Disabled));
+
+    // Defaults are filled in by the API server from the schema.
+    let minimal = json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "guest1"},
+        "spec": {"xml": BASE_XML, "systemDisk": {"source": {"http": {"url": "http://127.0.0.1/disk.qcow2"}}}}
+    });
+    let created: VirtualMachine = vms
+        .create(&PostParams::default(), &serde_json::from_value(minimal).unwrap())
+        .await
+        .expect("create minimal");
+    assert_eq!(created.spec.state, DesiredState::Started);
+    assert_eq!(created.spec.stop_timeout_seconds, 60);
+    assert_eq!(created.spec.deletion_policy, DeletionPolicy::Delete);
+}
+
+#[tokio::test]
+async fn names_ceph_cannot_carry_are_refused() {
+    let vms = setup().await;
+    let err = rejection(vms.create(&PostParams::default(), &vm("guest-0")).await);
+    assert_eq!(err.code, 422, "{err:?}");
+    assert!(err.message.contains("may contain only lowercase letters and digits"), "{}", err.message);
+
+    let long = "a".repeat(41);
+    let err = rejection(vms.create(&PostParams::default(), &vm(&long)).await);
+    assert!(err.message.contains("at most 40 characters"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn xml_and_metadata_are_immutable() {
+    let vms = setup().await;
+    vms.create(&PostParams::default(), &vm("guest0")).await.expect("create");
+
+    let err = rejection(
+        vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"xml": "<domain/>"}}))).await,
+    );
+    assert!(err.message.contains("spec.xml is immutable"), "{}", err.message);
+
+    let err = rejection(
+        vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"metadata": {"site": "other"}}})))
+            .await,
+    );
+    assert!(err.message.contains("spec.metadata is immutable"), "{}", err.message);
+
+    // Desired state is not immutable: moving between states is the point.
+    vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Stopped"}})))
+        .await
+        .expect("state change accepted");
+}
+
+#[tokio::test]
+async fn a_disk_with_two_sources_is_refused() {
+    let vms = setup().await;
+    let mut two_sources = vm("guest0");
+    two_sources.spec.system_disk.source.http =
+        Some(HttpSource { url: "https://example.invalid/disk.qcow2".into(), format: Default::default() });
+    let err = rejection(vms.create(&PostParams::default(), &two_sources).await);
+    assert!(err.message.contains("exactly one of http, path, rbd, vm, golden or blank"), "{}", err.message);
+
+    let mut no_source = vm("guest1");
+    no_source.spec.system_disk.source = empty_source();
+    let err = rejection(vms.create(&PostParams::default(), &no_source).await);
+    assert!(err.message.contains("exactly one of"), "{}", err.message);
+}
+
+#[tokio::test]
+async fn other_bad_fields_get_readable_messages() {
+    let vms = setup().await;
+    let mut reserved_key = vm("guest0");
+    reserved_key.spec.metadata.insert("xml".into(), "x".into());
+    let err = rejection(vms.create(&PostParams::default(), &reserved_key).await);
+    assert!(err.message.contains("reserved key 'xml'"), "{}", err.message);
+
+    let mut bad_size = vm("guest1");
+    bad_size.spec.system_disk.size = Some("2 gigabytes".into());
+    let err = rejection(vms.create(&PostParams::default(), &bad_size).await);
+    assert!(err.message.contains("size must be a whole number of bytes"), "{}", err.message);
+
+    // Raw manifests, as kubectl would send them: values the Rust types could not even hold.
+    let raw = raw_api(&vms);
+    let bad_state = json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "guest2"},
+        "spec": {"xml": BASE_XML, "state": "Running", "systemDisk": {"source": {"blank": {}}, "size": "1Gi"}}
+    });
+    let err = rejection(raw.create(&PostParams::default(), &serde_json::from_value(bad_state).unwrap()).await);
+    assert!(err.message.contains("spec.state") && err.message.contains("Started"), "{}", err.message);
+
+    let blank_without_size = json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": "guest3"},
+        "spec": {"xml": BASE_XML, "systemDisk": {"source": {"blank": {}}}}
+    });
+    let err = rejection(raw.create(&PostParams::default(), &serde_json::from_value(blank_without_size).unwrap()).await);
+    assert!(err.message.contains("a blank disk needs a size"), "{}", err.message);
+}
+
+fn raw_api(typed: &Api<VirtualMachine>) -> Api<DynamicObject> {
+    let resource = ApiResource::erase::<VirtualMachine>(&());
+    Api::namespaced_with(typed.clone().into_client(), typed.namespace().unwrap(), &resource)
+}
