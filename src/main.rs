@@ -27,9 +27,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Crdgen { out_dir: Some(dir), check: true } => seapath_operator::crdgen::check(&dir),
-        Command::Crdgen { out_dir: Some(dir), check: false } => seapath_operator::crdgen::write_all(&dir),
-        Command::Crdgen { out_dir: None, .. } => seapath_operator::crdgen::render_all().map(|yaml| print!("{yaml}")),
+        Command::Crdgen {
+            out_dir: Some(dir),
+            check: true,
+        } => seapath_operator::crdgen::check(&dir),
+        Command::Crdgen {
+            out_dir: Some(dir),
+            check: false,
+        } => seapath_operator::crdgen::write_all(&dir),
+        Command::Crdgen { out_dir: None, .. } => {
+            seapath_operator::crdgen::render_all().map(|yaml| print!("{yaml}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

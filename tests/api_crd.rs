@@ -11,7 +11,8 @@ use seapath_operator::api::{
 };
 use serde_json::json;
 
-const BASE_XML: &str = "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><os><type>hvm</type></os></domain>";
+const BASE_XML: &str =
+    "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><os><type>hvm</type></os></domain>";
 
 fn golden_disk() -> Disk {
     Disk {
@@ -30,7 +31,14 @@ fn golden_disk() -> Disk {
 }
 
 fn empty_source() -> DiskSource {
-    DiskSource { http: None, path: None, rbd: None, vm: None, golden: None, blank: None }
+    DiskSource {
+        http: None,
+        path: None,
+        rbd: None,
+        vm: None,
+        golden: None,
+        blank: None,
+    }
 }
 
 fn vm(name: &str) -> VirtualMachine {
@@ -67,10 +75,17 @@ async fn setup() -> Api<VirtualMachine> {
 #[tokio::test]
 async fn virtual_machine_round_trips_through_the_api_server() {
     let vms = setup().await;
-    let created = vms.create(&PostParams::default(), &vm("guest0")).await.expect("create");
+    let created = vms
+        .create(&PostParams::default(), &vm("guest0"))
+        .await
+        .expect("create");
     assert_eq!(created.spec, vm("guest0").spec);
 
-    let status = VirtualMachineStatus { phase: Some(Phase::Disabled), observed_generation: Some(1), ..Default::default() };
+    let status = VirtualMachineStatus {
+        phase: Some(Phase::Disabled),
+        observed_generation: Some(1),
+        ..Default::default()
+    };
     vms.patch_status(
         "guest0",
         &PatchParams::apply("tests").force(),
@@ -102,7 +117,12 @@ async fn names_ceph_cannot_carry_are_refused() {
     let vms = setup().await;
     let err = rejection(vms.create(&PostParams::default(), &vm("guest-0")).await);
     assert_eq!(err.code, 422, "{err:?}");
-    assert!(err.message.contains("may contain only lowercase letters and digits"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("may contain only lowercase letters and digits"),
+        "{}",
+        err.message
+    );
 
     let long = "a".repeat(41);
     let err = rejection(vms.create(&PostParams::default(), &vm(&long)).await);
@@ -112,33 +132,59 @@ async fn names_ceph_cannot_carry_are_refused() {
 #[tokio::test]
 async fn xml_and_metadata_are_immutable() {
     let vms = setup().await;
-    vms.create(&PostParams::default(), &vm("guest0")).await.expect("create");
+    vms.create(&PostParams::default(), &vm("guest0"))
+        .await
+        .expect("create");
 
     let err = rejection(
-        vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"xml": "<domain/>"}}))).await,
+        vms.patch(
+            "guest0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"xml": "<domain/>"}})),
+        )
+        .await,
     );
     assert!(err.message.contains("spec.xml is immutable"), "{}", err.message);
 
     let err = rejection(
-        vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"metadata": {"site": "other"}}})))
-            .await,
+        vms.patch(
+            "guest0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"metadata": {"site": "other"}}})),
+        )
+        .await,
     );
-    assert!(err.message.contains("spec.metadata is immutable"), "{}", err.message);
+    assert!(
+        err.message.contains("spec.metadata is immutable"),
+        "{}",
+        err.message
+    );
 
     // Desired state is not immutable: moving between states is the point.
-    vms.patch("guest0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Stopped"}})))
-        .await
-        .expect("state change accepted");
+    vms.patch(
+        "guest0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"state": "Stopped"}})),
+    )
+    .await
+    .expect("state change accepted");
 }
 
 #[tokio::test]
 async fn a_disk_with_two_sources_is_refused() {
     let vms = setup().await;
     let mut two_sources = vm("guest0");
-    two_sources.spec.system_disk.source.http =
-        Some(HttpSource { url: "https://example.invalid/disk.qcow2".into(), format: Default::default() });
+    two_sources.spec.system_disk.source.http = Some(HttpSource {
+        url: "https://example.invalid/disk.qcow2".into(),
+        format: Default::default(),
+    });
     let err = rejection(vms.create(&PostParams::default(), &two_sources).await);
-    assert!(err.message.contains("exactly one of http, path, rbd, vm, golden or blank"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("exactly one of http, path, rbd, vm, golden or blank"),
+        "{}",
+        err.message
+    );
 
     let mut no_source = vm("guest1");
     no_source.spec.system_disk.source = empty_source();
@@ -157,7 +203,11 @@ async fn other_bad_fields_get_readable_messages() {
     let mut bad_size = vm("guest1");
     bad_size.spec.system_disk.size = Some("2 gigabytes".into());
     let err = rejection(vms.create(&PostParams::default(), &bad_size).await);
-    assert!(err.message.contains("size must be a whole number of bytes"), "{}", err.message);
+    assert!(
+        err.message.contains("size must be a whole number of bytes"),
+        "{}",
+        err.message
+    );
 
     // Raw manifests, as kubectl would send them: values the Rust types could not even hold.
     let raw = raw_api(&vms);
@@ -166,16 +216,36 @@ async fn other_bad_fields_get_readable_messages() {
         "metadata": {"name": "guest2"},
         "spec": {"xml": BASE_XML, "state": "Running", "systemDisk": {"source": {"blank": {}}, "size": "1Gi"}}
     });
-    let err = rejection(raw.create(&PostParams::default(), &serde_json::from_value(bad_state).unwrap()).await);
-    assert!(err.message.contains("spec.state") && err.message.contains("Started"), "{}", err.message);
+    let err = rejection(
+        raw.create(
+            &PostParams::default(),
+            &serde_json::from_value(bad_state).unwrap(),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("spec.state") && err.message.contains("Started"),
+        "{}",
+        err.message
+    );
 
     let blank_without_size = json!({
         "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
         "metadata": {"name": "guest3"},
         "spec": {"xml": BASE_XML, "systemDisk": {"source": {"blank": {}}}}
     });
-    let err = rejection(raw.create(&PostParams::default(), &serde_json::from_value(blank_without_size).unwrap()).await);
-    assert!(err.message.contains("a blank disk needs a size"), "{}", err.message);
+    let err = rejection(
+        raw.create(
+            &PostParams::default(),
+            &serde_json::from_value(blank_without_size).unwrap(),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("a blank disk needs a size"),
+        "{}",
+        err.message
+    );
 }
 
 fn raw_api(typed: &Api<VirtualMachine>) -> Api<DynamicObject> {

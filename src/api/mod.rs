@@ -10,6 +10,7 @@ use kube::CustomResourceExt;
 pub const GROUP: &str = "seapath.lfenergy.org";
 
 /// The CRDs of the operator, in the order `crdgen` writes them.
-pub fn all_crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
+pub fn all_crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     vec![VirtualMachine::crd()]
 }

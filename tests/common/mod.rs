@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::Client;
 
 /// Reads a variable exported by `hack/testbed.sh env`.
 pub fn testbed_env(name: &str) -> String {
@@ -24,7 +24,9 @@ pub fn testbed_env(name: &str) -> String {
 /// A client for the test bed's API server, as the admin.
 pub async fn admin_client() -> Client {
     testbed_env("KUBECONFIG");
-    Client::try_default().await.expect("connecting to the test bed's kube-apiserver")
+    Client::try_default()
+        .await
+        .expect("connecting to the test bed's kube-apiserver")
 }
 
 /// Applies the operator's CRDs (server-side apply, idempotent) and waits until they are served.
@@ -33,11 +35,16 @@ pub async fn install_crds(client: &Client) {
     let params = PatchParams::apply("seapath-operator-tests").force();
     for crd in seapath_operator::api::all_crds() {
         let name = crd.metadata.name.clone().expect("CRD name");
-        crds.patch(&name, &params, &Patch::Apply(&crd)).await.expect("applying CRD");
-        tokio::time::timeout(Duration::from_secs(30), await_condition(crds.clone(), &name, conditions::is_crd_established()))
+        crds.patch(&name, &params, &Patch::Apply(&crd))
             .await
-            .expect("CRD established in time")
-            .expect("watching CRD");
+            .expect("applying CRD");
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .expect("CRD established in time")
+        .expect("watching CRD");
     }
 }
 
@@ -46,7 +53,16 @@ pub async fn install_crds(client: &Client) {
 pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
     let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace { metadata: ObjectMeta { name: Some(name.clone()), ..Default::default() }, ..Default::default() };
-    namespaces.create(&PostParams::default(), &ns).await.expect("creating namespace");
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("creating namespace");
     name
 }
