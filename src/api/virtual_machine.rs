@@ -306,9 +306,53 @@ pub struct VirtualMachineStatus {
     /// Progress of a disk import.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import: Option<ImportProgress>,
-    /// Restarts after guest crashes and the back-off in force.
+    /// Restarts after guest crashes and the back-off in force (written by the node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<RestartStatus>,
+    /// The libvirt domain as the node agent last observed it (written by the node agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainStatus>,
+}
+
+/// The libvirt domain of a VM as observed by the agent of the node it is placed on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainStatus {
+    /// Hypervisor that reported this.
+    pub node: String,
+    /// libvirt domain name.
+    pub name: String,
+    /// Observed state.
+    pub state: DomainState,
+    /// libvirt's reason for the state (e.g. `booted`, `shutdown`, `crashed`), or the agent's
+    /// error when it could not act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Message of the last failure, if the agent could not reach the desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// `metadata.generation` of the VM the agent acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the agent last observed the domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_time: Option<Time>,
+}
+
+/// Observed state of a libvirt domain.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DomainState {
+    /// No domain is defined on the node.
+    #[default]
+    Absent,
+    /// Defined, shut off.
+    ShutOff,
+    Running,
+    Paused,
+    ShuttingDown,
+    Crashed,
+    /// The agent gave up restarting it (see `restarts`).
+    Failed,
 }
 
 /// Where a VM's data lives in Ceph.

@@ -1,0 +1,76 @@
+//! The `Hypervisor` custom resource: one per hypervisor host, written by its node agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A hypervisor host as its node agent sees it: versions, capacity, the VMs it runs, and a
+/// heartbeat. The controller places VMs only on hypervisors whose `Ready` condition is True.
+#[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "seapath.lfenergy.org",
+    version = "v1alpha1",
+    kind = "Hypervisor",
+    shortname = "hv",
+    status = "HypervisorStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A hypervisor host, registered and kept up to date by the node agent that runs on it.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "VMs", type_ = "integer", json_path = ".status.runningVms"),
+    printcolumn(name = "CPUs", type_ = "integer", json_path = ".status.cpus"),
+    printcolumn(
+        name = "Memory",
+        type_ = "string",
+        json_path = ".status.memoryMiB",
+        priority = 1
+    ),
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeatTime")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HypervisorSpec {
+    /// When true, the controller places no new VM on this hypervisor (running ones stay).
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+/// What the node agent observed on its host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HypervisorStatus {
+    /// libvirt URI the agent manages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_uri: Option<String>,
+    /// libvirt library version, e.g. `9.0.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub libvirt_version: Option<String>,
+    /// Hypervisor driver and version, e.g. `QEMU 7.2.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<String>,
+    /// Logical CPUs of the host.
+    #[serde(default)]
+    pub cpus: i32,
+    /// Memory of the host in MiB.
+    #[serde(default, rename = "memoryMiB")]
+    pub memory_mib: i64,
+    /// Memory in MiB of the VMs placed on this host.
+    #[serde(default, rename = "allocatedMemoryMiB")]
+    pub allocated_memory_mib: i64,
+    /// Number of running domains managed by the operator.
+    #[serde(default)]
+    pub running_vms: i32,
+    /// `namespace/name` of every VM the agent manages on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<String>,
+    /// Last time the agent reported; a stale heartbeat makes the hypervisor not Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_time: Option<Time>,
+    /// Ready (the agent reaches libvirt and the API server).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,1 +1,0 @@
-//! Base XML -> domain XML.
