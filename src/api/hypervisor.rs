@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// A hypervisor host as its node agent sees it: versions, capacity, the VMs it runs, and a
 /// heartbeat. The controller places VMs only on hypervisors whose `Ready` condition is True.
+// The kube attribute repeats `type_` across print columns, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "seapath.lfenergy.org",

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 /// A SEAPATH virtual machine: its disks live in Ceph RBD (one RBD group named like the VM,
 /// images `system_NAME` and `data_NAME_<i>`), it runs under libvirt on one hypervisor, and
 /// its status reports what Ceph and libvirt really show.
+// The kube attribute repeats `type_` across print columns, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "seapath.lfenergy.org",
