@@ -6,3 +6,4 @@ pub mod ceph;
 pub mod crdgen;
 pub mod domain_xml;
 pub mod libvirt;
+pub mod naming;
