@@ -97,6 +97,11 @@ cmd_up() {
 
 cmd_down() {
   [ -d "$TESTBED_DIR" ] || { log "test bed '$INSTANCE' is not up"; return 0; }
+  # Operator processes that hack/run.sh started for this instance go first.
+  local pidfile
+  for pidfile in "$TESTBED_DIR"/pids/operator-*; do
+    [ -e "$pidfile" ] && stop_daemon "$(basename "$pidfile")"
+  done
   # Reverse order of start: libvirt, then the OSD before the mon, then the API server.
   libvirt_down || true
   ceph_down || true
