@@ -15,8 +15,8 @@ instance=${SEAPATH_INSTANCE:-demo}
 command -v cargo >/dev/null || die "cargo is not installed: install Rust 1.89 or newer with rustup (https://rustup.rs) and rerun"
 apt_ensure libclang-dev clang pkg-config librbd-dev librados-dev libvirt-dev
 log "building seapath-operator"
-cargo build --release --quiet
-binary="$PWD/target/release/seapath-operator"
+cargo build --quiet
+binary="$PWD/target/debug/seapath-operator"
 
 if ! hack/testbed.sh env --instance "$instance" >/dev/null 2>&1; then
   hack/testbed.sh up --instance "$instance" --hypervisors 2

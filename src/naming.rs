@@ -36,7 +36,10 @@ pub struct VmNames {
 
 impl VmNames {
     pub fn new(rbd_namespace: &str, vm: &str) -> Self {
-        Self { vm: vm.to_owned(), rbd_namespace: rbd_namespace.to_owned() }
+        Self {
+            vm: vm.to_owned(),
+            rbd_namespace: rbd_namespace.to_owned(),
+        }
     }
 
     /// The RBD group is named exactly like the VM.
@@ -54,7 +57,9 @@ impl VmNames {
 
     /// Images in attach order: the system disk, then `data_disks` data disks.
     pub fn images(&self, data_disks: usize) -> Vec<String> {
-        std::iter::once(self.system_image()).chain((0..data_disks).map(|i| self.data_image(i))).collect()
+        std::iter::once(self.system_image())
+            .chain((0..data_disks).map(|i| self.data_image(i)))
+            .collect()
     }
 
     /// The libvirt domain name. In the default RBD namespace it is the VM name, as vm_manager
@@ -78,7 +83,9 @@ pub struct NamespaceMap {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid RBD namespace mapping '{entry}': {reason} (expected KUBE_NAMESPACE=RBD_NAMESPACE, comma separated)")]
+#[error(
+    "invalid RBD namespace mapping '{entry}': {reason} (expected KUBE_NAMESPACE=RBD_NAMESPACE, comma separated)"
+)]
 pub struct NamespaceMapError {
     pub entry: String,
     pub reason: &'static str,
@@ -89,24 +96,37 @@ impl NamespaceMap {
     pub fn parse(text: &str) -> Result<Self, NamespaceMapError> {
         let mut explicit = BTreeMap::new();
         for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (kube, rbd) = entry
-                .split_once('=')
-                .ok_or_else(|| NamespaceMapError { entry: entry.to_owned(), reason: "missing '='" })?;
+            let (kube, rbd) = entry.split_once('=').ok_or_else(|| NamespaceMapError {
+                entry: entry.to_owned(),
+                reason: "missing '='",
+            })?;
             if kube.is_empty() {
-                return Err(NamespaceMapError { entry: entry.to_owned(), reason: "empty Kubernetes namespace" });
+                return Err(NamespaceMapError {
+                    entry: entry.to_owned(),
+                    reason: "empty Kubernetes namespace",
+                });
             }
             if rbd.contains(['/', '@']) {
-                return Err(NamespaceMapError { entry: entry.to_owned(), reason: "RBD namespaces cannot contain '/' or '@'" });
+                return Err(NamespaceMapError {
+                    entry: entry.to_owned(),
+                    reason: "RBD namespaces cannot contain '/' or '@'",
+                });
             }
             if explicit.insert(kube.to_owned(), rbd.to_owned()).is_some() {
-                return Err(NamespaceMapError { entry: entry.to_owned(), reason: "namespace mapped twice" });
+                return Err(NamespaceMapError {
+                    entry: entry.to_owned(),
+                    reason: "namespace mapped twice",
+                });
             }
         }
         Ok(Self { explicit })
     }
 
     pub fn rbd_namespace(&self, kube_namespace: &str) -> String {
-        self.explicit.get(kube_namespace).cloned().unwrap_or_else(|| kube_namespace.to_owned())
+        self.explicit
+            .get(kube_namespace)
+            .cloned()
+            .unwrap_or_else(|| kube_namespace.to_owned())
     }
 }
 
@@ -118,7 +138,10 @@ mod tests {
     fn vm_manager_names() {
         let names = VmNames::new("", "guest0");
         assert_eq!(names.group(), "guest0");
-        assert_eq!(names.images(2), ["system_guest0", "data_guest0_0", "data_guest0_1"]);
+        assert_eq!(
+            names.images(2),
+            ["system_guest0", "data_guest0_0", "data_guest0_1"]
+        );
         assert_eq!(names.domain(), "guest0");
         assert_eq!(VmNames::new("prod", "guest0").domain(), "prod_guest0");
     }
@@ -131,7 +154,10 @@ mod tests {
         assert_eq!(map.rbd_namespace("other"), "other");
         assert_eq!(NamespaceMap::parse("").unwrap(), NamespaceMap::default());
         assert_eq!(NamespaceMap::parse("a").unwrap_err().reason, "missing '='");
-        assert_eq!(NamespaceMap::parse("a=x,a=y").unwrap_err().reason, "namespace mapped twice");
+        assert_eq!(
+            NamespaceMap::parse("a=x,a=y").unwrap_err().reason,
+            "namespace mapped twice"
+        );
         assert!(NamespaceMap::parse("a=x/y").is_err());
     }
 

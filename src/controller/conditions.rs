@@ -13,14 +13,29 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, status: bool, reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { type_, status, reason: reason.into(), message: message.into() }
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.into(),
+            message: message.into(),
+        }
     }
 }
 
 /// Merges desired conditions into the previous ones: a condition whose status did not flip
 /// keeps its `lastTransitionTime`; conditions not desired any more are dropped.
-pub fn merge(previous: &[Condition], desired: &[Desired], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -61,13 +76,28 @@ mod tests {
 
     #[test]
     fn transition_time_moves_only_on_flips() {
-        let first = merge(&[], &[Desired::new("Ready", false, "Starting", "")], Some(1), &time(10));
+        let first = merge(
+            &[],
+            &[Desired::new("Ready", false, "Starting", "")],
+            Some(1),
+            &time(10),
+        );
         assert_eq!(first[0].last_transition_time, time(10));
-        let same = merge(&first, &[Desired::new("Ready", false, "Still", "x")], Some(2), &time(20));
+        let same = merge(
+            &first,
+            &[Desired::new("Ready", false, "Still", "x")],
+            Some(2),
+            &time(20),
+        );
         assert_eq!(same[0].last_transition_time, time(10));
         assert_eq!(same[0].reason, "Still");
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = merge(&same, &[Desired::new("Ready", true, "Started", "")], Some(2), &time(30));
+        let flipped = merge(
+            &same,
+            &[Desired::new("Ready", true, "Started", "")],
+            Some(2),
+            &time(30),
+        );
         assert_eq!(flipped[0].last_transition_time, time(30));
         assert!(is_true(&flipped, "Ready"));
         assert!(!is_true(&flipped, "Stalled"));

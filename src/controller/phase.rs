@@ -27,7 +27,10 @@ fn domain_state_on_placed_node(observed: &Observed) -> DomainState {
 fn running_elsewhere(observed: &Observed) -> bool {
     observed.domain.is_some_and(|d| {
         Some(d.node.as_str()) != observed.placed_node
-            && matches!(d.state, DomainState::Running | DomainState::Paused | DomainState::ShuttingDown)
+            && matches!(
+                d.state,
+                DomainState::Running | DomainState::Paused | DomainState::ShuttingDown
+            )
     })
 }
 
@@ -67,38 +70,125 @@ mod tests {
     use super::*;
 
     fn domain(node: &str, state: DomainState) -> DomainStatus {
-        DomainStatus { node: node.into(), name: "vm".into(), state, ..Default::default() }
+        DomainStatus {
+            node: node.into(),
+            name: "vm".into(),
+            state,
+            ..Default::default()
+        }
     }
 
     fn phase(desired: DesiredState, storage: bool, node: Option<&str>, dom: Option<DomainStatus>) -> Phase {
-        derive(desired, &Observed { storage_exists: storage, placed_node: node, domain: dom.as_ref() })
+        derive(
+            desired,
+            &Observed {
+                storage_exists: storage,
+                placed_node: node,
+                domain: dom.as_ref(),
+            },
+        )
     }
 
     #[test]
     fn no_storage_is_undefined_whatever_is_desired() {
-        assert_eq!(phase(DesiredState::Started, false, Some("hv1"), None), Phase::Undefined);
+        assert_eq!(
+            phase(DesiredState::Started, false, Some("hv1"), None),
+            Phase::Undefined
+        );
     }
 
     #[test]
     fn started_only_when_the_placed_node_reports_running() {
         use DesiredState::*;
         assert_eq!(phase(Started, true, None, None), Phase::Starting);
-        assert_eq!(phase(Started, true, Some("hv1"), Some(domain("hv1", DomainState::ShutOff))), Phase::Starting);
-        assert_eq!(phase(Started, true, Some("hv1"), Some(domain("hv1", DomainState::Running))), Phase::Started);
+        assert_eq!(
+            phase(
+                Started,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::ShutOff))
+            ),
+            Phase::Starting
+        );
+        assert_eq!(
+            phase(
+                Started,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::Running))
+            ),
+            Phase::Started
+        );
         // A report from the previous node is not about this placement.
-        assert_eq!(phase(Started, true, Some("hv2"), Some(domain("hv1", DomainState::ShutOff))), Phase::Starting);
-        assert_eq!(phase(Started, true, Some("hv2"), Some(domain("hv1", DomainState::Running))), Phase::Stopping);
-        assert_eq!(phase(Started, true, Some("hv1"), Some(domain("hv1", DomainState::Failed))), Phase::Failed);
+        assert_eq!(
+            phase(
+                Started,
+                true,
+                Some("hv2"),
+                Some(domain("hv1", DomainState::ShutOff))
+            ),
+            Phase::Starting
+        );
+        assert_eq!(
+            phase(
+                Started,
+                true,
+                Some("hv2"),
+                Some(domain("hv1", DomainState::Running))
+            ),
+            Phase::Stopping
+        );
+        assert_eq!(
+            phase(
+                Started,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::Failed))
+            ),
+            Phase::Failed
+        );
     }
 
     #[test]
     fn stopped_and_disabled() {
         use DesiredState::*;
-        assert_eq!(phase(Stopped, true, Some("hv1"), Some(domain("hv1", DomainState::Running))), Phase::Stopping);
-        assert_eq!(phase(Stopped, true, Some("hv1"), Some(domain("hv1", DomainState::ShutOff))), Phase::Stopped);
+        assert_eq!(
+            phase(
+                Stopped,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::Running))
+            ),
+            Phase::Stopping
+        );
+        assert_eq!(
+            phase(
+                Stopped,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::ShutOff))
+            ),
+            Phase::Stopped
+        );
         assert_eq!(phase(Stopped, true, Some("hv1"), None), Phase::Disabled);
-        assert_eq!(phase(Disabled, true, Some("hv1"), Some(domain("hv1", DomainState::Running))), Phase::Stopping);
-        assert_eq!(phase(Disabled, true, Some("hv1"), Some(domain("hv1", DomainState::Absent))), Phase::Disabled);
+        assert_eq!(
+            phase(
+                Disabled,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::Running))
+            ),
+            Phase::Stopping
+        );
+        assert_eq!(
+            phase(
+                Disabled,
+                true,
+                Some("hv1"),
+                Some(domain("hv1", DomainState::Absent))
+            ),
+            Phase::Disabled
+        );
         assert_eq!(phase(Disabled, true, None, None), Phase::Disabled);
     }
 }

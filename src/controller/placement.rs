@@ -56,7 +56,11 @@ pub fn place(
                 message: format!(
                     "the VM is pinned to hypervisor {pinned}, which has {} MiB free of the {vm_memory_mib} MiB it needs{}",
                     free(c),
-                    if c.unschedulable { " and is marked unschedulable" } else { "" }
+                    if c.unschedulable {
+                        " and is marked unschedulable"
+                    } else {
+                        ""
+                    }
                 ),
             },
             None => Decision::Unschedulable {
@@ -88,59 +92,111 @@ mod tests {
     use super::*;
 
     fn hv(name: &str, ready: bool, memory_mib: i64) -> Candidate {
-        Candidate { name: name.into(), ready, unschedulable: false, memory_mib }
+        Candidate {
+            name: name.into(),
+            ready,
+            unschedulable: false,
+            memory_mib,
+        }
     }
 
     fn pinned(node: &str) -> Placement {
-        Placement { pinned_node: Some(node.into()), ..Default::default() }
+        Placement {
+            pinned_node: Some(node.into()),
+            ..Default::default()
+        }
     }
 
     fn preferred(node: &str) -> Placement {
-        Placement { preferred_node: Some(node.into()), ..Default::default() }
+        Placement {
+            preferred_node: Some(node.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
     fn least_loaded_ready_node_wins() {
-        let nodes = [hv("hv1", true, 8192), hv("hv2", true, 8192), hv("hv3", false, 65536)];
+        let nodes = [
+            hv("hv1", true, 8192),
+            hv("hv2", true, 8192),
+            hv("hv3", false, 65536),
+        ];
         let allocated = BTreeMap::from([("hv1".to_string(), 4096)]);
-        assert_eq!(place(None, None, 512, &nodes, &allocated), Decision::Node("hv2".into()));
-        assert_eq!(place(None, None, 512, &nodes, &BTreeMap::new()), Decision::Node("hv1".into()));
+        assert_eq!(
+            place(None, None, 512, &nodes, &allocated),
+            Decision::Node("hv2".into())
+        );
+        assert_eq!(
+            place(None, None, 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv1".into())
+        );
     }
 
     #[test]
     fn pinned_means_only_there() {
         let nodes = [hv("hv1", true, 8192), hv("hv2", false, 8192)];
-        assert_eq!(place(None, Some(&pinned("hv1")), 512, &nodes, &BTreeMap::new()), Decision::Node("hv1".into()));
+        assert_eq!(
+            place(None, Some(&pinned("hv1")), 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv1".into())
+        );
         assert!(matches!(
             place(None, Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
-            Decision::Unschedulable { reason: "PinnedNodeNotReady", .. }
+            Decision::Unschedulable {
+                reason: "PinnedNodeNotReady",
+                ..
+            }
         ));
         assert!(matches!(
             place(None, Some(&pinned("hv9")), 512, &nodes, &BTreeMap::new()),
-            Decision::Unschedulable { reason: "PinnedNodeUnknown", .. }
+            Decision::Unschedulable {
+                reason: "PinnedNodeUnknown",
+                ..
+            }
         ));
         assert!(matches!(
             place(None, Some(&pinned("hv1")), 10000, &nodes, &BTreeMap::new()),
-            Decision::Unschedulable { reason: "PinnedNodeFull", .. }
+            Decision::Unschedulable {
+                reason: "PinnedNodeFull",
+                ..
+            }
         ));
     }
 
     #[test]
     fn preferred_when_possible() {
-        let nodes = [hv("hv1", true, 8192), hv("hv2", true, 1024), hv("hv3", false, 8192)];
-        assert_eq!(place(None, Some(&preferred("hv2")), 512, &nodes, &BTreeMap::new()), Decision::Node("hv2".into()));
-        assert_eq!(place(None, Some(&preferred("hv3")), 512, &nodes, &BTreeMap::new()), Decision::Node("hv1".into()));
+        let nodes = [
+            hv("hv1", true, 8192),
+            hv("hv2", true, 1024),
+            hv("hv3", false, 8192),
+        ];
+        assert_eq!(
+            place(None, Some(&preferred("hv2")), 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv2".into())
+        );
+        assert_eq!(
+            place(None, Some(&preferred("hv3")), 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv1".into())
+        );
     }
 
     #[test]
     fn a_placed_vm_stays_while_its_node_is_ready() {
         let nodes = [hv("hv1", true, 1024), hv("hv2", true, 65536)];
-        assert_eq!(place(Some("hv1"), None, 512, &nodes, &BTreeMap::new()), Decision::Node("hv1".into()));
+        assert_eq!(
+            place(Some("hv1"), None, 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv1".into())
+        );
         // Re-pinning elsewhere moves it.
-        assert_eq!(place(Some("hv1"), Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()), Decision::Node("hv2".into()));
+        assert_eq!(
+            place(Some("hv1"), Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
+            Decision::Node("hv2".into())
+        );
         // A node that stops answering keeps its VMs: it may still run them.
         let down = [hv("hv1", false, 1024), hv("hv2", true, 65536)];
-        assert_eq!(place(Some("hv1"), None, 512, &down, &BTreeMap::new()), Decision::Node("hv1".into()));
+        assert_eq!(
+            place(Some("hv1"), None, 512, &down, &BTreeMap::new()),
+            Decision::Node("hv1".into())
+        );
     }
 
     #[test]
@@ -148,7 +204,10 @@ mod tests {
         let nodes = [hv("hv1", true, 256)];
         assert!(matches!(
             place(None, None, 512, &nodes, &BTreeMap::new()),
-            Decision::Unschedulable { reason: "NoHypervisorAvailable", .. }
+            Decision::Unschedulable {
+                reason: "NoHypervisorAvailable",
+                ..
+            }
         ));
     }
 }

@@ -7,7 +7,10 @@
 //! 3. one `<disk type="network" device="disk">` per RBD image is appended to `<devices>`
 //!    (created if absent): `<driver name="qemu" type="raw" cache="writeback"/>`, `<auth>` when
 //!    cephx is used, `<source protocol="rbd" name="POOL[/NAMESPACE]/IMAGE">` with one `<host>`
-//!    per monitor, and `<target dev="vda" bus="virtio"/>`, `vdb`, ... (prefix by bus).
+//!    per monitor, and `<target dev="vda" bus="virtio"/>`, `vdb`, ... (prefix by bus);
+//! 4. optionally ([`RenderOptions::owner`]), the owner marker
+//!    `<seapath:owner namespace= name= uid=/>` is put into `<metadata>` (see [`DomainOwner`];
+//!    the node agent finds its domains by it, [`extract_owner`]).
 //!
 //! Everything else of the base XML is kept: attributes exactly as written, comments, text,
 //! CDATA, processing instructions, namespace declarations. Only whitespace between elements is
@@ -22,6 +25,7 @@
 //! XML is only ever read and written through quick-xml's `Reader` and `Writer` events.
 
 mod memory;
+mod owner;
 mod policy;
 mod tree;
 mod write;
@@ -34,6 +38,9 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
+pub use owner::{
+    DomainOwner, OWNER_NAMESPACE, OwnerMarker, extract_owner, extract_owner_marker, set_name_and_owner,
+};
 pub use policy::{DevicePolicy, PolicyFlag, PolicyViolation, QEMU_NAMESPACE};
 
 use tree::{Element, Node, trim_xml};
@@ -308,18 +315,20 @@ pub fn render_domain_xml(
     ceph: &CephAccess,
     policy: &DevicePolicy,
 ) -> Result<RenderedDomain, DomainXmlError> {
-    render(
+    render_domain_xml_with(
         base_xml,
         vm_name,
-        UuidChoice::KeepOrInsert(uuid_if_absent),
+        uuid_if_absent,
         disks,
         ceph,
         policy,
+        &RenderOptions::default(),
     )
 }
 
 /// Like [`render_domain_xml`], but the domain gets `uuid` whatever the base XML says (a clone
-/// must get a fresh UUID even when its base XML, copied from the source VM, has one).
+/// must get a fresh UUID even when its base XML, copied from the source VM, has one), and,
+/// with `owner`, the owner marker (see [`RenderOptions::owner`]).
 pub fn render_domain_xml_with_uuid(
     base_xml: &str,
     vm_name: &str,
@@ -327,8 +336,46 @@ pub fn render_domain_xml_with_uuid(
     disks: &[DiskSpec],
     ceph: &CephAccess,
     policy: &DevicePolicy,
+    owner: Option<&DomainOwner>,
 ) -> Result<RenderedDomain, DomainXmlError> {
-    render(base_xml, vm_name, UuidChoice::Replace(uuid), disks, ceph, policy)
+    let options = RenderOptions {
+        replace_uuid: true,
+        owner: owner.cloned(),
+    };
+    render_domain_xml_with(base_xml, vm_name, uuid, disks, ceph, policy, &options)
+}
+
+/// Optional parts of a rendering ([`render_domain_xml_with`]). `Default` is what
+/// [`render_domain_xml`] does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// Give the domain the caller's UUID even when the base XML has one (see
+    /// [`render_domain_xml_with_uuid`]); otherwise it is only inserted when absent.
+    pub replace_uuid: bool,
+    /// Mark the domain as belonging to this object: a `<seapath:owner>` element in
+    /// `<metadata>` (merged into the base XML's `<metadata>`; any owner marker of the base XML
+    /// is dropped). See [`OWNER_NAMESPACE`].
+    pub owner: Option<DomainOwner>,
+}
+
+/// [`render_domain_xml`] with [`RenderOptions`]: `uuid` is inserted when the base XML has
+/// none (or replaces it with `replace_uuid`), and `owner` adds the owner marker.
+pub fn render_domain_xml_with(
+    base_xml: &str,
+    vm_name: &str,
+    uuid: Uuid,
+    disks: &[DiskSpec],
+    ceph: &CephAccess,
+    policy: &DevicePolicy,
+    options: &RenderOptions,
+) -> Result<RenderedDomain, DomainXmlError> {
+    let choice = if options.replace_uuid {
+        UuidChoice::Replace(uuid)
+    } else {
+        UuidChoice::KeepOrInsert(uuid)
+    };
+    let marker = options.owner.clone().map(OwnerMarker::new);
+    render(base_xml, vm_name, choice, disks, ceph, policy, marker.as_ref())
 }
 
 /// Checks a base XML against a device policy: `Ok` or [`DomainXmlError::PolicyViolations`]
@@ -394,12 +441,16 @@ fn render(
     disks: &[DiskSpec],
     ceph: &CephAccess,
     policy: &DevicePolicy,
+    owner: Option<&OwnerMarker>,
 ) -> Result<RenderedDomain, DomainXmlError> {
     check_vm_name(vm_name)?;
     for disk in disks {
         disk.validate()?;
     }
     ceph.validate()?;
+    if let Some(marker) = owner {
+        owner::validate_marker(marker)?;
+    }
 
     let mut doc = tree::parse(base_xml)?;
     let violations = policy::violations(&doc.root, policy);
@@ -425,6 +476,9 @@ fn render(
         let text = uuid.hyphenated().to_string();
         root.children
             .insert(1, Node::Element(Element::new("uuid").with_text(&text)));
+    }
+    if let Some(marker) = owner {
+        owner::set_marker(root, marker);
     }
 
     if !disks.is_empty() {

@@ -317,6 +317,7 @@ fn render_with_uuid_replaces_the_base_uuid() {
         &two_disks(),
         &cephx(),
         &DevicePolicy::default(),
+        None,
     )
     .unwrap();
     assert_eq!(rendered.uuid, uuid(GIVEN_UUID));

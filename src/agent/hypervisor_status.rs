@@ -1,0 +1,290 @@
+//! The `Hypervisor` object of this node: registered when missing (spec left to others) and
+//! its status written at every heartbeat with server-side apply.
+
+use std::sync::Arc;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::Context;
+use super::actions::{self, MarkedDomain};
+use super::backoff::whole_seconds;
+use super::error::AgentError;
+use super::status::FIELD_MANAGER;
+use crate::api::{Hypervisor, HypervisorStatus, condition_types};
+use crate::libvirt::HostInfo;
+
+/// Reason of `Ready=True`.
+pub const REASON_REACHABLE: &str = "LibvirtReachable";
+/// Reason of `Ready=False` when libvirt does not answer.
+pub const REASON_UNREACHABLE: &str = "LibvirtUnreachable";
+
+/// What the heartbeat saw.
+pub type Observation = Result<(HostInfo, Vec<MarkedDomain>), String>;
+
+/// The status to write: fresh host facts when libvirt answered, the last known ones
+/// otherwise; the Ready condition keeps its transition time unless its status flips.
+pub fn build_status(
+    uri: &str,
+    observation: &Observation,
+    previous: Option<&HypervisorStatus>,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> HypervisorStatus {
+    let now = whole_seconds(now);
+    let mut status = previous.cloned().unwrap_or_default();
+    status.libvirt_uri = Some(uri.to_owned());
+    status.heartbeat_time = Some(Time(now));
+    let (ready, reason, message) = match observation {
+        Ok((info, domains)) => {
+            status.libvirt_version = Some(info.libvirt_version.to_string());
+            status.hypervisor = Some(format!("{} {}", info.hypervisor_type, info.hypervisor_version));
+            status.cpus = i32::try_from(info.cpus).unwrap_or(i32::MAX);
+            status.memory_mib = i64::try_from(info.memory_kib / 1024).unwrap_or(i64::MAX);
+            let allocated_kib: u64 = domains.iter().map(|d| d.memory_kib).sum();
+            status.allocated_memory_mib = i64::try_from(allocated_kib.div_ceil(1024)).unwrap_or(i64::MAX);
+            status.running_vms = domains.iter().filter(|d| d.state.state.is_active()).count() as i32;
+            let mut vms: Vec<String> = domains
+                .iter()
+                .map(|d| format!("{}/{}", d.owner.namespace, d.owner.name))
+                .collect();
+            vms.sort();
+            vms.dedup();
+            status.vms = vms;
+            (
+                "True",
+                REASON_REACHABLE,
+                format!("libvirt {} answers at {uri}", info.libvirt_version),
+            )
+        }
+        Err(message) => ("False", REASON_UNREACHABLE, message.clone()),
+    };
+    let previous_ready =
+        previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == condition_types::READY));
+    let last_transition_time = match previous_ready {
+        Some(c) if c.status == ready => c.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    status.conditions.retain(|c| c.type_ != condition_types::READY);
+    status.conditions.insert(
+        0,
+        Condition {
+            type_: condition_types::READY.to_owned(),
+            status: ready.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            last_transition_time,
+            observed_generation: generation,
+        },
+    );
+    status
+}
+
+/// Creates the Hypervisor object if it does not exist (without owning any spec field) and
+/// returns its generation and current status.
+async fn register(
+    api: &Api<Hypervisor>,
+    node: &str,
+) -> Result<(Option<i64>, Option<HypervisorStatus>), AgentError> {
+    let context = format!("Hypervisor {node}");
+    if let Some(existing) = api
+        .get_opt(node)
+        .await
+        .map_err(|e| AgentError::kube(&context, e))?
+    {
+        return Ok((existing.metadata.generation, existing.status));
+    }
+    let object = json!({
+        "apiVersion": Hypervisor::api_version(&()),
+        "kind": Hypervisor::kind(&()),
+        "metadata": { "name": node },
+        "spec": {},
+    });
+    let created = api
+        .patch(node, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&object))
+        .await
+        .map_err(|e| AgentError::kube(&context, e))?;
+    info!(node, "registered the Hypervisor object");
+    Ok((created.metadata.generation, created.status))
+}
+
+async fn write_status(
+    api: &Api<Hypervisor>,
+    node: &str,
+    status: &HypervisorStatus,
+) -> Result<Option<i64>, AgentError> {
+    let patch = json!({
+        "apiVersion": Hypervisor::api_version(&()),
+        "kind": Hypervisor::kind(&()),
+        "metadata": { "name": node },
+        "status": status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let written = api
+        .patch_status(node, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(|e| AgentError::kube(format!("Hypervisor {node}: write status"), e))?;
+    Ok(written.metadata.generation)
+}
+
+/// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
+pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
+    let node = ctx.config.node_name.clone();
+    let api: Api<Hypervisor> = Api::all(ctx.client.clone());
+    let mut registered = false;
+    let mut generation = None;
+    let mut previous: Option<HypervisorStatus> = None;
+    loop {
+        if !registered {
+            match register(&api, &node).await {
+                Ok((g, status)) => {
+                    registered = true;
+                    generation = g;
+                    if previous.is_none() {
+                        previous = status;
+                    }
+                }
+                Err(e) => warn!(node, "cannot register the Hypervisor: {e}"),
+            }
+        }
+        if registered {
+            let observation = ctx
+                .libvirt
+                .run("heartbeat", actions::host_snapshot)
+                .await
+                .map_err(|e| e.to_string());
+            if let Err(e) = &observation {
+                warn!(node, "libvirt does not answer: {e}");
+            }
+            let status = build_status(
+                ctx.libvirt.uri(),
+                &observation,
+                previous.as_ref(),
+                generation,
+                Timestamp::now(),
+            );
+            match write_status(&api, &node, &status).await {
+                Ok(g) => {
+                    ctx.stats.hypervisor_status_write();
+                    debug!(node, "heartbeat written");
+                    generation = g;
+                    previous = Some(status);
+                }
+                Err(e) => {
+                    warn!(node, "cannot write the Hypervisor status: {e}");
+                    // The object may have been deleted: register it again.
+                    if let AgentError::Kube {
+                        error: kube::Error::Api(s),
+                        ..
+                    } = &e
+                        && s.code == 404
+                    {
+                        registered = false;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.heartbeat_interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain_xml::DomainOwner;
+    use crate::libvirt::{DomainState, StateInfo, Version};
+
+    fn info() -> HostInfo {
+        HostInfo {
+            libvirt_version: Version::from_libvirt(9_000_000),
+            hypervisor_type: "TEST".into(),
+            hypervisor_version: Version::from_libvirt(2),
+            cpus: 8,
+            cpu_model: "x86_64".into(),
+            cpu_mhz: 2400,
+            memory_kib: 16 * 1024 * 1024,
+            hostname: "h".into(),
+        }
+    }
+
+    fn marked(ns: &str, name: &str, state: DomainState, memory_kib: u64) -> MarkedDomain {
+        MarkedDomain {
+            name: format!("{ns}_{name}"),
+            uuid: uuid::Uuid::new_v4(),
+            state: StateInfo { state, reason: 1 },
+            owner: DomainOwner::new(ns, name, "u"),
+            memory_kib,
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    #[test]
+    fn ready_status_counts_vms_and_memory() {
+        let obs: Observation = Ok((
+            info(),
+            vec![
+                marked("b", "vm2", DomainState::ShutOff, 512 * 1024),
+                marked("a", "vm1", DomainState::Running, 1024 * 1024 + 1),
+            ],
+        ));
+        let s = build_status("test:///hv1.xml", &obs, None, Some(1), t(0));
+        assert_eq!(s.libvirt_uri.as_deref(), Some("test:///hv1.xml"));
+        assert_eq!(s.libvirt_version.as_deref(), Some("9.0.0"));
+        assert_eq!(s.hypervisor.as_deref(), Some("TEST 0.0.2"));
+        assert_eq!((s.cpus, s.memory_mib), (8, 16384));
+        assert_eq!(s.allocated_memory_mib, 1537);
+        assert_eq!(s.running_vms, 1);
+        assert_eq!(s.vms, ["a/vm1", "b/vm2"]);
+        assert_eq!(s.heartbeat_time, Some(Time(t(0))));
+        let ready = &s.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", REASON_REACHABLE)
+        );
+        assert_eq!(ready.observed_generation, Some(1));
+        assert_eq!(ready.last_transition_time, Time(t(0)));
+    }
+
+    #[test]
+    fn transition_time_changes_only_on_flips() {
+        let ok: Observation = Ok((info(), vec![]));
+        let down: Observation = Err("libvirt connect on test:///x: no such file".into());
+        let s1 = build_status("u", &ok, None, Some(1), t(0));
+        let s2 = build_status("u", &ok, Some(&s1), Some(1), t(10));
+        assert_eq!(s2.conditions[0].last_transition_time, Time(t(0)));
+        assert_eq!(s2.heartbeat_time, Some(Time(t(10))));
+        let s3 = build_status("u", &down, Some(&s2), Some(1), t(20));
+        let ready = &s3.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", REASON_UNREACHABLE)
+        );
+        assert_eq!(ready.message, "libvirt connect on test:///x: no such file");
+        assert_eq!(ready.last_transition_time, Time(t(20)));
+        assert_eq!(s3.cpus, 8, "last known capacity is kept");
+        assert_eq!(s3.conditions.len(), 1);
+        let s4 = build_status("u", &down, Some(&s3), Some(2), t(30));
+        assert_eq!(s4.conditions[0].last_transition_time, Time(t(20)));
+        assert_eq!(s4.conditions[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn unreachable_from_the_start() {
+        let down: Observation = Err("boom".into());
+        let s = build_status("u", &down, None, None, t(0));
+        assert_eq!(s.conditions[0].status, "False");
+        assert_eq!(s.cpus, 0);
+        assert!(s.libvirt_version.is_none());
+    }
+}

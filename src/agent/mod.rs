@@ -1,0 +1,261 @@
+//! The node agent: one per hypervisor. It owns the libvirt domains of its host.
+//!
+//! - registers its `Hypervisor` object and writes its status every heartbeat
+//!   ([`hypervisor_status`]);
+//! - keeps the Ceph secret defined in libvirt, when configured;
+//! - reconciles every VirtualMachine labelled with its node name ([`crate::api::NODE_LABEL`]):
+//!   defines the domain from the XML the controller stored in RBD (image metadata `xml` on the
+//!   system image), starts, stops, undefines it, restarts it after crashes with exponential
+//!   back-off, and reports `status.domain` and `status.restarts` ([`reconciler`],
+//!   [`domain_reconcile`] for the pure decision, [`backoff`]);
+//! - sweeps domains that carry the operator's owner marker but whose VM is not assigned here
+//!   ([`sweep`]). Domains without the marker are never touched.
+//!
+//! Every blocking libvirt/librbd call runs in `spawn_blocking`. Everything the agent writes to
+//! the API server is a server-side apply with field manager `seapath-agent`, on fields only
+//! the agents own.
+
+pub mod actions;
+pub mod backoff;
+mod config;
+mod connection;
+pub mod domain_reconcile;
+mod error;
+pub mod hypervisor_status;
+pub mod reconciler;
+pub mod status;
+pub mod sweep;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::{Notify, OwnedMutexGuard, oneshot, watch};
+use tracing::{debug, info, warn};
+
+pub use backoff::RestartPolicy;
+pub use config::{
+    AgentConfig, CephConfig, CephSecretConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    DEFAULT_RESTART_BACKOFF_BASE, DEFAULT_RESTART_BACKOFF_MAX, DEFAULT_RESYNC_PERIOD, DEFAULT_STOP_TIMEOUT,
+};
+pub use connection::{AgentStats, StatsSnapshot};
+pub use error::AgentError;
+pub use status::FIELD_MANAGER;
+
+use crate::api::{DomainStatus, NODE_LABEL, RestartStatus, VirtualMachine};
+use crate::libvirt::Hypervisor;
+use connection::{Ceph, Libvirt};
+
+/// What the agent remembers about a VM between reconciliations (the API server's copy may lag
+/// behind its own writes).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct VmMemory {
+    /// The last `status.domain` this agent wrote (or found written by itself).
+    pub(crate) reported: Option<DomainStatus>,
+    /// The last `status.restarts` this agent wrote.
+    pub(crate) restarts: Option<RestartStatus>,
+    /// The agent stopped the domain and has not started it since.
+    pub(crate) stopped_by_agent: bool,
+    /// Since when the domain has been seen running.
+    pub(crate) running_since: Option<Timestamp>,
+}
+
+/// One async lock per domain name: reconciliations and the sweep never act on one domain at
+/// the same time.
+#[derive(Default)]
+pub(crate) struct DomainLocks(StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl DomainLocks {
+    pub(crate) async fn lock(&self, domain: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().expect("domain locks");
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(domain.to_owned()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Shared state of one running agent.
+pub(crate) struct Context {
+    pub(crate) client: Client,
+    pub(crate) config: AgentConfig,
+    pub(crate) policy: RestartPolicy,
+    pub(crate) libvirt: Libvirt,
+    pub(crate) ceph: Ceph,
+    pub(crate) stats: Arc<AgentStats>,
+    pub(crate) locks: DomainLocks,
+    memory: StdMutex<HashMap<String, VmMemory>>,
+    /// Consecutive reconcile errors per VM UID, for the error back-off.
+    pub(crate) errors: StdMutex<HashMap<String, u32>>,
+    /// The controller's cache of the VMs assigned here.
+    pub(crate) store: OnceLock<Store<VirtualMachine>>,
+    /// Wakes the sweep early (a VM left this node's watch).
+    pub(crate) sweep_now: Notify,
+}
+
+impl Context {
+    pub(crate) fn memory_of(&self, uid: &str) -> Option<VmMemory> {
+        self.memory.lock().expect("VM memory").get(uid).cloned()
+    }
+
+    pub(crate) fn remember(&self, uid: &str, memory: VmMemory) {
+        self.memory
+            .lock()
+            .expect("VM memory")
+            .insert(uid.to_owned(), memory);
+    }
+
+    pub(crate) fn forget(&self, uid: &str) {
+        self.memory.lock().expect("VM memory").remove(uid);
+        self.errors.lock().expect("error counters").remove(uid);
+    }
+}
+
+/// A node agent, ready to run.
+pub struct Agent {
+    client: Client,
+    config: AgentConfig,
+    connection: Option<Hypervisor>,
+    stats: Arc<AgentStats>,
+}
+
+impl Agent {
+    /// Checks the configuration.
+    pub fn new(client: Client, config: AgentConfig) -> Result<Self, AgentError> {
+        config.validate()?;
+        Ok(Agent {
+            client,
+            config,
+            connection: None,
+            stats: Arc::default(),
+        })
+    }
+
+    /// Uses this already open libvirt connection (to `config.libvirt_uri`) instead of opening
+    /// one. With libvirt's test driver every connection to a node file has its own state, so
+    /// tests share the agent's connection to see (and disturb) what the agent does.
+    pub fn with_connection(mut self, hypervisor: Hypervisor) -> Self {
+        self.connection = Some(hypervisor);
+        self
+    }
+
+    /// Counters of what the agent did (libvirt writes, status writes, reconciliations).
+    pub fn stats(&self) -> Arc<AgentStats> {
+        self.stats.clone()
+    }
+
+    /// Runs until `shutdown` completes, then lets running reconciliations finish. Domains keep
+    /// running when the agent stops.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AgentError> {
+        let Agent {
+            client,
+            config,
+            connection,
+            stats,
+        } = self;
+        let node = config.node_name.clone();
+        info!(node, uri = %config.libvirt_uri, "node agent starting");
+        let selector = format!("{NODE_LABEL}={node}");
+        let vms: Api<VirtualMachine> = Api::all(client.clone());
+
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            policy: config.restart_policy(),
+            libvirt: Libvirt::new(
+                config.libvirt_uri.clone(),
+                config.ceph_secret.clone(),
+                connection,
+                stats.clone(),
+            ),
+            ceph: Ceph::new(config.ceph.clone()),
+            stats,
+            locks: DomainLocks::default(),
+            memory: StdMutex::default(),
+            errors: StdMutex::default(),
+            store: OnceLock::new(),
+            sweep_now: Notify::new(),
+            config,
+        });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (controller_stop_tx, controller_stop_rx) = oneshot::channel::<()>();
+        let controller = Controller::new(vms, watcher::Config::default().labels(&selector));
+        let _ = ctx.store.set(controller.store());
+        let reconciles = controller
+            .graceful_shutdown_on(async move {
+                let _ = controller_stop_rx.await;
+            })
+            .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    debug!("controller: {e}");
+                }
+            });
+
+        let heartbeat = hypervisor_status::heartbeat_loop(ctx.clone(), stop_rx.clone());
+        let sweeps = sweep::sweep_loop(ctx.clone(), stop_rx.clone());
+        let departures = watch_departures(ctx.clone(), Api::all(client.clone()), selector, stop_rx);
+        let all = async {
+            tokio::join!(reconciles, heartbeat, sweeps, departures);
+        };
+        tokio::pin!(all);
+        tokio::select! {
+            _ = shutdown => {}
+            _ = &mut all => {}
+        }
+        info!(node, "node agent stopping");
+        let _ = stop_tx.send(true);
+        let _ = controller_stop_tx.send(());
+        all.await;
+        info!(node, "node agent stopped");
+        Ok(())
+    }
+}
+
+/// Wakes the sweep when a VM leaves this node's watch (label moved or removed, object
+/// deleted): its domain goes at once instead of at the next resync.
+async fn watch_departures(
+    ctx: Arc<Context>,
+    vms: Api<PartialObjectMeta<VirtualMachine>>,
+    selector: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let stream = watcher::watcher(vms, watcher::Config::default().labels(&selector)).default_backoff();
+    tokio::pin!(stream);
+    loop {
+        tokio::select! {
+            event = stream.next() => match event {
+                Some(Ok(Event::Delete(vm))) => {
+                    debug!(vm = ?vm.metadata.name, "a VM left this node");
+                    if let Some(uid) = vm.metadata.uid.as_deref() {
+                        ctx.forget(uid);
+                    }
+                    ctx.sweep_now.notify_one();
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => warn!("watching VMs of this node: {e}"),
+                None => return,
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Runs a node agent until `shutdown` completes (see [`Agent::run`]).
+pub async fn run(
+    client: Client,
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AgentError> {
+    Agent::new(client, config)?.run(shutdown).await
+}

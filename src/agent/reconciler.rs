@@ -1,0 +1,449 @@
+//! One reconciliation of one VirtualMachine on this node: observe (libvirt, RBD), decide
+//! ([`super::domain_reconcile::decide`]), act (libvirt), report (`status.domain`,
+//! `status.restarts`, only when changed).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::Context;
+use super::actions;
+use super::domain_reconcile::{
+    self, AbsentReason, Decision, Facts, Intent, Note, ObservedDomain, Step, StoredXml, gave_up,
+};
+use super::error::AgentError;
+use super::status::{self, Failure};
+use crate::api::{DesiredState, DomainState, NODE_LABEL, RestartStatus, VirtualMachine, condition_types};
+use crate::domain_xml::DomainOwner;
+use crate::libvirt::DomainState as LvState;
+use crate::naming::VmNames;
+
+/// What this node wants for the VM.
+pub fn intent_of(vm: &VirtualMachine, node: &str) -> Intent {
+    if vm.metadata.deletion_timestamp.is_some() {
+        Intent::Absent(AbsentReason::Deleting)
+    } else if vm.labels().get(NODE_LABEL).map(String::as_str) != Some(node) {
+        Intent::Absent(AbsentReason::NotAssigned)
+    } else {
+        match vm.spec.state {
+            DesiredState::Disabled => Intent::Absent(AbsentReason::Disabled),
+            DesiredState::Stopped => Intent::Stopped,
+            DesiredState::Started => Intent::Started,
+        }
+    }
+}
+
+/// Whether the controller reports the VM's storage ready.
+pub fn storage_ready(vm: &VirtualMachine) -> bool {
+    vm.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition_types::STORAGE_READY && c.status == "True")
+    })
+}
+
+/// Entry point for the kube-runtime controller.
+pub(crate) async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, AgentError> {
+    let span = info_span!(
+        "reconcile",
+        vm = %format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any()),
+        node = %ctx.config.node_name,
+        generation = vm.metadata.generation.unwrap_or_default(),
+    );
+    let result = reconcile_vm(&vm, &ctx).instrument(span).await;
+    if result.is_ok()
+        && let Some(uid) = vm.uid()
+    {
+        ctx.errors.lock().expect("error counters").remove(&uid);
+    }
+    result
+}
+
+/// Re-queue with back-off after an error (at most the resync period).
+pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &AgentError, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut errors = ctx.errors.lock().expect("error counters");
+        let n = errors.entry(vm.uid().unwrap_or_default()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = ctx.policy.delay(failures).min(ctx.config.resync_period);
+    warn!(
+        vm = %format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any()),
+        node = %ctx.config.node_name,
+        retry_in = ?delay,
+        "reconcile failed: {error}"
+    );
+    Action::requeue(delay)
+}
+
+async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, AgentError> {
+    ctx.stats.reconcile();
+    let node = ctx.config.node_name.as_str();
+    let namespace = vm.namespace().unwrap_or_default();
+    let name = vm.name_any();
+    let uid = vm.uid().unwrap_or_default();
+    let what = format!("VM {namespace}/{name}");
+    let rbd_namespace = ctx.config.ceph.namespaces.rbd_namespace(&namespace);
+    let names = VmNames::new(&rbd_namespace, &name);
+    let domain_name = names.domain();
+    let owner = DomainOwner::new(&namespace, &name, &uid);
+    let intent = intent_of(vm, node);
+    let generation = vm.metadata.generation;
+
+    let _guard = ctx.locks.lock(&domain_name).await;
+
+    let memory = ctx.memory_of(&uid);
+    let from_vm = vm.status.as_ref();
+    let reported = memory
+        .as_ref()
+        .and_then(|m| m.reported.clone())
+        .or_else(|| from_vm.and_then(|s| s.domain.clone()))
+        .filter(|d| d.node == node);
+    let current_restarts: Option<RestartStatus> = match &memory {
+        Some(m) => m.restarts.clone(),
+        None => from_vm.and_then(|s| s.restarts.clone()),
+    };
+    let stopped_by_agent = memory.as_ref().is_some_and(|m| m.stopped_by_agent);
+    let mut running_since = memory.as_ref().and_then(|m| m.running_since);
+
+    let observed = observe(ctx, &what, &domain_name, &owner).await?;
+    let now = Timestamp::now();
+    match observed.as_ref().map(|d| d.state.state) {
+        Some(LvState::Running) => {
+            running_since.get_or_insert(now);
+        }
+        _ => running_since = None,
+    }
+
+    // The stored XML, when a domain is wanted and storage is ready.
+    let ready = storage_ready(vm);
+    let mut failure: Option<(Failure, AgentError)> = None;
+    let mut stored: Option<(String, StoredXml)> = None;
+    if matches!(intent, Intent::Started | Intent::Stopped)
+        && ready
+        && !gave_up(reported.as_ref(), generation.unwrap_or(0))
+    {
+        match read_stored(ctx, &what, &names).await {
+            Ok(s) => stored = Some(s),
+            Err(e) => {
+                failure = Some((
+                    Failure {
+                        reason: "StorageUnreadable",
+                        message: e.to_string(),
+                    },
+                    e,
+                ))
+            }
+        }
+    }
+
+    let restarts_before = current_restarts.clone().unwrap_or_default();
+    let mut decision = if failure.is_some() {
+        Decision {
+            steps: Vec::new(),
+            restarts: restarts_before.clone(),
+            note: None,
+            requeue_after: None,
+        }
+    } else {
+        domain_reconcile::decide(&Facts {
+            now,
+            generation: generation.unwrap_or(0),
+            intent,
+            storage_ready: ready,
+            stored: stored.as_ref().map(|(_, s)| s),
+            domain: observed.as_ref(),
+            reported: reported.as_ref(),
+            restarts: &restarts_before,
+            stopped_by_agent,
+            running_since,
+            policy: &ctx.policy,
+        })
+    };
+    if !decision.steps.is_empty() {
+        debug!(steps = ?decision.steps, note = ?decision.note, "acting");
+    }
+
+    // Act.
+    let stop_timeout = Duration::from_secs(u64::try_from(vm.spec.stop_timeout_seconds).unwrap_or(0));
+    let mut stopped = stopped_by_agent;
+    let acted = !decision.steps.is_empty();
+    for step in decision.steps.clone() {
+        let result = run_step(
+            ctx,
+            &what,
+            &domain_name,
+            &owner,
+            step,
+            stop_timeout,
+            stored.as_ref(),
+        )
+        .await;
+        match (step, result) {
+            (Step::Stop, Ok(())) => stopped = true,
+            (Step::Start, Ok(())) => {
+                stopped = false;
+                running_since = Some(Timestamp::now());
+                info!(domain = %domain_name, "started");
+            }
+            (_, Ok(())) => {}
+            (_, Err(e)) if e.is_libvirt_connection() => return Err(e),
+            (Step::Start, Err(e)) => {
+                let (restarts, note) = domain_reconcile::start_failed(&decision.restarts, now, &ctx.policy);
+                decision.restarts = restarts;
+                if let Note::BackingOff { retry_after, .. } = &note {
+                    decision.requeue_after = Some(super::backoff::until(now, *retry_after));
+                }
+                decision.note = Some(note);
+                warn!(domain = %domain_name, "start failed: {e}");
+                // Counted and reported: not an error of the reconciliation.
+                failure = Some((
+                    Failure {
+                        reason: "StartFailed",
+                        message: e.to_string(),
+                    },
+                    e,
+                ));
+                break;
+            }
+            (step, Err(e)) => {
+                let reason = match step {
+                    Step::Stop => "StopFailed",
+                    Step::Destroy => "DestroyFailed",
+                    Step::Undefine => "UndefineFailed",
+                    Step::Define => "DefineFailed",
+                    Step::Start => "StartFailed",
+                };
+                failure = Some((
+                    Failure {
+                        reason,
+                        message: e.to_string(),
+                    },
+                    e,
+                ));
+                break;
+            }
+        }
+    }
+    let observed = if acted {
+        let o = observe(ctx, &what, &domain_name, &owner).await?;
+        if o.as_ref().map(|d| d.state.state) != Some(LvState::Running) {
+            running_since = None;
+        }
+        o
+    } else {
+        observed
+    };
+
+    // Report.
+    let start_failed = failure.as_ref().is_some_and(|(f, _)| f.reason == "StartFailed");
+    let report = status::domain_status(
+        node,
+        &domain_name,
+        generation,
+        observed.as_ref(),
+        decision.note.as_ref(),
+        failure.as_ref().map(|(f, _)| f),
+    );
+    let restarts = if current_restarts.is_none() && decision.restarts == RestartStatus::default() {
+        None
+    } else {
+        Some(decision.restarts.clone())
+    };
+    let unchanged =
+        reported.as_ref().is_some_and(|r| status::same_report(r, &report)) && restarts == current_restarts;
+    let mut written = reported.clone();
+    if !unchanged && intent != Intent::Absent(AbsentReason::NotAssigned) {
+        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+        let w = status::apply(&api, vm, report.clone(), restarts.as_ref(), None).await?;
+        ctx.stats.vm_status_write();
+        if reported.as_ref().map(|r| r.state) != Some(w.state) {
+            info!(domain = %domain_name, state = ?w.state, reason = ?w.reason, "domain state");
+        }
+        written = Some(w);
+    }
+    ctx.remember(
+        &uid,
+        super::VmMemory {
+            reported: written,
+            restarts,
+            stopped_by_agent: stopped,
+            running_since,
+        },
+    );
+
+    if let Some((_, e)) = failure
+        && !start_failed
+    {
+        return Err(e);
+    }
+    let mut requeue = ctx.config.resync_period;
+    if let Some(after) = decision.requeue_after {
+        requeue = requeue.min(after.max(Duration::from_millis(100)));
+    }
+    if report.state == DomainState::Failed {
+        // Nothing happens before the spec changes (which triggers a reconcile).
+        requeue = ctx.config.resync_period;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+async fn observe(
+    ctx: &Context,
+    what: &str,
+    domain_name: &str,
+    owner: &DomainOwner,
+) -> Result<Option<ObservedDomain>, AgentError> {
+    let (c, n, o) = (what.to_owned(), domain_name.to_owned(), owner.clone());
+    ctx.libvirt
+        .run(format!("{what}: observe domain"), move |hv| {
+            actions::observe(hv, &c, &n, &o)
+        })
+        .await
+}
+
+async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<(String, StoredXml), AgentError> {
+    let context = format!("{what}: read the domain XML from RBD");
+    let text = ctx
+        .ceph
+        .read_xml(context.clone(), names.rbd_namespace.clone(), names.system_image())
+        .await?;
+    let identity = actions::stored_identity(&text).map_err(|e| AgentError::xml(context, e))?;
+    Ok((text, identity))
+}
+
+async fn run_step(
+    ctx: &Context,
+    what: &str,
+    domain_name: &str,
+    owner: &DomainOwner,
+    step: Step,
+    stop_timeout: Duration,
+    stored: Option<&(String, StoredXml)>,
+) -> Result<(), AgentError> {
+    let context = format!("{what}: {step:?}");
+    let stats = ctx.stats.clone();
+    let name = domain_name.to_owned();
+    let c = context.clone();
+    match step {
+        Step::Stop => {
+            let outcome = ctx
+                .libvirt
+                .run(context, move |hv| {
+                    actions::stop(hv, &stats, &c, &name, stop_timeout)
+                })
+                .await?;
+            info!(domain = %domain_name, ?outcome, "stopped");
+            Ok(())
+        }
+        Step::Destroy => {
+            ctx.libvirt
+                .run(context, move |hv| actions::destroy(hv, &stats, &c, &name))
+                .await
+        }
+        Step::Undefine => {
+            ctx.libvirt
+                .run(context, move |hv| actions::undefine(hv, &stats, &c, &name))
+                .await?;
+            info!(domain = %domain_name, "undefined");
+            Ok(())
+        }
+        Step::Define => {
+            let Some((text, _)) = stored else {
+                return Err(AgentError::Config(format!(
+                    "{context}: no stored XML to define from"
+                )));
+            };
+            let xml =
+                actions::prepare_xml(text, domain_name, owner).map_err(|e| AgentError::xml(&context, e))?;
+            ctx.libvirt
+                .run(context, move |hv| actions::define(hv, &stats, &c, &xml).map(drop))
+                .await?;
+            info!(domain = %domain_name, "defined");
+            Ok(())
+        }
+        Step::Start => {
+            ctx.libvirt
+                .run(context, move |hv| actions::start(hv, &stats, &c, &name))
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use std::collections::BTreeMap;
+
+    fn vm(node: Option<&str>, state: DesiredState) -> VirtualMachine {
+        let spec: crate::api::VirtualMachineSpec = serde_json::from_value(serde_json::json!({
+            "state": state,
+            "xml": "<domain/>",
+            "systemDisk": {"source": {"blank": {}}, "size": "1Mi"},
+        }))
+        .unwrap();
+        let mut vm = VirtualMachine::new("guest0", spec);
+        if let Some(node) = node {
+            vm.metadata.labels = Some(BTreeMap::from([(NODE_LABEL.to_owned(), node.to_owned())]));
+        }
+        vm
+    }
+
+    #[test]
+    fn intents() {
+        assert_eq!(
+            intent_of(&vm(Some("hv1"), DesiredState::Started), "hv1"),
+            Intent::Started
+        );
+        assert_eq!(
+            intent_of(&vm(Some("hv1"), DesiredState::Stopped), "hv1"),
+            Intent::Stopped
+        );
+        assert_eq!(
+            intent_of(&vm(Some("hv1"), DesiredState::Disabled), "hv1"),
+            Intent::Absent(AbsentReason::Disabled)
+        );
+        assert_eq!(
+            intent_of(&vm(Some("hv2"), DesiredState::Started), "hv1"),
+            Intent::Absent(AbsentReason::NotAssigned)
+        );
+        assert_eq!(
+            intent_of(&vm(None, DesiredState::Started), "hv1"),
+            Intent::Absent(AbsentReason::NotAssigned)
+        );
+        let mut deleting = vm(Some("hv1"), DesiredState::Started);
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert_eq!(
+            intent_of(&deleting, "hv1"),
+            Intent::Absent(AbsentReason::Deleting)
+        );
+    }
+
+    #[test]
+    fn storage_readiness() {
+        let mut v = vm(Some("hv1"), DesiredState::Started);
+        assert!(!storage_ready(&v));
+        let condition = |status: &str| Condition {
+            type_: condition_types::STORAGE_READY.into(),
+            status: status.into(),
+            reason: "R".into(),
+            message: String::new(),
+            last_transition_time: Time(Timestamp::now()),
+            observed_generation: None,
+        };
+        v.status = Some(crate::api::VirtualMachineStatus {
+            conditions: vec![condition("False")],
+            ..Default::default()
+        });
+        assert!(!storage_ready(&v));
+        v.status.as_mut().unwrap().conditions = vec![condition("True")];
+        assert!(storage_ready(&v));
+    }
+}

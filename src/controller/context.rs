@@ -1,0 +1,119 @@
+//! What every reconcile of the controller shares: configuration, clients, caches.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::Store;
+
+use crate::api::{Hypervisor, VirtualMachine};
+use crate::controller::storage::StorageContext;
+use crate::domain_xml::{CephAccess, DevicePolicy};
+use crate::metrics::Metrics;
+
+/// Namespaces in which a cluster admin allows base XML to reach the host.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyConfig {
+    pub host_devices: BTreeSet<String>,
+    pub host_paths: BTreeSet<String>,
+    pub qemu_passthrough: BTreeSet<String>,
+}
+
+impl PolicyConfig {
+    pub fn for_namespace(&self, namespace: &str) -> DevicePolicy {
+        DevicePolicy {
+            allow_host_devices: self.host_devices.contains(namespace),
+            allow_host_paths: self.host_paths.contains(namespace),
+            allow_qemu_passthrough: self.qemu_passthrough.contains(namespace),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ControllerSettings {
+    pub policy: PolicyConfig,
+    /// Monitors and libvirt secret written into every domain's RBD disks.
+    pub ceph_access: CephAccess,
+    /// How long a successful storage check stays trusted before Ceph is read again.
+    pub storage_recheck: Duration,
+    /// A hypervisor whose heartbeat is older than this is not Ready for placement.
+    pub heartbeat_timeout: Duration,
+    /// Periodic requeue of every VM.
+    pub resync: Duration,
+}
+
+/// When the storage of a VM was last found complete, per object UID.
+#[derive(Default)]
+pub struct StorageChecks {
+    checked: Mutex<HashMap<String, (i64, Instant)>>,
+}
+
+impl StorageChecks {
+    pub fn fresh(&self, uid: &str, generation: i64, max_age: Duration) -> bool {
+        let checked = self.checked.lock().expect("storage check cache poisoned");
+        checked
+            .get(uid)
+            .is_some_and(|(g, at)| *g == generation && at.elapsed() < max_age)
+    }
+
+    pub fn record(&self, uid: &str, generation: i64) {
+        let mut checked = self.checked.lock().expect("storage check cache poisoned");
+        checked.insert(uid.to_owned(), (generation, Instant::now()));
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.checked
+            .lock()
+            .expect("storage check cache poisoned")
+            .remove(uid);
+    }
+}
+
+/// Consecutive reconcile failures per object UID, for the retry back-off.
+#[derive(Default)]
+pub struct FailureCounter {
+    counts: Mutex<HashMap<String, u32>>,
+}
+
+impl FailureCounter {
+    /// Counts one more failure and returns the count.
+    pub fn bump(&self, uid: &str) -> u32 {
+        let mut counts = self.counts.lock().expect("failure counter poisoned");
+        let count = counts.entry(uid.to_owned()).or_default();
+        *count += 1;
+        *count
+    }
+
+    pub fn reset(&self, uid: &str) {
+        self.counts.lock().expect("failure counter poisoned").remove(uid);
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: ControllerSettings,
+    pub storage: StorageContext,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub vms: Store<VirtualMachine>,
+    pub hypervisors: Store<Hypervisor>,
+    pub storage_checks: StorageChecks,
+    pub failures: FailureCounter,
+    /// Memory in MiB of each VM by UID: the XML is immutable, so it is parsed once.
+    pub memory_mib: Mutex<HashMap<String, i64>>,
+}
+
+impl Context {
+    /// Memory of a VM's domain in MiB (0 when its XML cannot be read; such a VM is not placed).
+    pub fn memory_of(&self, vm: &VirtualMachine) -> i64 {
+        let uid = vm.metadata.uid.clone().unwrap_or_default();
+        let mut cache = self.memory_mib.lock().expect("memory cache poisoned");
+        *cache.entry(uid).or_insert_with(|| {
+            crate::domain_xml::extract_memory_kib(&vm.spec.xml)
+                .map(|kib| (kib / 1024) as i64)
+                .unwrap_or(0)
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! The cluster-wide controller: storage in Ceph, placement, status, deletion.
+
+pub mod conditions;
+pub mod context;
+pub mod phase;
+pub mod placement;
+pub mod run;
+pub mod storage;
+pub mod vm;

@@ -1,0 +1,180 @@
+//! Wires the VirtualMachine reconciler into kube-runtime: the watches, the caches, and the
+//! Ceph connection it needs.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::api::{Hypervisor, VirtualMachine};
+use crate::ceph::{Cluster, ClusterConfig};
+use crate::controller::context::{Context, ControllerSettings, PolicyConfig};
+use crate::controller::storage::{self, StorageContext};
+use crate::controller::vm;
+use crate::domain_xml::{CephAccess, CephAuthRef};
+use crate::metrics::Metrics;
+use crate::naming::NamespaceMap;
+
+/// Everything the controller is configured with.
+#[derive(Clone, Debug)]
+pub struct ControllerConfig {
+    pub ceph_conf: PathBuf,
+    pub ceph_client: String,
+    pub ceph_options: Vec<(String, String)>,
+    pub pool: String,
+    pub namespace_map: NamespaceMap,
+    pub policy: PolicyConfig,
+    /// The libvirt user and secret UUID written in each RBD disk when Ceph uses cephx.
+    pub libvirt_auth: Option<CephAuthRef>,
+    pub concurrency: u16,
+    pub storage_recheck: Duration,
+    pub heartbeat_timeout: Duration,
+    pub resync: Duration,
+    /// Name reported on Events (the Pod name in a cluster).
+    pub instance: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("connecting to Ceph with {conf} as client.{client}: {source}")]
+    Ceph {
+        conf: String,
+        client: String,
+        source: crate::ceph::CephError,
+    },
+    #[error("reading the Ceph monitors: {0}")]
+    Monitors(#[source] storage::StorageError),
+}
+
+async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerError> {
+    let cluster_config = ClusterConfig {
+        conf_path: config.ceph_conf.clone(),
+        client_id: config.ceph_client.clone(),
+        mount_timeout: Duration::from_secs(10),
+        options: config.ceph_options.clone(),
+    };
+    tokio::task::spawn_blocking(move || Cluster::connect(cluster_config))
+        .await
+        .expect("Ceph connect task panicked")
+        .map_err(|source| ControllerError::Ceph {
+            conf: config.ceph_conf.display().to_string(),
+            client: config.ceph_client.clone(),
+            source,
+        })
+}
+
+/// VMs that wait for a hypervisor: a change to any hypervisor may let them be placed.
+fn waiting_for_a_hypervisor(vms: &reflector::Store<VirtualMachine>) -> Vec<ObjectRef<VirtualMachine>> {
+    vms.state()
+        .iter()
+        .filter(|vm| vm.status.as_ref().and_then(|s| s.node.as_ref()).is_none())
+        .map(|vm| ObjectRef::from_obj(vm.as_ref()))
+        .collect()
+}
+
+/// Publishes how many VMs are in each phase.
+fn count_phases(vms: &reflector::Store<VirtualMachine>, metrics: &Metrics) {
+    let mut counts = BTreeMap::new();
+    for vm in vms.state() {
+        let phase = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .map(|p| format!("{p:?}"))
+            .unwrap_or("Unknown".into());
+        *counts.entry(phase).or_insert(0) += 1;
+    }
+    metrics.set_vm_phases(&counts);
+}
+
+/// Runs the controller until `shutdown` completes.
+pub async fn run(
+    client: Client,
+    config: ControllerConfig,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> Result<(), ControllerError> {
+    let cluster = connect_ceph(&config).await?;
+    let monitors = storage::monitors(&cluster)
+        .await
+        .map_err(ControllerError::Monitors)?;
+    info!(?monitors, pool = %config.pool, "connected to Ceph");
+
+    // The placement cache of hypervisors; a second, lighter watch below only triggers VMs.
+    let (hypervisors, hv_writer) = reflector::store();
+    let hv_cache = watcher(Api::<Hypervisor>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(hv_writer)
+        .for_each(|_| async {});
+    let hv_cache = tokio::spawn(hv_cache);
+
+    let controller = Controller::new(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+    let vms = controller.store();
+    let waiting = vms.clone();
+    let controller = controller.watches(
+        Api::<Hypervisor>::all(client.clone()),
+        watcher::Config::default(),
+        move |_hv: Hypervisor| waiting_for_a_hypervisor(&waiting),
+    );
+
+    let reporter = Reporter {
+        controller: "seapath-controller".into(),
+        instance: Some(config.instance.clone()),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        settings: ControllerSettings {
+            policy: config.policy.clone(),
+            ceph_access: CephAccess {
+                monitors,
+                auth: config.libvirt_auth.clone(),
+            },
+            storage_recheck: config.storage_recheck,
+            heartbeat_timeout: config.heartbeat_timeout,
+            resync: config.resync,
+        },
+        storage: StorageContext::new(
+            cluster,
+            config.pool.clone(),
+            config.namespace_map.clone(),
+            config.ceph_conf.clone(),
+            config.ceph_client.clone(),
+        ),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client, reporter),
+        vms: vms.clone(),
+        hypervisors,
+        storage_checks: Default::default(),
+        failures: Default::default(),
+        memory_mib: Default::default(),
+    });
+
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(vm::reconcile, vm::error_policy, context)
+        .for_each(|result| {
+            match result {
+                Ok((object, _)) => tracing::debug!(vm = %object.name, "reconciled"),
+                Err(err) => warn!(error = %err, "controller"),
+            }
+            count_phases(&vms, &metrics);
+            async {}
+        })
+        .await;
+    hv_cache.abort();
+    info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,375 @@
+use std::path::PathBuf;
+
+use super::*;
+use crate::api::ImageFormat;
+
+fn request(disks: Vec<DiskRequest>) -> VmStorageRequest {
+    VmStorageRequest {
+        kube_namespace: "prod".into(),
+        name: "guest0".into(),
+        uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
+        disks,
+        base_xml: "<domain/>".into(),
+        rendered_xml: "<domain><name>guest0</name></domain>".into(),
+        metadata: [("site".to_string(), "north".to_string())].into(),
+        internal: [("_stop_timeout".to_string(), "60".to_string())].into(),
+    }
+}
+
+fn blank(size: Option<u64>) -> DiskRequest {
+    DiskRequest {
+        source: ResolvedSource::Blank,
+        size_bytes: size,
+    }
+}
+
+#[test]
+fn temp_names_encode_the_owner() {
+    let key = uid_key("0F1E2D3C-4b5a-6978-8796-a5b4c3d2e1f0");
+    assert_eq!(key, "0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    let tmp = temp_image_name("data_guest0_1", &key);
+    assert_eq!(tmp, "tmp_data_guest0_1_0f1e2d3c4b5a69788796a5b4c3d2e1f0");
+    assert!(tmp.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    assert!(is_own_temp_image(&tmp, &key));
+    assert!(!is_own_temp_image(&tmp, "ffffffffffffffffffffffffffffffff"));
+    assert!(!is_own_temp_image("system_guest0", &key));
+    assert!(
+        !is_own_temp_image(&format!("tmp_{key}"), &key),
+        "no final name part"
+    );
+    let scratch = scratch_file_name(&key, 2);
+    assert!(is_own_scratch_file(&scratch, &key));
+    assert!(!is_own_scratch_file(&scratch, "abc"));
+}
+
+#[test]
+fn validation() {
+    assert!(validate_request(&request(vec![blank(Some(1 << 20))])).is_ok());
+    let err = |r: VmStorageRequest| validate_request(&r).unwrap_err().to_string();
+    assert!(err(request(vec![blank(None)])).contains("system disk: a blank disk needs a size"));
+    assert!(err(request(vec![])).contains("system disk"));
+    let mut r = request(vec![blank(Some(1))]);
+    r.name = "guest_0".into();
+    assert!(err(r).contains("letters and digits"));
+    let mut r = request(vec![blank(Some(1))]);
+    r.metadata.insert("xml".into(), "x".into());
+    assert!(err(r).contains("reserved"));
+    let mut r = request(vec![blank(Some(1))]);
+    r.internal.insert("_base_xml".into(), "x".into());
+    assert!(err(r).contains("written by the storage layer"));
+    let mut r = request(vec![blank(Some(1))]);
+    r.internal.insert("stop".into(), "x".into());
+    assert!(err(r).contains("must start with '_'"));
+    let r = request(vec![
+        blank(Some(1)),
+        DiskRequest {
+            source: ResolvedSource::Path {
+                path: PathBuf::from("disk.qcow2"),
+                format: ImageFormat::Qcow2,
+            },
+            size_bytes: None,
+        },
+    ]);
+    assert!(err(r).contains("data disk 0: path 'disk.qcow2' must be absolute"));
+    let r = request(vec![DiskRequest {
+        source: ResolvedSource::Http {
+            url: "ftp://x".into(),
+            format: ImageFormat::Raw,
+        },
+        size_bytes: None,
+    }]);
+    assert!(err(r).contains("http://"));
+    let r = request(vec![DiskRequest {
+        source: ResolvedSource::Golden {
+            pool: "rbd".into(),
+            namespace: String::new(),
+            image: "golden".into(),
+            snapshot: String::new(),
+        },
+        size_bytes: None,
+    }]);
+    assert!(err(r).contains("golden source"));
+    assert_eq!(
+        validate_request(&request(vec![blank(Some(0))]))
+            .unwrap_err()
+            .reason(),
+        "InvalidSpec"
+    );
+}
+
+fn facts(name: &str, owner: Option<&str>, vm_name: Option<&str>) -> ImageFacts {
+    ImageFacts {
+        name: name.into(),
+        owner_uid: owner.map(Into::into),
+        owner: owner.map(|_| "prod/guest0".to_string()),
+        vm_name: vm_name.map(Into::into),
+    }
+}
+
+#[test]
+fn ownership_decisions() {
+    let decide = |s: &ExistingState| decide_ownership(s, "guest0", "u1", "rbd/prod");
+    // Nothing there: ours to create.
+    assert_eq!(
+        decide(&ExistingState::default()).unwrap(),
+        (Ownership::Ours, vec![])
+    );
+    // Our own system image.
+    let ours = ExistingState {
+        system: Some(facts("system_guest0", Some("u1"), Some("guest0"))),
+        ..Default::default()
+    };
+    assert_eq!(decide(&ours).unwrap().0, Ownership::Ours);
+    // Another object's.
+    let theirs = ExistingState {
+        system: Some(facts("system_guest0", Some("u2"), Some("guest0"))),
+        ..Default::default()
+    };
+    let e = decide(&theirs).unwrap_err();
+    assert_eq!(e.reason(), "OwnedByAnotherObject");
+    assert!(e.to_string().contains("rbd/prod/system_guest0"), "{e}");
+    // A vm_manager VM: adopted, its data images in the group claimed.
+    let vm_manager = ExistingState {
+        system: Some(facts("system_guest0", None, Some("guest0"))),
+        others: vec![facts("data_guest0_0", None, None)],
+        group_exists: true,
+        group_members: vec!["system_guest0".into(), "data_guest0_0".into()],
+    };
+    assert_eq!(
+        decide(&vm_manager).unwrap(),
+        (Ownership::Adopt, vec!["data_guest0_0".to_string()])
+    );
+    // An image named like the system image but of another VM, or of no VM.
+    let other_vm = ExistingState {
+        system: Some(facts("system_guest0", None, Some("guest1"))),
+        ..Default::default()
+    };
+    assert_eq!(decide(&other_vm).unwrap_err().reason(), "NameConflict");
+    let no_vm = ExistingState {
+        system: Some(facts("system_guest0", None, None)),
+        ..Default::default()
+    };
+    assert!(
+        decide(&no_vm)
+            .unwrap_err()
+            .to_string()
+            .contains("not a SEAPATH VM")
+    );
+    // A data image of another object while the system image is ours.
+    let mixed = ExistingState {
+        system: Some(facts("system_guest0", Some("u1"), Some("guest0"))),
+        others: vec![facts("data_guest0_0", Some("u2"), None)],
+        ..Default::default()
+    };
+    assert_eq!(decide(&mixed).unwrap_err().reason(), "OwnedByAnotherObject");
+    // A stray data image without owner outside the group: not ours to take.
+    let stray = ExistingState {
+        system: Some(facts("system_guest0", Some("u1"), Some("guest0"))),
+        others: vec![facts("data_guest0_0", None, None)],
+        ..Default::default()
+    };
+    assert_eq!(decide(&stray).unwrap_err().reason(), "NameConflict");
+    // Our data images left by an interrupted first run (no system image yet): resume.
+    let resumed = ExistingState {
+        others: vec![facts("data_guest0_0", Some("u1"), None)],
+        ..Default::default()
+    };
+    assert_eq!(decide(&resumed).unwrap(), (Ownership::Ours, vec![]));
+    // A group made by someone else holding an image without owner, no system image.
+    let foreign_group = ExistingState {
+        others: vec![facts("data_guest0_0", None, None)],
+        group_exists: true,
+        group_members: vec!["data_guest0_0".into()],
+        ..Default::default()
+    };
+    assert_eq!(decide(&foreign_group).unwrap_err().reason(), "NameConflict");
+}
+
+#[test]
+fn metadata_order_and_diff() {
+    let mut req = request(vec![blank(Some(1)), blank(Some(1)), blank(Some(1))]);
+    let desired = desired_metadata(&req);
+    let keys: Vec<&str> = desired.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "_k8s_owner_uid",
+            "_k8s_owner",
+            "_stop_timeout",
+            "site",
+            "_base_xml",
+            "_additional_disks",
+            "xml",
+            "vm_name"
+        ]
+    );
+    assert!(desired.contains(&("_additional_disks".into(), "2".into())));
+    assert!(desired.contains(&("_k8s_owner".into(), "prod/guest0".into())));
+
+    let current: BTreeMap<String, String> = desired.iter().cloned().collect();
+    assert!(plan_metadata(&current, &desired).is_empty());
+
+    let mut changed = current.clone();
+    changed.insert("xml".into(), "<old/>".into());
+    changed.insert("_pacemaker_meta".into(), "{}".into());
+    let plan = plan_metadata(&changed, &desired);
+    assert_eq!(plan.set, vec![("xml".to_string(), req.rendered_xml.clone())]);
+    assert!(plan.remove.is_empty(), "unknown keys stay");
+
+    req.disks.truncate(1);
+    let plan = plan_metadata(&current, &desired_metadata(&req));
+    assert_eq!(plan.remove, vec!["_additional_disks".to_string()]);
+    assert!(plan.set.is_empty());
+}
+
+#[test]
+fn inherited_metadata_is_dropped_but_conf() {
+    let current: BTreeMap<String, String> = [
+        ("conf_rbd_cache".to_string(), "false".to_string()),
+        ("vm_name".to_string(), "src".to_string()),
+        ("_k8s_owner_uid".to_string(), "u0".to_string()),
+    ]
+    .into();
+    assert_eq!(inherited_keys_to_strip(&current), ["_k8s_owner_uid", "vm_name"]);
+}
+
+#[test]
+fn sizes_only_grow() {
+    assert_eq!(size_action(None, 10), SizeAction::Keep);
+    assert_eq!(size_action(Some(10), 10), SizeAction::Keep);
+    assert_eq!(size_action(Some(20), 10), SizeAction::Grow(20));
+    assert_eq!(
+        size_action(Some(5), 10),
+        SizeAction::TooSmall {
+            requested: 5,
+            actual: 10
+        }
+    );
+    assert!(too_small_warning("system_g", 1 << 20, 2 << 20).contains("never shrunk"));
+}
+
+const DF_WITH_MGR: &str = r#"{"stats":{"total_bytes":32212254720,"total_avail_bytes":30064771072,
+ "total_used_bytes":2147483648,"total_used_raw_bytes":2147483648,"total_used_raw_ratio":0.066,
+ "num_osds":3,"num_per_pool_osds":3,"num_per_pool_omap_osds":3},"stats_by_class":{},
+ "pools":[{"name":"device_health_metrics","id":1,"stats":{"stored":0,"objects":0,"kb_used":0,
+ "bytes_used":0,"percent_used":0,"max_avail":10000000000}},
+ {"name":"rbd","id":2,"stats":{"stored":1073741824,"objects":260,"kb_used":3145728,
+ "bytes_used":3221225472,"percent_used":0.1,"max_avail":9000000000}}]}"#;
+
+const DF_WITHOUT_MGR: &str = r#"{"stats":{"total_bytes":0,"total_avail_bytes":0,"total_used_bytes":0,
+ "total_used_raw_bytes":0,"total_used_raw_ratio":0,"num_osds":0,"num_per_pool_osds":0,
+ "num_per_pool_omap_osds":0},"stats_by_class":{},"pools":[]}"#;
+
+fn osd_dump(quota: u64) -> String {
+    format!(
+        r#"{{"epoch":9,"pools":[{{"pool":1,"pool_name":"other","quota_max_bytes":5}},
+        {{"pool":2,"pool_name":"rbd","quota_max_bytes":{quota}}}]}}"#
+    )
+}
+
+#[test]
+fn pool_space() {
+    let avail = |df: &str, quota: u64| pool_available_bytes(df.as_bytes(), osd_dump(quota).as_bytes(), "rbd");
+    assert_eq!(avail(DF_WITH_MGR, 0), Some(9_000_000_000));
+    assert_eq!(
+        avail(DF_WITH_MGR, 2 << 30),
+        Some((2 << 30) - (1 << 30)),
+        "quota minus stored"
+    );
+    assert_eq!(avail(DF_WITHOUT_MGR, 0), None, "no mgr: unknown, not zero");
+    assert_eq!(avail(DF_WITHOUT_MGR, 64 << 20), Some(64 << 20));
+    assert_eq!(pool_available_bytes(b"garbage", b"", "rbd"), None);
+
+    assert!(check_pool_space("rbd", 10, None, "x").is_ok());
+    assert!(check_pool_space("rbd", 10, Some(10), "x").is_ok());
+    let e = check_pool_space("rbd", 64 << 20, Some(32 << 20), "importing file /a").unwrap_err();
+    assert_eq!(e.reason(), "PoolFull");
+    assert!(e.is_retryable());
+    assert!(
+        e.to_string().contains(
+            "importing file /a needs up to 64 MiB (67108864 bytes) but the pool can take only 32 MiB"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn mon_dump() {
+    // The test bed's mon (msgr2 only).
+    let testbed = br#"{"epoch":1,"mons":[{"rank":0,"name":"a","public_addrs":{"addrvec":
+      [{"type":"v2","addr":"127.0.0.1:23880","nonce":0}]},"addr":"127.0.0.1:23880/0",
+      "public_addr":"127.0.0.1:23880/0"}],"quorum":[0]}"#;
+    assert_eq!(
+        parse_mon_dump(testbed).unwrap(),
+        [("127.0.0.1".to_string(), 23880)]
+    );
+    // Both protocols: msgr2 first; IPv6; a legacy map with only `addr`.
+    let multi = br#"{"mons":[
+      {"name":"a","public_addrs":{"addrvec":[{"type":"v1","addr":"10.0.0.1:6789","nonce":0},
+        {"type":"v2","addr":"10.0.0.1:3300","nonce":0}]}},
+      {"name":"b","public_addrs":{"addrvec":[{"type":"v1","addr":"[fd00::2]:6789","nonce":0}]}},
+      {"name":"c","addr":"10.0.0.3:6789/0"}]}"#;
+    assert_eq!(
+        parse_mon_dump(multi).unwrap(),
+        [
+            ("10.0.0.1".to_string(), 3300),
+            ("fd00::2".to_string(), 6789),
+            ("10.0.0.3".to_string(), 6789)
+        ]
+    );
+    assert!(parse_mon_dump(b"{}").is_err());
+    assert!(parse_mon_dump(br#"{"mons":[{"name":"x","addr":"nohost"}]}"#).is_err());
+}
+
+#[test]
+fn qemu_img_output() {
+    let info = br#"{"virtual-size": 67108864, "filename": "/tmp/a.qcow2", "cluster-size": 65536,
+      "format": "qcow2", "actual-size": 2363392, "format-specific": {"type": "qcow2",
+      "data": {"compat": "1.1"}}, "dirty-flag": false}"#;
+    assert_eq!(
+        parse_qemu_img_info(info).unwrap(),
+        QemuImageInfo {
+            format: "qcow2".into(),
+            virtual_size: 64 << 20,
+            actual_size: Some(2363392),
+            backing_file: None,
+            data_file: None,
+        }
+    );
+    let overlay = br#"{"virtual-size": 1024, "format": "qcow2", "backing-filename": "/etc/shadow",
+      "format-specific": {"type": "qcow2", "data": {"data-file": "/x"}}}"#;
+    let info = parse_qemu_img_info(overlay).unwrap();
+    assert_eq!(info.backing_file.as_deref(), Some("/etc/shadow"));
+    assert_eq!(info.data_file.as_deref(), Some("/x"));
+    assert!(parse_qemu_img_info(b"{}").is_err());
+
+    assert_eq!(
+        parse_qemu_progress("    (0.00/100%)\r    (50.00/100%)\r"),
+        Some(50.0)
+    );
+    assert_eq!(parse_qemu_progress("    (100.00/100%)\r\n"), Some(100.0));
+    assert_eq!(parse_qemu_progress("nothing"), None);
+}
+
+#[test]
+fn urls_lose_their_credentials() {
+    assert_eq!(redact_url("https://u:p@host/a@b"), "https://***@host/a@b");
+    assert_eq!(redact_url("http://host:80/x?u=a@b"), "http://host:80/x?u=a@b");
+    assert_eq!(redact_url("not a url"), "not a url");
+}
+
+#[test]
+fn byte_checks() {
+    assert!(is_all_zero(&[]));
+    assert!(is_all_zero(&[0; 4099]));
+    let mut buf = vec![0u8; 4099];
+    buf[4098] = 1;
+    assert!(!is_all_zero(&buf));
+    buf[4098] = 0;
+    buf[17] = 1;
+    assert!(!is_all_zero(&buf));
+    assert!(looks_like_qcow2(b"QFI\xfb\0\0\0\x03"));
+    assert!(!looks_like_qcow2(b"<htm"));
+    assert_eq!(parent_spec("rbd", "", "golden", "v1"), "rbd/golden@v1");
+    assert_eq!(parent_spec("rbd", "lab", "golden", "v1"), "rbd/lab/golden@v1");
+}

@@ -1,0 +1,884 @@
+//! The blocking Ceph work of the storage layer. Every function here runs inside
+//! `spawn_blocking`; decisions come from `plan.rs`.
+
+use std::collections::BTreeMap;
+
+use super::error::{Result, StorageError};
+use super::plan::{self, ExistingState, ImageFacts, Ownership, SizeAction};
+use super::{DeleteOutcome, ImageObservation, StorageObservation, VmStorageRequest};
+use crate::ceph::{CephError, CloneFormat, Cluster, GroupImageState, Image, ImageOptions, IoCtx};
+use crate::naming::{META_OWNER, META_OWNER_UID, META_VM_NAME, VmNames};
+
+/// Adds a context to a Ceph result.
+pub(crate) trait CephContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> CephContext<T> for std::result::Result<T, CephError> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| StorageError::from_ceph(context(), e))
+    }
+}
+
+/// `Ok(None)` for `ENOENT`.
+fn optional<T>(r: std::result::Result<T, CephError>) -> std::result::Result<Option<T>, CephError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn location(pool: &str, ns: &str) -> String {
+    if ns.is_empty() {
+        pool.to_string()
+    } else {
+        format!("{pool}/{ns}")
+    }
+}
+
+/// The I/O context of the VM's RBD namespace. With `create`, a missing namespace is created;
+/// without, a missing one gives `None` (nothing of the VM can exist there).
+pub(crate) fn open_namespace(cluster: &Cluster, pool: &str, ns: &str, create: bool) -> Result<Option<IoCtx>> {
+    let pool_io = cluster
+        .io_context(pool, "")
+        .ctx(|| format!("opening pool '{pool}' (does it exist?)"))?;
+    if !ns.is_empty() {
+        let exists = pool_io
+            .namespace_exists(ns)
+            .ctx(|| format!("checking RBD namespace {pool}/{ns}"))?;
+        if !exists {
+            if !create {
+                return Ok(None);
+            }
+            match pool_io.create_namespace(ns) {
+                Ok(()) => tracing::info!(pool, namespace = ns, "created RBD namespace"),
+                Err(e) if e.is_exists() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("creating RBD namespace {pool}/{ns}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        return cluster
+            .io_context(pool, ns)
+            .ctx(|| format!("opening RBD namespace {pool}/{ns}"))
+            .map(Some);
+    }
+    Ok(Some(pool_io))
+}
+
+fn meta_opt(image: &Image, key: &str) -> Result<Option<String>> {
+    optional(image.metadata_get(key)).ctx(|| format!("reading metadata {key} of {}", image.spec()))
+}
+
+/// Owner keys and vm_name of an image; `None` if it does not exist.
+fn image_facts(io: &IoCtx, name: &str) -> Result<Option<ImageFacts>> {
+    let Some(image) =
+        optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ImageFacts {
+        name: name.to_string(),
+        owner_uid: meta_opt(&image, META_OWNER_UID)?,
+        owner: meta_opt(&image, META_OWNER)?,
+        vm_name: meta_opt(&image, META_VM_NAME)?,
+    }))
+}
+
+/// Size and parent of an image as observed (opened read-only: no watch, no lock, no write).
+pub(crate) fn observe_image(io: &IoCtx, name: &str) -> Result<Option<ImageObservation>> {
+    let Some(image) =
+        optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
+    else {
+        return Ok(None);
+    };
+    observe_open(&image)
+}
+
+fn observe_open(image: &Image) -> Result<Option<ImageObservation>> {
+    let size = image
+        .size()
+        .ctx(|| format!("reading the size of {}", image.spec()))?;
+    let parent = image
+        .parent()
+        .ctx(|| format!("reading the parent of {}", image.spec()))?
+        .map(|p| plan::parent_spec(&p.image.pool, &p.image.namespace, &p.image.name, &p.snap_name));
+    Ok(Some(ImageObservation {
+        name: image.name().to_string(),
+        size_bytes: size,
+        parent,
+    }))
+}
+
+/// Removes a temporary image with its snapshots (deep copies bring the source's). Absent: done.
+pub(crate) fn remove_temp(io: &IoCtx, name: &str) -> Result<()> {
+    let context = || format!("removing temporary image {}", io.spec(name));
+    if let Some(image) = optional(io.open_image(name)).ctx(context)? {
+        image.snap_purge().ctx(context)?;
+    }
+    match io.remove_image(name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(StorageError::from_ceph(context(), e)),
+    }
+}
+
+/// What `prepare` found and did.
+pub(crate) struct Prepared {
+    pub io: IoCtx,
+    pub ownership: Ownership,
+    /// Per requested disk: the final image if it exists already.
+    pub existing: Vec<Option<ImageObservation>>,
+    pub changes: Vec<String>,
+}
+
+/// Makes sure the namespace exists, decides ownership (refusing before any write when the data
+/// are someone else's), removes this object's leftover temporary images, and adopts.
+pub(crate) fn prepare(
+    cluster: &Cluster,
+    pool: &str,
+    names: &VmNames,
+    req: &VmStorageRequest,
+) -> Result<Prepared> {
+    let ns = &names.rbd_namespace;
+    let io = open_namespace(cluster, pool, ns, true)?
+        .ok_or_else(|| StorageError::internal("namespace vanished"))?;
+    let loc = location(pool, ns);
+    let wanted = names.images(req.disks.len() - 1);
+    let images = io.list_images().ctx(|| format!("listing images of {loc}"))?;
+    let group = names.group();
+    let group_exists = io
+        .group_list()
+        .ctx(|| format!("listing groups of {loc}"))?
+        .contains(&group);
+    let pool_id = io.pool_id();
+    let group_members: Vec<String> = if group_exists {
+        io.group_image_list(&group)
+            .ctx(|| format!("listing the images of group {}", io.spec(&group)))?
+            .into_iter()
+            .filter(|m| m.pool_id == pool_id)
+            .map(|m| m.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let system_name = names.system_image();
+    let system = if images.contains(&system_name) {
+        image_facts(&io, &system_name)?
+    } else {
+        None
+    };
+    let mut others = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for name in wanted.iter().skip(1).chain(group_members.iter()) {
+        if name != &system_name
+            && images.contains(name)
+            && seen.insert(name.clone())
+            && let Some(f) = image_facts(&io, name)?
+        {
+            others.push(f);
+        }
+    }
+    let state = ExistingState {
+        system,
+        others,
+        group_exists,
+        group_members,
+    };
+    let (ownership, claimable) = plan::decide_ownership(&state, &names.vm, &req.uid, &loc)?;
+
+    let mut changes = Vec::new();
+    let uid_key = plan::uid_key(&req.uid);
+    for temp in images.iter().filter(|i| plan::is_own_temp_image(i, &uid_key)) {
+        remove_temp(&io, temp)?;
+        tracing::info!(image = %io.spec(temp), "removed leftover temporary image of an interrupted run");
+        changes.push(format!("removed leftover temporary image {temp}"));
+    }
+
+    // Data images first, the system image last: the system image's owner key is what marks the
+    // whole VM as ours, so it is written once everything else is.
+    let owner_kv = plan::owner_metadata(req);
+    let mut to_claim = claimable;
+    if ownership == Ownership::Adopt {
+        to_claim.push(system_name.clone());
+    }
+    for name in &to_claim {
+        let image = io.open_image(name).ctx(|| format!("opening {}", io.spec(name)))?;
+        for (k, v) in &owner_kv {
+            image
+                .metadata_set(k, v)
+                .ctx(|| format!("writing owner key {k} on {}", io.spec(name)))?;
+        }
+        changes.push(format!("adopted {name} (wrote owner keys, data untouched)"));
+    }
+    if ownership == Ownership::Adopt {
+        tracing::info!(vm = %names.vm, location = %loc, "adopted a VM made by SEAPATH's tools");
+    }
+
+    let existing = wanted
+        .iter()
+        .map(|name| {
+            if images.contains(name) {
+                observe_image(&io, name)
+            } else {
+                Ok(None)
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Prepared {
+        io,
+        ownership,
+        existing,
+        changes,
+    })
+}
+
+/// Grows an existing image.
+pub(crate) fn grow(io: &IoCtx, name: &str, size: u64) -> Result<()> {
+    let mut image = io.open_image(name).ctx(|| format!("opening {}", io.spec(name)))?;
+    image.resize(size).ctx(|| format!("growing {}", io.spec(name)))
+}
+
+/// A blank temporary image.
+pub(crate) fn create_blank(io: &IoCtx, tmp: &str, size: u64) -> Result<()> {
+    io.create_image(tmp, size, &ImageOptions::default())
+        .ctx(|| format!("creating {}", io.spec(tmp)))
+}
+
+fn source_io(cluster: &Cluster, pool: &str, ns: &str, what: &str) -> Result<IoCtx> {
+    match cluster.io_context(pool, ns) {
+        Ok(io) => Ok(io),
+        Err(e) if e.is_not_found() => Err(StorageError::SourceNotFound {
+            what: what.to_string(),
+            detail: if ns.is_empty() {
+                format!("pool '{pool}' does not exist")
+            } else {
+                format!("pool '{pool}' or its RBD namespace '{ns}' does not exist")
+            },
+        }),
+        Err(e) => Err(StorageError::from_ceph(
+            format!("opening {}", location(pool, ns)),
+            e,
+        )),
+    }
+}
+
+/// Opens the source image (at `snap` if given), read-only; `SourceNotFound` names what is
+/// missing: the image or the snapshot.
+fn open_source(io: &IoCtx, image: &str, snap: Option<&str>, what: &str) -> Result<Image> {
+    let not_found = |detail: String| StorageError::SourceNotFound {
+        what: what.to_string(),
+        detail,
+    };
+    let head = match io.open_image_read_only(image, None) {
+        Ok(i) => i,
+        Err(e) if e.is_not_found() => {
+            return Err(not_found(format!("image {} does not exist", io.spec(image))));
+        }
+        Err(e) => return Err(StorageError::from_ceph(format!("opening {}", io.spec(image)), e)),
+    };
+    let Some(snap) = snap else { return Ok(head) };
+    let exists = head
+        .snap_exists(snap)
+        .ctx(|| format!("checking snapshot {}@{snap}", io.spec(image)))?;
+    if !exists {
+        return Err(not_found(format!(
+            "image {} has no snapshot '{snap}'",
+            io.spec(image)
+        )));
+    }
+    io.open_image_read_only(image, Some(snap))
+        .ctx(|| format!("opening {}@{snap}", io.spec(image)))
+}
+
+/// A copy-on-write clone (format 2: no protected snapshot needed) of a golden snapshot.
+pub(crate) fn clone_golden(
+    cluster: &Cluster,
+    (pool, ns, image, snap): (&str, &str, &str, &str),
+    io: &IoCtx,
+    tmp: &str,
+) -> Result<()> {
+    let what = format!("golden image {}", plan::parent_spec(pool, ns, image, snap));
+    let src_io = source_io(cluster, pool, ns, &what)?;
+    drop(open_source(&src_io, image, Some(snap), &what)?);
+    let options = ImageOptions {
+        clone_format: Some(CloneFormat::V2),
+        ..Default::default()
+    };
+    src_io
+        .clone_image(image, snap, io, tmp, &options)
+        .ctx(|| format!("cloning {what} to {}", io.spec(tmp)))
+}
+
+/// A deep copy (data, and the snapshots up to the copied point) of an image or of one of its
+/// snapshots.
+pub(crate) fn deep_copy_from(
+    cluster: &Cluster,
+    (pool, ns, image, snap): (&str, &str, &str, Option<&str>),
+    io: &IoCtx,
+    tmp: &str,
+) -> Result<()> {
+    let what = match snap {
+        Some(s) => format!("RBD image {}", plan::parent_spec(pool, ns, image, s)),
+        None => format!("RBD image {}", io_spec(pool, ns, image)),
+    };
+    let src_io = source_io(cluster, pool, ns, &what)?;
+    let src = open_source(&src_io, image, snap, &what)?;
+    src.deep_copy(io, tmp, &ImageOptions::default())
+        .ctx(|| format!("copying {what} to {}", io.spec(tmp)))
+}
+
+fn io_spec(pool: &str, ns: &str, image: &str) -> String {
+    format!("{}/{image}", location(pool, ns))
+}
+
+/// Makes a built temporary image the VM's: drops metadata inherited from a source, writes the
+/// owner keys, grows it to the requested size, and renames it to its final name (atomic).
+/// Returns the observation and a warning when the requested size was too small.
+pub(crate) fn finish_temp(
+    io: &IoCtx,
+    tmp: &str,
+    final_name: &str,
+    owner_kv: &[(String, String)],
+    requested: Option<u64>,
+) -> Result<(ImageObservation, Option<String>)> {
+    let mut warning = None;
+    {
+        let mut image = io.open_image(tmp).ctx(|| format!("opening {}", io.spec(tmp)))?;
+        let inherited = image
+            .metadata_list()
+            .ctx(|| format!("listing metadata of {}", io.spec(tmp)))?;
+        for key in plan::inherited_keys_to_strip(&inherited) {
+            image
+                .metadata_remove(&key)
+                .ctx(|| format!("removing copied metadata {key} of {}", io.spec(tmp)))?;
+        }
+        for (k, v) in owner_kv {
+            image
+                .metadata_set(k, v)
+                .ctx(|| format!("writing owner key {k} on {}", io.spec(tmp)))?;
+        }
+        let size = image
+            .size()
+            .ctx(|| format!("reading the size of {}", io.spec(tmp)))?;
+        match plan::size_action(requested, size) {
+            SizeAction::Grow(to) => image.resize(to).ctx(|| format!("growing {}", io.spec(tmp)))?,
+            SizeAction::TooSmall { requested, actual } => {
+                warning = Some(plan::too_small_warning(final_name, requested, actual));
+            }
+            SizeAction::Keep => {}
+        }
+        image.flush().ctx(|| format!("flushing {}", io.spec(tmp)))?;
+    }
+    match io.rename_image(tmp, final_name) {
+        Ok(()) => {}
+        Err(e) if e.is_exists() => {
+            return Err(StorageError::NameConflict {
+                what: format!("RBD image {}", io.spec(final_name)),
+                detail: "someone else created it while this disk was being built; nothing of theirs \
+                         was changed"
+                    .to_string(),
+            });
+        }
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("renaming {} to {final_name}", io.spec(tmp)),
+                e,
+            ));
+        }
+    }
+    let observed =
+        observe_image(io, final_name)?.ok_or_else(|| StorageError::internal("renamed image vanished"))?;
+    Ok((observed, warning))
+}
+
+/// Result of `finalize`.
+pub(crate) struct Finalized {
+    pub images: Vec<ImageObservation>,
+    pub changes: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Puts every image in the VM's group (creating it) and writes the system image's metadata;
+/// only what differs is written.
+pub(crate) fn finalize(io: &IoCtx, names: &VmNames, req: &VmStorageRequest) -> Result<Finalized> {
+    let group = names.group();
+    let wanted = names.images(req.disks.len() - 1);
+    let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    let loc = io.location();
+
+    let group_exists = io
+        .group_list()
+        .ctx(|| format!("listing groups of {loc}"))?
+        .contains(&group);
+    if !group_exists {
+        match io.group_create(&group) {
+            Ok(()) => changes.push(format!("created group {group}")),
+            Err(e) if e.is_exists() => {}
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("creating group {}", io.spec(&group)),
+                    e,
+                ));
+            }
+        }
+    }
+    let pool_id = io.pool_id();
+    let members = io
+        .group_image_list(&group)
+        .ctx(|| format!("listing the images of group {}", io.spec(&group)))?;
+    for name in &wanted {
+        let member = members.iter().find(|m| &m.name == name && m.pool_id == pool_id);
+        match member.map(|m| m.state) {
+            Some(GroupImageState::Attached) => continue,
+            Some(GroupImageState::Incomplete) => {
+                // An add or remove was interrupted: redo it from the start.
+                io.group_image_remove(&group, io, name)
+                    .ctx(|| format!("repairing the half-added {name} in group {}", io.spec(&group)))?;
+            }
+            None => {
+                let image = io
+                    .open_image_read_only(name, None)
+                    .ctx(|| format!("opening {}", io.spec(name)))?;
+                if let Some(other) = image
+                    .group()
+                    .ctx(|| format!("reading the group of {}", io.spec(name)))?
+                    && (other.name != group || other.pool_id != pool_id)
+                {
+                    return Err(StorageError::NameConflict {
+                        what: format!("RBD image {}", io.spec(name)),
+                        detail: format!(
+                            "it is in another group ('{}'); remove it from there first",
+                            other.name
+                        ),
+                    });
+                }
+            }
+        }
+        io.group_image_add(&group, io, name)
+            .ctx(|| format!("adding {name} to group {}", io.spec(&group)))?;
+        changes.push(format!("added {name} to group {group}"));
+    }
+    for extra in members.iter().filter(|m| !wanted.contains(&m.name)) {
+        warnings.push(format!(
+            "group {group} also holds image {} which this VirtualMachine does not attach",
+            extra.name
+        ));
+    }
+
+    // Metadata on the system image: compare read-only, open read-write only to write.
+    let system = names.system_image();
+    let current = io
+        .open_image_read_only(&system, None)
+        .and_then(|i| i.metadata_list())
+        .ctx(|| format!("reading the metadata of {}", io.spec(&system)))?;
+    let plan = plan::plan_metadata(&current, &plan::desired_metadata(req));
+    if !plan.is_empty() {
+        let image = io
+            .open_image(&system)
+            .ctx(|| format!("opening {}", io.spec(&system)))?;
+        for (k, v) in &plan.set {
+            image
+                .metadata_set(k, v)
+                .ctx(|| format!("writing metadata {k} on {}", io.spec(&system)))?;
+        }
+        for k in &plan.remove {
+            match image.metadata_remove(k) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("removing metadata {k} of {system}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        let keys: Vec<&str> = plan
+            .set
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .chain(plan.remove.iter().map(String::as_str))
+            .collect();
+        changes.push(format!("wrote metadata of {system}: {}", keys.join(", ")));
+    }
+
+    let images = wanted
+        .iter()
+        .map(|n| observe_image(io, n)?.ok_or_else(|| StorageError::internal(format!("{n} vanished"))))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Finalized {
+        images,
+        changes,
+        warnings,
+    })
+}
+
+/// Orders image names the way a VM attaches them: system, data_0, data_1, ..., then others.
+fn attach_order(names: &VmNames, mut images: Vec<String>) -> Vec<String> {
+    let system = names.system_image();
+    let data_prefix = format!("data_{}_", names.vm);
+    let key = |n: &String| -> (u8, u64, String) {
+        if *n == system {
+            (0, 0, String::new())
+        } else if let Some(i) = n.strip_prefix(&data_prefix).and_then(|i| i.parse::<u64>().ok()) {
+            (1, i, String::new())
+        } else {
+            (2, 0, n.clone())
+        }
+    };
+    images.sort_by_key(key);
+    images
+}
+
+/// The VM's storage as it is: read-only calls only.
+pub(crate) fn observe(cluster: &Cluster, pool: &str, names: &VmNames) -> Result<Option<StorageObservation>> {
+    let Some(io) = open_namespace(cluster, pool, &names.rbd_namespace, false)? else {
+        return Ok(None);
+    };
+    let group = names.group();
+    let loc = io.location();
+    if !io
+        .group_list()
+        .ctx(|| format!("listing groups of {loc}"))?
+        .contains(&group)
+    {
+        return Ok(None);
+    }
+    let members = match io.group_image_list(&group) {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("listing the images of group {}", io.spec(&group)),
+                e,
+            ));
+        }
+    };
+    let pool_id = io.pool_id();
+    let mut warnings = Vec::new();
+    let mut member_names = Vec::new();
+    for m in members {
+        if m.pool_id != pool_id {
+            warnings.push(format!(
+                "group {group} holds image {} of another pool (id {})",
+                m.name, m.pool_id
+            ));
+        } else if m.state == GroupImageState::Incomplete {
+            warnings.push(format!("image {} is half-added to group {group}", m.name));
+            member_names.push(m.name);
+        } else {
+            member_names.push(m.name);
+        }
+    }
+    let mut images = Vec::new();
+    for name in attach_order(names, member_names) {
+        match observe_image(&io, &name)? {
+            Some(o) => images.push(o),
+            None => warnings.push(format!("group {group} lists image {name}, which does not exist")),
+        }
+    }
+    let system = names.system_image();
+    let owner_uid = match optional(io.open_image_read_only(&system, None))
+        .ctx(|| format!("opening {}", io.spec(&system)))?
+    {
+        Some(image) => meta_opt(&image, META_OWNER_UID)?,
+        None => None,
+    };
+    Ok(Some(StorageObservation {
+        pool: pool.to_string(),
+        namespace: names.rbd_namespace.clone(),
+        group,
+        images,
+        adopted: false,
+        warnings,
+        owner_uid,
+        changes: Vec::new(),
+    }))
+}
+
+/// Metadata of the system image; empty when it does not exist. Read-only.
+pub(crate) fn read_metadata(
+    cluster: &Cluster,
+    pool: &str,
+    names: &VmNames,
+) -> Result<BTreeMap<String, String>> {
+    let Some(io) = open_namespace(cluster, pool, &names.rbd_namespace, false)? else {
+        return Ok(BTreeMap::new());
+    };
+    let system = names.system_image();
+    match optional(io.open_image_read_only(&system, None)).ctx(|| format!("opening {}", io.spec(&system)))? {
+        Some(image) => image
+            .metadata_list()
+            .ctx(|| format!("reading the metadata of {}", io.spec(&system))),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// The clones depending on any snapshot of `image` (listed at the head: librbd then walks every
+/// snapshot, trashed ones included).
+fn dependent_clones(image: &Image) -> Result<Vec<String>> {
+    let children = image
+        .children()
+        .ctx(|| format!("listing the clones of {}", image.spec()))?;
+    Ok(children
+        .into_iter()
+        .map(|c| {
+            let spec = io_spec(&c.pool, &c.namespace, &c.name);
+            if c.trash {
+                format!("{spec} (in the RBD trash)")
+            } else {
+                spec
+            }
+        })
+        .collect())
+}
+
+/// The clones depending on a snapshot of any image of the VM's group (read-only).
+pub(crate) fn vm_dependent_clones(cluster: &Cluster, pool: &str, names: &VmNames) -> Result<Vec<String>> {
+    let Some(io) = open_namespace(cluster, pool, &names.rbd_namespace, false)? else {
+        return Ok(Vec::new());
+    };
+    let group = names.group();
+    let members = match io.group_image_list(&group) {
+        Ok(m) => m,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("listing the images of group {}", io.spec(&group)),
+                e,
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for m in members.iter().filter(|m| m.pool_id == io.pool_id()) {
+        if let Some(image) = optional(io.open_image_read_only(&m.name, None))
+            .ctx(|| format!("opening {}", io.spec(&m.name)))?
+        {
+            out.extend(dependent_clones(&image)?);
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the VM's storage if `uid` owns it: group snapshots, then each image (data first,
+/// the system image last, so an interrupted delete still knows the owner), then the group.
+pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) -> Result<DeleteOutcome> {
+    let Some(io) = open_namespace(cluster, pool, &names.rbd_namespace, false)? else {
+        return Ok(DeleteOutcome::Absent);
+    };
+    let loc = io.location();
+    let group = names.group();
+    let system = names.system_image();
+    let data_prefix = format!("data_{}_", names.vm);
+    let uid_key = plan::uid_key(uid);
+    let images = io.list_images().ctx(|| format!("listing images of {loc}"))?;
+    let group_exists = io
+        .group_list()
+        .ctx(|| format!("listing groups of {loc}"))?
+        .contains(&group);
+    let pool_id = io.pool_id();
+    let members: Vec<String> = if group_exists {
+        match io.group_image_list(&group) {
+            Ok(m) => m
+                .into_iter()
+                .filter(|m| m.pool_id == pool_id)
+                .map(|m| m.name)
+                .collect(),
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("listing group {}", io.spec(&group)),
+                    e,
+                ));
+            }
+        }
+    } else {
+        Vec::new()
+    };
+
+    // Candidates: the VM layout's names, the group's members, this object's temporary images.
+    let mut candidates: Vec<String> = images
+        .iter()
+        .filter(|n| {
+            **n == system
+                || n.strip_prefix(&data_prefix)
+                    .is_some_and(|i| i.parse::<u64>().is_ok())
+                || members.contains(n)
+                || plan::is_own_temp_image(n, &uid_key)
+        })
+        .cloned()
+        .collect();
+    candidates = attach_order(names, candidates);
+    if candidates.is_empty() && !group_exists {
+        return Ok(DeleteOutcome::Absent);
+    }
+
+    if images.contains(&system) {
+        let facts = image_facts(&io, &system)?.unwrap_or_default();
+        if facts.owner_uid.as_deref() != Some(uid) {
+            return Ok(DeleteOutcome::NotOwned {
+                owner_uid: facts.owner_uid,
+                owner: facts.owner,
+            });
+        }
+    }
+    let mut ours = Vec::new();
+    let mut kept = Vec::new();
+    for name in &candidates {
+        if plan::is_own_temp_image(name, &uid_key) {
+            ours.push(name.clone());
+            continue;
+        }
+        match image_facts(&io, name)? {
+            Some(f) if f.owner_uid.as_deref() == Some(uid) => ours.push(name.clone()),
+            Some(_) => kept.push(name.clone()),
+            None => {}
+        }
+    }
+    let system_present = images.contains(&system);
+    if !system_present && ours.is_empty() && !kept.is_empty() {
+        // Nothing here is ours: images of the VM's names made by someone else.
+        let first = image_facts(&io, &kept[0])?.unwrap_or_default();
+        return Ok(DeleteOutcome::NotOwned {
+            owner_uid: first.owner_uid,
+            owner: first.owner,
+        });
+    }
+
+    // Refuse before removing anything if a clone depends on one of the images.
+    for name in &ours {
+        let Some(image) =
+            optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
+        else {
+            continue;
+        };
+        let children = dependent_clones(&image)?;
+        if !children.is_empty() {
+            return Err(StorageError::HasDependentClones {
+                image: io.spec(name),
+                children,
+            });
+        }
+    }
+
+    let mut snapshots = 0usize;
+    let group_is_ours = system_present || kept.iter().all(|k| !members.contains(k));
+    if group_exists && group_is_ours {
+        let snaps = match io.group_snap_list(&group) {
+            Ok(s) => s,
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("listing snapshots of group {}", io.spec(&group)),
+                    e,
+                ));
+            }
+        };
+        for snap in snaps {
+            match io.group_snap_remove(&group, &snap.name) {
+                Ok(()) => snapshots += 1,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("removing group snapshot {}@{}", io.spec(&group), snap.name),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
+
+    // The system image last: its owner key marks the rest as ours until the end.
+    let mut removed = Vec::new();
+    let order: Vec<&String> = ours
+        .iter()
+        .filter(|n| **n != system)
+        .chain(ours.iter().filter(|n| **n == system))
+        .collect();
+    for name in order {
+        if members.contains(name) {
+            match io.group_image_remove(&group, &io, name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("removing {name} from group {group}"),
+                        e,
+                    ));
+                }
+            }
+        }
+        if let Some(image) = optional(io.open_image(name)).ctx(|| format!("opening {}", io.spec(name)))? {
+            let purged = image.snap_purge().map_err(|e| {
+                if e.is_busy() {
+                    StorageError::HasDependentClones {
+                        image: io.spec(name),
+                        children: vec![format!("a clone made meanwhile ({e})")],
+                    }
+                } else {
+                    StorageError::from_ceph(format!("removing the snapshots of {}", io.spec(name)), e)
+                }
+            })?;
+            snapshots += purged.len();
+        }
+        match io.remove_image(name) {
+            Ok(()) => removed.push(name.clone()),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(StorageError::from_ceph(format!("removing {}", io.spec(name)), e)),
+        }
+        tracing::info!(image = %io.spec(name), "removed image");
+    }
+
+    let mut group_removed = false;
+    if group_exists && group_is_ours {
+        let left = match io.group_image_list(&group) {
+            Ok(m) => m.len(),
+            Err(e) if e.is_not_found() => usize::MAX,
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("listing group {}", io.spec(&group)),
+                    e,
+                ));
+            }
+        };
+        if left == 0 {
+            match io.group_remove(&group) {
+                Ok(()) => group_removed = true,
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("removing group {}", io.spec(&group)),
+                        e,
+                    ));
+                }
+            }
+        } else if left != usize::MAX {
+            kept.push(format!(
+                "group {group} (still holds images that are not this object's)"
+            ));
+        }
+    }
+    Ok(DeleteOutcome::Deleted {
+        images: removed,
+        snapshots,
+        group_removed,
+        kept,
+    })
+}
+
+/// What the pool can still take (`None`: unknown, e.g. no ceph-mgr reports statistics).
+pub(crate) fn pool_available(cluster: &Cluster, pool: &str) -> Result<Option<u64>> {
+    let (df, _) = cluster
+        .mon_command(r#"{"prefix":"df","format":"json"}"#)
+        .ctx(|| "asking the monitors for pool usage (df)".to_string())?;
+    let (dump, _) = cluster
+        .mon_command(r#"{"prefix":"osd dump","format":"json"}"#)
+        .ctx(|| "asking the monitors for pool quotas (osd dump)".to_string())?;
+    Ok(plan::pool_available_bytes(&df, &dump, pool))
+}

@@ -1,0 +1,493 @@
+//! Reconciles one VirtualMachine: storage in Ceph, placement on a hypervisor, status; and on
+//! deletion, waits for the domain to be gone before it handles the RBD data.
+
+mod plan;
+mod status;
+
+pub use plan::{PlanError, generated_uuid};
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{
+    DeletionPolicy, DesiredState, DomainState, Hypervisor, NODE_LABEL, VM_FINALIZER, VirtualMachine,
+    condition_types as ct,
+};
+use crate::controller::conditions;
+use crate::controller::context::Context;
+use crate::controller::placement::{self, Candidate, Decision};
+use crate::controller::storage::{self, StorageError};
+use status::{Scheduling, StatusInput, StorageOutcome};
+
+pub const FIELD_MANAGER: &str = "seapath-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("waiting for hypervisor {node} to stop and undefine the domain before the disks are handled")]
+    WaitingForDomain { node: String },
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl ReconcileError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(_) => "KubernetesApiError",
+            ReconcileError::Storage(e) => e.reason(),
+            ReconcileError::Plan(e) => e.reason(),
+            ReconcileError::WaitingForDomain { .. } => "WaitingForDomain",
+            ReconcileError::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+impl From<finalizer::Error<ReconcileError>> for ReconcileError {
+    fn from(err: finalizer::Error<ReconcileError>) -> Self {
+        match err {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => ReconcileError::Finalizer(other.to_string()),
+        }
+    }
+}
+
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let namespace = vm.namespace().unwrap_or_default();
+    let span =
+        info_span!("reconcile", kind = "VirtualMachine", namespace = %namespace, name = %vm.name_any());
+    async move {
+        let timer = ctx.metrics.reconcile_timer("VirtualMachine");
+        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, VM_FINALIZER, vm, |event| async {
+            match event {
+                finalizer::Event::Apply(vm) => apply(&vm, &ctx, &api).await,
+                finalizer::Event::Cleanup(vm) => cleanup(&vm, &ctx, &api).await,
+            }
+        })
+        .await
+        .map_err(ReconcileError::from);
+        match &result {
+            Ok(_) => timer.ok(),
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Retries with a delay that grows with the failures of this object, up to five minutes.
+pub fn error_policy(vm: Arc<VirtualMachine>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
+    if matches!(err, ReconcileError::WaitingForDomain { .. }) {
+        return Action::requeue(Duration::from_secs(2));
+    }
+    let failures = ctx.failures.bump(&vm.metadata.uid.clone().unwrap_or_default());
+    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
+    warn!(error = %err, reason = err.reason(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn publish(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &vm.object_ref(&())).await {
+        warn!(error = %err, "publishing event failed");
+    }
+}
+
+async fn apply(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+) -> Result<Action, ReconcileError> {
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let generation = vm.metadata.generation.unwrap_or_default();
+    let others = ctx.vms.state();
+    let previous = vm.status.clone().unwrap_or_default();
+
+    let plan = plan::plan(
+        vm,
+        &ctx.settings,
+        &ctx.storage.pool,
+        &ctx.storage.namespace_map,
+        &others,
+    );
+    let (storage_outcome, plan) = match plan {
+        Ok(plan) => (None, Some(plan)),
+        Err(err) => {
+            let outcome = if err.is_retryable() {
+                StorageOutcome::Failing {
+                    reason: err.reason().into(),
+                    message: err.to_string(),
+                    storage: previous.storage.clone(),
+                }
+            } else {
+                StorageOutcome::Invalid {
+                    reason: err.reason().into(),
+                    message: err.to_string(),
+                }
+            };
+            (Some((outcome, err)), None)
+        }
+    };
+
+    let storage_outcome = match (storage_outcome, &plan) {
+        (Some((outcome, err)), _) => {
+            write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+            publish(
+                ctx,
+                vm,
+                EventType::Warning,
+                err.reason(),
+                "Validate",
+                err.to_string(),
+            )
+            .await;
+            if err.is_retryable() {
+                return Err(err.into());
+            }
+            return Ok(Action::await_change());
+        }
+        (None, Some(plan)) => {
+            let fresh = previous.storage.is_some()
+                && conditions::is_true(&previous.conditions, ct::STORAGE_READY)
+                && ctx
+                    .storage_checks
+                    .fresh(&uid, generation, ctx.settings.storage_recheck);
+            if fresh {
+                StorageOutcome::Ready(previous.storage.clone().expect("checked above"))
+            } else {
+                match storage::ensure_storage(&ctx.storage, &plan.request, |_progress| {}).await {
+                    Ok(observation) => {
+                        ctx.storage_checks.record(&uid, generation);
+                        if previous.storage.is_none() {
+                            let note = if observation.adopted {
+                                format!(
+                                    "adopted existing RBD group {} made by SEAPATH's tools",
+                                    observation.group
+                                )
+                            } else {
+                                format!(
+                                    "RBD group {} with {} image(s) ready",
+                                    observation.group,
+                                    observation.images.len()
+                                )
+                            };
+                            publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note).await;
+                        }
+                        for warning in &observation.warnings {
+                            publish(
+                                ctx,
+                                vm,
+                                EventType::Warning,
+                                "StorageWarning",
+                                "CreateStorage",
+                                warning.clone(),
+                            )
+                            .await;
+                        }
+                        StorageOutcome::Ready(observation.to_status())
+                    }
+                    Err(err) => {
+                        let outcome = if err.is_retryable() {
+                            StorageOutcome::Failing {
+                                reason: err.reason().into(),
+                                message: err.to_string(),
+                                storage: previous.storage.clone(),
+                            }
+                        } else {
+                            StorageOutcome::Invalid {
+                                reason: err.reason().into(),
+                                message: err.to_string(),
+                            }
+                        };
+                        write_status(vm, api, &outcome, &Scheduling::NotNeeded, Some(plan.uuid)).await?;
+                        publish(
+                            ctx,
+                            vm,
+                            EventType::Warning,
+                            err.reason(),
+                            "CreateStorage",
+                            err.to_string(),
+                        )
+                        .await;
+                        if err.is_retryable() {
+                            return Err(err.into());
+                        }
+                        return Ok(Action::await_change());
+                    }
+                }
+            }
+        }
+        (None, None) => unreachable!("a plan or an error"),
+    };
+    let plan = plan.expect("plan succeeded");
+
+    let scheduling = if vm.spec.state == DesiredState::Disabled && previous.node.is_none() {
+        Scheduling::NotNeeded
+    } else {
+        schedule(vm, ctx, plan.memory_mib, &others)
+    };
+    if let Scheduling::Placed(node) = &scheduling {
+        hand_over(vm, ctx, api, node).await?;
+    }
+    ctx.failures.reset(&uid);
+    write_status(vm, api, &storage_outcome, &scheduling, Some(plan.uuid)).await?;
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Points the node label at `node`. When the VM moves while its domain is still defined on the
+/// old node, the label is first removed, so the old agent stops and undefines the domain, and
+/// only set to the new node once the old one reports it gone: two hosts never run one disk.
+async fn hand_over(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+    node: &str,
+) -> Result<(), ReconcileError> {
+    let label = vm.labels().get(NODE_LABEL).map(String::as_str);
+    if label == Some(node) {
+        return Ok(());
+    }
+    let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
+    let old_node_busy = domain.is_some_and(|d| d.node != node && d.state != DomainState::Absent);
+    let labels = if old_node_busy {
+        if label.is_none() {
+            return Ok(());
+        }
+        info!(from = ?label, to = %node, "moving: waiting for the old node to release the domain");
+        json!({})
+    } else {
+        json!({NODE_LABEL: node})
+    };
+    let patch = json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": vm.name_any(), "labels": labels}
+    });
+    api.patch(
+        &vm.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    if !old_node_busy {
+        info!(node = %node, "placed");
+        publish(
+            ctx,
+            vm,
+            EventType::Normal,
+            "Scheduled",
+            "Place",
+            format!("placed on hypervisor {node}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Memory of the VMs placed on each node, from the controller's cache of every VM.
+fn allocated_memory(
+    ctx: &Context,
+    me: &VirtualMachine,
+    others: &[Arc<VirtualMachine>],
+) -> BTreeMap<String, i64> {
+    let mut allocated = BTreeMap::new();
+    for other in others.iter().filter(|o| o.metadata.uid != me.metadata.uid) {
+        if other.spec.state == DesiredState::Disabled {
+            continue;
+        }
+        let Some(node) = other.status.as_ref().and_then(|s| s.node.clone()) else {
+            continue;
+        };
+        *allocated.entry(node).or_default() += ctx.memory_of(other);
+    }
+    allocated
+}
+
+fn schedule(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    memory_mib: i64,
+    others: &[Arc<VirtualMachine>],
+) -> Scheduling {
+    let now = Timestamp::now();
+    let candidates: Vec<Candidate> = ctx
+        .hypervisors
+        .state()
+        .iter()
+        .map(|hv| candidate(hv, now, ctx))
+        .collect();
+    let current = vm.status.as_ref().and_then(|s| s.node.as_deref());
+    match placement::place(
+        current,
+        vm.spec.placement.as_ref(),
+        memory_mib,
+        &candidates,
+        &allocated_memory(ctx, vm, others),
+    ) {
+        Decision::Node(node) => Scheduling::Placed(node),
+        Decision::Unschedulable { reason, message } => Scheduling::Unschedulable {
+            reason: reason.into(),
+            message,
+        },
+    }
+}
+
+fn candidate(hv: &Hypervisor, now: Timestamp, ctx: &Context) -> Candidate {
+    let status = hv.status.clone().unwrap_or_default();
+    let fresh = status
+        .heartbeat_time
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < ctx.settings.heartbeat_timeout);
+    Candidate {
+        name: hv.name_any(),
+        ready: fresh && conditions::is_true(&status.conditions, ct::READY),
+        unschedulable: hv.spec.unschedulable,
+        memory_mib: status.memory_mib,
+    }
+}
+
+async fn write_status(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    storage: &StorageOutcome,
+    scheduling: &Scheduling,
+    uuid: Option<uuid::Uuid>,
+) -> Result<(), ReconcileError> {
+    let input = StatusInput {
+        vm,
+        storage,
+        scheduling,
+        domain_uuid: uuid.map(|u| u.to_string()),
+        now: Time(Timestamp::now()),
+    };
+    let new = status::build(&input);
+    if !status::differs(vm, &new) {
+        return Ok(());
+    }
+    if vm.status.as_ref().and_then(|s| s.phase) != new.phase {
+        info!(phase = ?new.phase, "phase changed");
+    }
+    let patch =
+        json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": new});
+    api.patch_status(
+        &vm.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn cleanup(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+) -> Result<Action, ReconcileError> {
+    let status = vm.status.clone().unwrap_or_default();
+    // Disks are never touched while a domain using them may run: the agent of the node must
+    // first report the domain gone.
+    if let Some(domain) = status.domain.as_ref().filter(|d| d.state != DomainState::Absent) {
+        let message = format!(
+            "being deleted: waiting for hypervisor {} to stop and undefine domain {}",
+            domain.node, domain.name
+        );
+        let outcome = StorageOutcome::Failing {
+            reason: "Deleting".into(),
+            message,
+            storage: status.storage.clone(),
+        };
+        write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+        return Err(ReconcileError::WaitingForDomain {
+            node: domain.node.clone(),
+        });
+    }
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let namespace = vm.namespace().unwrap_or_default();
+    ctx.storage_checks.forget(&uid);
+    ctx.failures.reset(&uid);
+    match vm.spec.deletion_policy {
+        DeletionPolicy::Retain => {
+            let names = crate::naming::VmNames::new(
+                &ctx.storage.namespace_map.rbd_namespace(&namespace),
+                &vm.name_any(),
+            );
+            publish(
+                ctx,
+                vm,
+                EventType::Normal,
+                "StorageRetained",
+                "Delete",
+                format!(
+                    "deletionPolicy Retain: RBD group {} and its images stay in pool {} (RBD namespace '{}')",
+                    names.group(),
+                    ctx.storage.pool,
+                    names.rbd_namespace
+                ),
+            )
+            .await;
+        }
+        DeletionPolicy::Delete => {
+            match storage::delete_storage(&ctx.storage, &namespace, &vm.name_any(), &uid).await {
+                Ok(_) => {
+                    publish(
+                        ctx,
+                        vm,
+                        EventType::Normal,
+                        "StorageDeleted",
+                        "Delete",
+                        "RBD snapshots, images and group removed".into(),
+                    )
+                    .await;
+                }
+                Err(err) => {
+                    let outcome = StorageOutcome::Failing {
+                        reason: err.reason().into(),
+                        message: format!("cannot delete the VM's storage: {err}"),
+                        storage: status.storage.clone(),
+                    };
+                    write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+                    publish(
+                        ctx,
+                        vm,
+                        EventType::Warning,
+                        err.reason(),
+                        "Delete",
+                        err.to_string(),
+                    )
+                    .await;
+                    return Err(err.into());
+                }
+            }
+        }
+    }
+    Ok(Action::await_change())
+}

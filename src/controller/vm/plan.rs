@@ -1,0 +1,312 @@
+//! Pure decisions of a VM reconcile: check the spec, settle the UUID, resolve disk sources and
+//! render the domain XML into the request the storage layer carries out.
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use uuid::Uuid;
+
+use crate::api::{self, DiskSource, VirtualMachine};
+use crate::controller::context::ControllerSettings;
+use crate::controller::storage::{DiskRequest, ResolvedSource, VmStorageRequest, parse_quantity};
+use crate::domain_xml::{self, DiskSpec, DomainXmlError};
+use crate::naming::{self, NamespaceMap, VmNames};
+
+/// Why a spec cannot be carried out. None of these is fixed by retrying the same spec, except
+/// the ones about a clone source, which may become ready.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{0}")]
+    InvalidXml(#[from] DomainXmlError),
+    #[error(
+        "the domain UUID {uuid} is already used by VirtualMachine {other}; remove <uuid> from the XML to get a fresh one"
+    )]
+    DuplicateUuid { uuid: Uuid, other: String },
+    #[error("disk {disk}: {message}")]
+    InvalidSize { disk: usize, message: String },
+    #[error("disk {disk}: clone source VirtualMachine {source_vm} does not exist in this namespace")]
+    SourceNotFound { disk: usize, source_vm: String },
+    #[error("disk {disk}: clone source VirtualMachine {source_vm} is being deleted")]
+    SourceBeingDeleted { disk: usize, source_vm: String },
+    #[error(
+        "disk {disk}: clone source VirtualMachine {source_vm} has no storage yet (its StorageReady condition is not True)"
+    )]
+    SourceNotReady { disk: usize, source_vm: String },
+    #[error("disk {disk}: clone source VirtualMachine {source_vm} has no disk {disk}")]
+    SourceHasNoSuchDisk { disk: usize, source_vm: String },
+}
+
+impl PlanError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::InvalidXml(DomainXmlError::PolicyViolations(_)) => "ForbiddenDevice",
+            PlanError::InvalidXml(_) => "InvalidXml",
+            PlanError::DuplicateUuid { .. } => "DuplicateUuid",
+            PlanError::InvalidSize { .. } => "InvalidSize",
+            PlanError::SourceNotFound { .. } => "SourceNotFound",
+            PlanError::SourceBeingDeleted { .. } => "SourceBeingDeleted",
+            PlanError::SourceNotReady { .. } => "SourceNotReady",
+            PlanError::SourceHasNoSuchDisk { .. } => "SourceHasNoSuchDisk",
+        }
+    }
+
+    /// A source that does not exist yet or is not ready may become usable: retry with back-off.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            PlanError::SourceNotFound { .. } | PlanError::SourceNotReady { .. }
+        )
+    }
+}
+
+/// Everything the reconcile needs to act.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub uuid: Uuid,
+    pub memory_mib: i64,
+    pub request: VmStorageRequest,
+}
+
+/// The UUID a VM's domain gets when its XML has none: derived from the object's UID, so every
+/// reconcile (and every controller replica) computes the same one without storing it first.
+pub fn generated_uuid(object_uid: &str) -> Uuid {
+    Uuid::new_v5(
+        &Uuid::NAMESPACE_OID,
+        format!("seapath.lfenergy.org/vm/{object_uid}").as_bytes(),
+    )
+}
+
+/// The UUID a VM has or will have: the one its status records, else its XML's, else generated.
+fn effective_uuid(vm: &VirtualMachine) -> Option<Uuid> {
+    if let Some(uuid) = vm.status.as_ref().and_then(|s| s.domain_uuid.as_deref()) {
+        return Uuid::parse_str(uuid).ok();
+    }
+    match domain_xml::extract_uuid(&vm.spec.xml) {
+        Ok(Some(uuid)) => Some(uuid),
+        _ => vm.metadata.uid.as_deref().map(generated_uuid),
+    }
+}
+
+/// Another VM using `uuid` that keeps it: the older object wins, the name breaks ties.
+fn uuid_owner<'a>(
+    vm: &VirtualMachine,
+    uuid: Uuid,
+    others: &'a [std::sync::Arc<VirtualMachine>],
+) -> Option<&'a VirtualMachine> {
+    let key = |v: &VirtualMachine| {
+        (
+            v.metadata.creation_timestamp.clone().map(|t| t.0),
+            v.namespace(),
+            v.name_any(),
+        )
+    };
+    others
+        .iter()
+        .map(|o| o.as_ref())
+        .filter(|o| o.metadata.uid != vm.metadata.uid)
+        .filter(|o| effective_uuid(o) == Some(uuid))
+        .find(|o| {
+            // One that already runs with it keeps it whatever its age.
+            o.status.as_ref().is_some_and(|s| s.domain_uuid.is_some()) || key(o) < key(vm)
+        })
+}
+
+fn bus(bus: api::DiskBus) -> domain_xml::DiskBus {
+    match bus {
+        api::DiskBus::Virtio => domain_xml::DiskBus::Virtio,
+        api::DiskBus::Scsi => domain_xml::DiskBus::Scsi,
+        api::DiskBus::Sata => domain_xml::DiskBus::Sata,
+        api::DiskBus::Ide => domain_xml::DiskBus::Ide,
+    }
+}
+
+fn resolve_source(
+    disk_index: usize,
+    source: &DiskSource,
+    vm: &VirtualMachine,
+    pool: &str,
+    rbd_namespace: &str,
+    namespace_map: &NamespaceMap,
+    others: &[std::sync::Arc<VirtualMachine>],
+) -> Result<ResolvedSource, PlanError> {
+    if let Some(http) = &source.http {
+        return Ok(ResolvedSource::Http {
+            url: http.url.clone(),
+            format: http.format,
+        });
+    }
+    if let Some(path) = &source.path {
+        return Ok(ResolvedSource::Path {
+            path: path.path.clone().into(),
+            format: path.format,
+        });
+    }
+    if let Some(rbd) = &source.rbd {
+        return Ok(ResolvedSource::Rbd {
+            pool: rbd.pool.clone().unwrap_or_else(|| pool.to_owned()),
+            namespace: rbd.namespace.clone().unwrap_or_else(|| rbd_namespace.to_owned()),
+            image: rbd.image.clone(),
+        });
+    }
+    if let Some(golden) = &source.golden {
+        return Ok(ResolvedSource::Golden {
+            pool: golden.pool.clone().unwrap_or_else(|| pool.to_owned()),
+            namespace: golden.namespace.clone().unwrap_or_default(),
+            image: golden.image.clone(),
+            snapshot: golden.snapshot.clone(),
+        });
+    }
+    if let Some(clone) = &source.vm {
+        let namespace = vm.namespace().unwrap_or_default();
+        let source_vm = others
+            .iter()
+            .find(|o| o.name_any() == clone.name && o.namespace().as_deref() == Some(namespace.as_str()))
+            .ok_or_else(|| PlanError::SourceNotFound {
+                disk: disk_index,
+                source_vm: clone.name.clone(),
+            })?;
+        if source_vm.metadata.deletion_timestamp.is_some() {
+            return Err(PlanError::SourceBeingDeleted {
+                disk: disk_index,
+                source_vm: clone.name.clone(),
+            });
+        }
+        let ready = source_vm.status.as_ref().is_some_and(|s| {
+            crate::controller::conditions::is_true(&s.conditions, api::condition_types::STORAGE_READY)
+        });
+        if !ready {
+            return Err(PlanError::SourceNotReady {
+                disk: disk_index,
+                source_vm: clone.name.clone(),
+            });
+        }
+        if disk_index > source_vm.spec.data_disks.len() {
+            return Err(PlanError::SourceHasNoSuchDisk {
+                disk: disk_index,
+                source_vm: clone.name.clone(),
+            });
+        }
+        let names = VmNames::new(&namespace_map.rbd_namespace(&namespace), &clone.name);
+        let image = names
+            .images(source_vm.spec.data_disks.len())
+            .swap_remove(disk_index);
+        return Ok(ResolvedSource::CloneOf {
+            pool: pool.to_owned(),
+            namespace: names.rbd_namespace,
+            image,
+            snapshot: clone.snapshot.clone(),
+        });
+    }
+    Ok(ResolvedSource::Blank)
+}
+
+/// Vm_manager's internal metadata keys that follow from the spec.
+fn internal_metadata(vm: &VirtualMachine) -> BTreeMap<String, String> {
+    let spec = &vm.spec;
+    let mut keys = BTreeMap::from([
+        (
+            naming::META_STOP_TIMEOUT.to_owned(),
+            spec.stop_timeout_seconds.to_string(),
+        ),
+        (
+            naming::META_DISK_BUS.to_owned(),
+            bus(spec.system_disk.bus).to_string(),
+        ),
+    ]);
+    if let Some(placement) = &spec.placement {
+        if let Some(node) = &placement.pinned_node {
+            keys.insert(naming::META_PINNED_HOST.to_owned(), node.clone());
+        }
+        if let Some(node) = &placement.preferred_node {
+            keys.insert(naming::META_PREFERRED_HOST.to_owned(), node.clone());
+        }
+        keys.insert(naming::META_PRIORITY.to_owned(), placement.priority.to_string());
+    }
+    keys
+}
+
+/// Checks a VM's spec against the policy and the other VMs, and computes what to build.
+pub fn plan(
+    vm: &VirtualMachine,
+    settings: &ControllerSettings,
+    pool: &str,
+    namespace_map: &NamespaceMap,
+    others: &[std::sync::Arc<VirtualMachine>],
+) -> Result<Plan, PlanError> {
+    let namespace = vm.namespace().unwrap_or_default();
+    let name = vm.name_any();
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let policy = settings.policy.for_namespace(&namespace);
+    let summary = domain_xml::validate_base_xml(&vm.spec.xml, &policy)?;
+    let uuid = summary.uuid.unwrap_or_else(|| generated_uuid(&uid));
+    if let Some(other) = uuid_owner(vm, uuid, others) {
+        return Err(PlanError::DuplicateUuid {
+            uuid,
+            other: format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()),
+        });
+    }
+
+    let rbd_namespace = namespace_map.rbd_namespace(&namespace);
+    let names = VmNames::new(&rbd_namespace, &name);
+    let all_disks: Vec<&api::Disk> = std::iter::once(&vm.spec.system_disk)
+        .chain(&vm.spec.data_disks)
+        .collect();
+    let image_names = names.images(vm.spec.data_disks.len());
+    let mut disks = Vec::with_capacity(all_disks.len());
+    let mut disk_specs = Vec::with_capacity(all_disks.len());
+    for (index, (disk, image)) in all_disks.iter().zip(&image_names).enumerate() {
+        let size_bytes = disk
+            .size
+            .as_deref()
+            .map(parse_quantity)
+            .transpose()
+            .map_err(|e| PlanError::InvalidSize {
+                disk: index,
+                message: e.to_string(),
+            })?;
+        let source = resolve_source(
+            index,
+            &disk.source,
+            vm,
+            pool,
+            &rbd_namespace,
+            namespace_map,
+            others,
+        )?;
+        disks.push(DiskRequest { source, size_bytes });
+        disk_specs.push(DiskSpec {
+            pool: pool.to_owned(),
+            namespace: Some(rbd_namespace.clone()).filter(|ns| !ns.is_empty()),
+            image: image.clone(),
+            bus: bus(disk.bus),
+        });
+    }
+    let owner = domain_xml::DomainOwner {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+    };
+    let rendered = domain_xml::render_domain_xml_with_uuid(
+        &vm.spec.xml,
+        &names.domain(),
+        uuid,
+        &disk_specs,
+        &settings.ceph_access,
+        &policy,
+        Some(&owner),
+    )?;
+    Ok(Plan {
+        uuid: rendered.uuid,
+        memory_mib: (summary.memory_kib / 1024) as i64,
+        request: VmStorageRequest {
+            kube_namespace: namespace,
+            name,
+            uid,
+            disks,
+            base_xml: vm.spec.xml.clone(),
+            rendered_xml: rendered.xml,
+            metadata: vm.spec.metadata.clone(),
+            internal: internal_metadata(vm),
+        },
+    })
+}

@@ -1,0 +1,192 @@
+//! The status the controller writes on a VirtualMachine, built from what it observed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::{
+    DesiredState, Phase, StorageStatus, VirtualMachine, VirtualMachineStatus, condition_types as ct,
+};
+use crate::controller::conditions::{self, Desired};
+use crate::controller::phase;
+
+/// The outcome of the storage step.
+#[derive(Clone, Debug)]
+pub enum StorageOutcome {
+    Ready(StorageStatus),
+    /// The spec cannot be carried out as it is; retrying does not help.
+    Invalid {
+        reason: String,
+        message: String,
+    },
+    /// Failed for now; retried with back-off.
+    Failing {
+        reason: String,
+        message: String,
+        storage: Option<StorageStatus>,
+    },
+}
+
+/// The outcome of placement.
+#[derive(Clone, Debug)]
+pub enum Scheduling {
+    Placed(String),
+    NotNeeded,
+    Unschedulable { reason: String, message: String },
+}
+
+pub struct StatusInput<'a> {
+    pub vm: &'a VirtualMachine,
+    pub storage: &'a StorageOutcome,
+    pub scheduling: &'a Scheduling,
+    pub domain_uuid: Option<String>,
+    pub now: Time,
+}
+
+/// The controller's part of the status: phase, conditions, node, storage, UUID.
+pub fn build(input: &StatusInput) -> VirtualMachineStatus {
+    let vm = input.vm;
+    let previous = vm.status.clone().unwrap_or_default();
+    let desired = vm.spec.state;
+    let node = match input.scheduling {
+        Scheduling::Placed(node) => Some(node.clone()),
+        _ => previous.node.clone(),
+    };
+    let storage = match input.storage {
+        StorageOutcome::Ready(s) => Some(s.clone()),
+        StorageOutcome::Failing { storage, .. } => storage.clone(),
+        StorageOutcome::Invalid { .. } => previous.storage.clone(),
+    };
+    let observed = phase::Observed {
+        storage_exists: storage.is_some(),
+        placed_node: node.as_deref(),
+        domain: previous.domain.as_ref(),
+    };
+    let phase = phase::derive(desired, &observed);
+
+    let mut wanted = Vec::new();
+    let (storage_ok, stalled) = match input.storage {
+        StorageOutcome::Ready(_) => {
+            wanted.push(Desired::new(
+                ct::STORAGE_READY,
+                true,
+                "StorageReady",
+                "RBD group and images are in place",
+            ));
+            (true, None)
+        }
+        StorageOutcome::Invalid { reason, message } => {
+            wanted.push(Desired::new(
+                ct::STORAGE_READY,
+                false,
+                reason.clone(),
+                message.clone(),
+            ));
+            (false, Some((reason.clone(), message.clone())))
+        }
+        StorageOutcome::Failing { reason, message, .. } => {
+            wanted.push(Desired::new(
+                ct::STORAGE_READY,
+                false,
+                reason.clone(),
+                message.clone(),
+            ));
+            (false, None)
+        }
+    };
+    match input.scheduling {
+        Scheduling::Placed(node) => wanted.push(Desired::new(
+            ct::SCHEDULED,
+            true,
+            "Scheduled",
+            format!("placed on hypervisor {node}"),
+        )),
+        Scheduling::Unschedulable { reason, message } => wanted.push(Desired::new(
+            ct::SCHEDULED,
+            false,
+            reason.clone(),
+            message.clone(),
+        )),
+        Scheduling::NotNeeded => {}
+    }
+
+    let domain_failure = previous.domain.as_ref().filter(|_| phase == Phase::Failed);
+    let failed = domain_failure.map(|d| {
+        (
+            d.reason.clone().unwrap_or_else(|| "DomainFailed".into()),
+            d.message
+                .clone()
+                .unwrap_or_else(|| format!("the domain failed on {}", d.node)),
+        )
+    });
+    let target = phase::target(desired);
+    let ready = phase == target && storage_ok;
+    let (ready_reason, ready_message) = if ready {
+        (format!("{phase:?}"), format!("the VM is {phase:?}, as desired"))
+    } else if let Some((reason, message)) = stalled.clone().or(failed.clone()) {
+        (reason, message)
+    } else if let (
+        Scheduling::Unschedulable { reason, message },
+        DesiredState::Started | DesiredState::Stopped,
+    ) = (input.scheduling, desired)
+    {
+        (reason.clone(), message.clone())
+    } else if let StorageOutcome::Failing { reason, message, .. } = input.storage {
+        (reason.clone(), message.clone())
+    } else {
+        (
+            format!("{phase:?}"),
+            format!("the VM is {phase:?}; desired {target:?}"),
+        )
+    };
+    wanted.push(Desired::new(
+        ct::READY,
+        ready,
+        ready_reason.clone(),
+        ready_message.clone(),
+    ));
+    let stalled = stalled.or(failed);
+    wanted.push(Desired::new(
+        ct::RECONCILING,
+        !ready && stalled.is_none(),
+        if ready { "Done" } else { "Progressing" },
+        if ready {
+            String::new()
+        } else {
+            ready_message.clone()
+        },
+    ));
+    let (stalled_reason, stalled_message) = stalled
+        .clone()
+        .unwrap_or_else(|| ("NotStalled".into(), String::new()));
+    wanted.push(Desired::new(
+        ct::STALLED,
+        stalled.is_some(),
+        stalled_reason,
+        stalled_message,
+    ));
+
+    VirtualMachineStatus {
+        phase: Some(phase),
+        observed_generation: vm.metadata.generation,
+        conditions: conditions::merge(&previous.conditions, &wanted, vm.metadata.generation, &input.now),
+        node,
+        domain_uuid: input.domain_uuid.clone().or(previous.domain_uuid),
+        storage,
+        import: None,
+        // Written by the agents; the controller's apply patch leaves them out.
+        restarts: None,
+        domain: None,
+    }
+}
+
+/// Whether writing `new` would change what the object already says (agent-owned fields and
+/// timestamps of unchanged conditions excluded), so a resync writes nothing.
+pub fn differs(vm: &VirtualMachine, new: &VirtualMachineStatus) -> bool {
+    let Some(old) = &vm.status else { return true };
+    old.phase != new.phase
+        || old.observed_generation != new.observed_generation
+        || old.node != new.node
+        || old.domain_uuid != new.domain_uuid
+        || old.storage != new.storage
+        || old.import != new.import
+        || old.conditions != new.conditions
+}
