@@ -1,0 +1,94 @@
+//! Runs the operator in the test process: one controller and two agents on test-driver node
+//! files, started once per test binary on a runtime of their own (every test has its own
+//! runtime, which ends with the test).
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use seapath_operator::agent::{self, AgentConfig, CephConfig};
+use seapath_operator::controller::context::PolicyConfig;
+use seapath_operator::controller::run::{self, ControllerConfig};
+use seapath_operator::metrics::Metrics;
+use seapath_operator::naming::NamespaceMap;
+
+use super::testbed_env;
+
+/// The running operator of this test binary.
+pub struct Operator {
+    /// Names of the simulated hypervisors; unique per test binary so leftovers of another
+    /// binary's agents never take its VMs.
+    pub nodes: [String; 2],
+    pub metrics: Metrics,
+}
+
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
+/// Namespaces in which the test operator allows host paths in base XML.
+pub const HOST_PATHS_NAMESPACE: &str = "lifecycle-hostpaths";
+
+fn node_files() -> Vec<String> {
+    testbed_env("SEAPATH_LIBVIRT_NODES")
+        .split(',')
+        .map(|entry| entry.split_once('=').expect("SEAPATH_LIBVIRT_NODES entries are NAME=URI").1.to_owned())
+        .collect()
+}
+
+/// Starts the controller and two agents the first time it is called.
+pub fn operator(prefix: &str) -> &'static Operator {
+    OPERATOR.get_or_init(|| {
+        let ceph_conf = testbed_env("CEPH_CONF");
+        let pool = testbed_env("SEAPATH_CEPH_POOL");
+        let client_id = std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into());
+        let uris = node_files();
+        assert!(uris.len() >= 2, "the test bed needs two simulated hypervisors (hack/testbed.sh up --hypervisors 2)");
+        let nodes = [format!("{prefix}-hv1"), format!("{prefix}-hv2")];
+        let metrics = Metrics::new();
+        let controller_config = ControllerConfig {
+            ceph_conf: ceph_conf.clone().into(),
+            ceph_client: client_id.clone(),
+            ceph_options: vec![],
+            pool: pool.clone(),
+            namespace_map: NamespaceMap::default(),
+            policy: PolicyConfig { host_paths: [HOST_PATHS_NAMESPACE.to_string()].into(), ..Default::default() },
+            libvirt_auth: None,
+            concurrency: 16,
+            storage_recheck: Duration::from_secs(300),
+            heartbeat_timeout: Duration::from_secs(40),
+            resync: Duration::from_secs(300),
+            instance: format!("{prefix}-controller"),
+        };
+        let agents: Vec<AgentConfig> = nodes
+            .iter()
+            .zip(&uris)
+            .map(|(node, uri)| {
+                let mut config = AgentConfig::new(node, uri, CephConfig::new(&ceph_conf, &client_id, &pool));
+                config.heartbeat_interval = Duration::from_secs(2);
+                config.resync_period = Duration::from_secs(10);
+                config.restart_backoff_base = Duration::from_secs(1);
+                config.restart_backoff_max = Duration::from_secs(4);
+                config
+            })
+            .collect();
+        let controller_metrics = metrics.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("operator runtime");
+            runtime.block_on(async move {
+                seapath_operator::telemetry::init(seapath_operator::telemetry::LogFormat::Pretty);
+                let client = kube::Client::try_default().await.expect("kube client for the operator");
+                for config in agents {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        if let Err(err) = agent::run(client, config, std::future::pending()).await {
+                            panic!("agent stopped: {err}");
+                        }
+                    });
+                }
+                if let Err(err) = run::run(client, controller_config, controller_metrics, std::future::pending()).await {
+                    panic!("controller stopped: {err}");
+                }
+            });
+        });
+        Operator { nodes, metrics }
+    })
+}
