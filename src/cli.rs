@@ -124,6 +124,10 @@ pub struct ControllerArgs {
     /// Ceph user libvirt authenticates as.
     #[arg(long, env = "SEAPATH_CEPH_LIBVIRT_USER", default_value = "libvirt")]
     pub libvirt_user: String,
+    /// Directories from which `path` disk sources may be imported (comma separated); a path
+    /// source outside them is refused.
+    #[arg(long, env = "SEAPATH_IMPORT_DIRS", default_value = "", value_delimiter = ',')]
+    pub import_dirs: Vec<PathBuf>,
     /// VMs reconciled at once.
     #[arg(long, env = "SEAPATH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -175,6 +179,12 @@ impl ControllerArgs {
             storage_recheck: self.storage_recheck,
             heartbeat_timeout: self.heartbeat_timeout,
             resync: self.resync,
+            import_dirs: self
+                .import_dirs
+                .iter()
+                .filter(|d| !d.as_os_str().is_empty())
+                .cloned()
+                .collect(),
             instance: self.identity(),
         }
     }

@@ -26,7 +26,11 @@ async fn setup(prefix: &str) -> Env {
     common::install_crds(&client).await;
     let op = common::operator::operator("lc");
     let namespace = common::fresh_namespace(&client, prefix).await;
-    Env { vms: Api::namespaced(client, &namespace), namespace, nodes: op.nodes.clone() }
+    Env {
+        vms: Api::namespaced(client, &namespace),
+        namespace,
+        nodes: op.nodes.clone(),
+    }
 }
 
 fn manifest(name: &str, spec: serde_json::Value) -> VirtualMachine {
@@ -44,11 +48,18 @@ fn blank_spec(extra: serde_json::Value) -> serde_json::Value {
         "systemDisk": {"source": {"blank": {}}, "size": "16Mi"},
         "metadata": {"site": "lab"}
     });
-    spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
     spec
 }
 
-async fn wait_for(env: &Env, name: &str, what: &str, check: impl Fn(&VirtualMachine) -> bool) -> VirtualMachine {
+async fn wait_for(
+    env: &Env,
+    name: &str,
+    what: &str,
+    check: impl Fn(&VirtualMachine) -> bool,
+) -> VirtualMachine {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let vm = env.vms.get_opt(name).await.expect("get VM");
@@ -75,7 +86,10 @@ fn condition<'a>(vm: &'a VirtualMachine, type_: &str) -> Option<&'a Condition> {
 }
 
 async fn wait_phase(env: &Env, name: &str, wanted: Phase) -> VirtualMachine {
-    wait_for(env, name, &format!("phase {wanted:?}"), |vm| phase(vm) == Some(wanted)).await
+    wait_for(env, name, &format!("phase {wanted:?}"), |vm| {
+        phase(vm) == Some(wanted)
+    })
+    .await
 }
 
 async fn wait_reason(env: &Env, name: &str, type_: &str, reason: &str) -> Condition {
@@ -89,14 +103,21 @@ async fn wait_reason(env: &Env, name: &str, type_: &str, reason: &str) -> Condit
 async fn wait_gone(env: &Env, name: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while env.vms.get_opt(name).await.expect("get VM").is_some() {
-        assert!(tokio::time::Instant::now() < deadline, "{name} was not deleted within 60 s");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} was not deleted within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 async fn set_state(env: &Env, name: &str, state: &str) {
     env.vms
-        .patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": state}})))
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"state": state}})),
+        )
         .await
         .expect("patch spec.state");
 }
@@ -112,7 +133,8 @@ fn rbd(env: &Env) -> IoCtx {
     let pool = common::testbed_env("SEAPATH_CEPH_POOL");
     let root = cluster.io_context(&pool, "").expect("pool");
     if !root.namespace_exists(&env.namespace).expect("namespace exists") {
-        root.create_namespace(&env.namespace).expect("create RBD namespace");
+        root.create_namespace(&env.namespace)
+            .expect("create RBD namespace");
     }
     cluster.io_context(&pool, &env.namespace).expect("RBD namespace")
 }
@@ -121,12 +143,21 @@ fn rbd(env: &Env) -> IoCtx {
 async fn a_vm_goes_from_manifest_to_started_and_between_states() {
     let env = setup("lc-states").await;
     let spec = blank_spec(json!({"dataDisks": [{"source": {"blank": {}}, "size": "8Mi"}]}));
-    env.vms.create(&PostParams::default(), &manifest("guest0", spec)).await.expect("create");
+    env.vms
+        .create(&PostParams::default(), &manifest("guest0", spec))
+        .await
+        .expect("create");
     let vm = wait_phase(&env, "guest0", Phase::Started).await;
     let status = vm.status.clone().unwrap();
     let node = status.node.clone().expect("placed");
-    assert!(env.nodes.contains(&node), "placed on {node}, not on this test's hypervisors");
-    assert_eq!(vm.metadata.labels.as_ref().unwrap()["seapath.lfenergy.org/node"], node);
+    assert!(
+        env.nodes.contains(&node),
+        "placed on {node}, not on this test's hypervisors"
+    );
+    assert_eq!(
+        vm.metadata.labels.as_ref().unwrap()["seapath.lfenergy.org/node"],
+        node
+    );
     assert_eq!(status.domain.as_ref().unwrap().node, node);
     assert!(condition(&vm, "Ready").is_some_and(|c| c.status == "True"));
     assert_eq!(status.observed_generation, vm.metadata.generation);
@@ -142,16 +173,26 @@ async fn a_vm_goes_from_manifest_to_started_and_between_states() {
     assert_eq!(metadata["vm_name"], "guest0");
     assert_eq!(metadata["_base_xml"], XML);
     assert_eq!(metadata["site"], "lab");
-    assert!(metadata["xml"].contains(&format!("rbd/{}/system_guest0", env.namespace)), "{}", metadata["xml"]);
+    assert!(
+        metadata["xml"].contains(&format!("rbd/{}/system_guest0", env.namespace)),
+        "{}",
+        metadata["xml"]
+    );
     assert_eq!(system.size().unwrap(), 16 << 20);
 
     set_state(&env, "guest0", "Stopped").await;
     wait_phase(&env, "guest0", Phase::Stopped).await;
     set_state(&env, "guest0", "Disabled").await;
     let vm = wait_phase(&env, "guest0", Phase::Disabled).await;
-    assert_eq!(vm.status.unwrap().domain.unwrap().state, seapath_operator::api::DomainState::Absent);
+    assert_eq!(
+        vm.status.unwrap().domain.unwrap().state,
+        seapath_operator::api::DomainState::Absent
+    );
     // Moving between states never touches the disks.
-    assert_eq!(io.open_image("system_guest0").unwrap().metadata_list().unwrap(), metadata);
+    assert_eq!(
+        io.open_image("system_guest0").unwrap().metadata_list().unwrap(),
+        metadata
+    );
     set_state(&env, "guest0", "Started").await;
     wait_phase(&env, "guest0", Phase::Started).await;
 }
@@ -159,9 +200,15 @@ async fn a_vm_goes_from_manifest_to_started_and_between_states() {
 #[tokio::test]
 async fn deletion_removes_the_rbd_data_unless_retained() {
     let env = setup("lc-delete").await;
-    env.vms.create(&PostParams::default(), &manifest("gone", blank_spec(json!({})))).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("gone", blank_spec(json!({}))))
+        .await
+        .unwrap();
     let retained = blank_spec(json!({"deletionPolicy": "Retain"}));
-    env.vms.create(&PostParams::default(), &manifest("kept", retained)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("kept", retained))
+        .await
+        .unwrap();
     wait_phase(&env, "gone", Phase::Started).await;
     wait_phase(&env, "kept", Phase::Started).await;
 
@@ -182,11 +229,18 @@ async fn base_xml_reaching_the_host_is_refused_before_anything_is_made() {
 <disk type='file' device='disk'><source file='/etc/shadow'/><target dev='vdz'/></disk></devices></domain>";
     let mut spec = blank_spec(json!({}));
     spec["xml"] = json!(xml);
-    env.vms.create(&PostParams::default(), &manifest("hostile", spec)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("hostile", spec))
+        .await
+        .unwrap();
     let stalled = wait_reason(&env, "hostile", "Stalled", "ForbiddenDevice").await;
     assert_eq!(stalled.status, "True");
     assert!(stalled.message.contains("<hostdev>"), "{}", stalled.message);
-    assert!(stalled.message.contains("<disk type=\"file\">"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("<disk type=\"file\">"),
+        "{}",
+        stalled.message
+    );
     let vm = env.vms.get("hostile").await.unwrap();
     assert_eq!(phase(&vm), Some(Phase::Undefined));
     assert_eq!(condition(&vm, "Ready").unwrap().reason, "ForbiddenDevice");
@@ -196,7 +250,10 @@ async fn base_xml_reaching_the_host_is_refused_before_anything_is_made() {
 
     let mut malformed = blank_spec(json!({}));
     malformed["xml"] = json!("<domain><name>x</name>");
-    env.vms.create(&PostParams::default(), &manifest("broken", malformed)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("broken", malformed))
+        .await
+        .unwrap();
     let stalled = wait_reason(&env, "broken", "Stalled", "InvalidXml").await;
     assert!(stalled.message.contains("malformed"), "{}", stalled.message);
 }
@@ -208,12 +265,22 @@ async fn two_vms_claiming_one_uuid() {
     let xml = XML.replace("<vcpu>", &format!("<uuid>{uuid}</uuid><vcpu>"));
     let mut spec = blank_spec(json!({}));
     spec["xml"] = json!(xml);
-    env.vms.create(&PostParams::default(), &manifest("first", spec.clone())).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("first", spec.clone()))
+        .await
+        .unwrap();
     let first = wait_phase(&env, "first", Phase::Started).await;
     assert_eq!(first.status.unwrap().domain_uuid, Some(uuid.to_string()));
-    env.vms.create(&PostParams::default(), &manifest("second", spec)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("second", spec))
+        .await
+        .unwrap();
     let stalled = wait_reason(&env, "second", "Stalled", "DuplicateUuid").await;
-    assert!(stalled.message.contains(&format!("{}/first", env.namespace)), "{}", stalled.message);
+    assert!(
+        stalled.message.contains(&format!("{}/first", env.namespace)),
+        "{}",
+        stalled.message
+    );
     assert!(!rbd(&env).group_list().unwrap().contains(&"second".to_string()));
 }
 
@@ -221,42 +288,71 @@ async fn two_vms_claiming_one_uuid() {
 async fn a_clone_waits_for_its_source_then_copies_it() {
     let env = setup("lc-clone").await;
     let spec = blank_spec(json!({"systemDisk": {"source": {"vm": {"name": "golden"}}}}));
-    env.vms.create(&PostParams::default(), &manifest("copy", spec)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("copy", spec))
+        .await
+        .unwrap();
     let waiting = wait_reason(&env, "copy", "StorageReady", "SourceNotFound").await;
     assert!(waiting.message.contains("golden"), "{}", waiting.message);
 
-    env.vms.create(&PostParams::default(), &manifest("golden", blank_spec(json!({})))).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("golden", blank_spec(json!({}))))
+        .await
+        .unwrap();
     wait_phase(&env, "golden", Phase::Started).await;
     // Data written to the source before the copy is made shows in the copy.
     let io = rbd(&env);
-    io.open_image("system_golden").unwrap().write_at(4096, b"seapath clone").unwrap();
+    io.open_image("system_golden")
+        .unwrap()
+        .write_at(4096, b"seapath clone")
+        .unwrap();
     let copy = wait_phase(&env, "copy", Phase::Started).await;
     let mut buf = [0u8; 13];
-    io.open_image("system_copy").unwrap().read_at(4096, &mut buf).unwrap();
+    io.open_image("system_copy")
+        .unwrap()
+        .read_at(4096, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"seapath clone");
     let golden = env.vms.get("golden").await.unwrap();
-    assert_ne!(copy.status.unwrap().domain_uuid, golden.status.unwrap().domain_uuid, "a clone gets a fresh UUID");
+    assert_ne!(
+        copy.status.unwrap().domain_uuid,
+        golden.status.unwrap().domain_uuid,
+        "a clone gets a fresh UUID"
+    );
 }
 
 #[tokio::test]
 async fn a_golden_image_is_cloned_copy_on_write() {
     let env = setup("lc-golden").await;
     let io = rbd(&env);
-    io.create_image("debian", 64 << 20, &ImageOptions::default()).unwrap();
+    io.create_image("debian", 64 << 20, &ImageOptions::default())
+        .unwrap();
     {
         let mut image = io.open_image("debian").unwrap();
         image.write_at(0, b"golden").unwrap();
         image.snap_create("v1").unwrap();
         image.snap_protect("v1").unwrap();
     }
-    let spec = blank_spec(json!({"systemDisk": {"source": {"golden": {"namespace": env.namespace, "image": "debian", "snapshot": "v1"}}, "size": "128Mi"}}));
-    env.vms.create(&PostParams::default(), &manifest("layered", spec)).await.unwrap();
+    let spec = blank_spec(
+        json!({"systemDisk": {"source": {"golden": {"namespace": env.namespace, "image": "debian", "snapshot": "v1"}}, "size": "128Mi"}}),
+    );
+    env.vms
+        .create(&PostParams::default(), &manifest("layered", spec))
+        .await
+        .unwrap();
     let vm = wait_phase(&env, "layered", Phase::Started).await;
     let image = &vm.status.unwrap().storage.unwrap().images[0];
     assert_eq!(image.size_bytes, 128 << 20, "grown to the size asked");
-    assert!(image.parent.as_deref().is_some_and(|p| p.contains("debian@v1")), "{:?}", image.parent);
+    assert!(
+        image.parent.as_deref().is_some_and(|p| p.contains("debian@v1")),
+        "{:?}",
+        image.parent
+    );
     let mut buf = [0u8; 6];
-    io.open_image("system_layered").unwrap().read_at(0, &mut buf).unwrap();
+    io.open_image("system_layered")
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"golden");
 }
 
@@ -271,15 +367,28 @@ async fn an_image_url_that_fails_leaves_nothing_behind() {
             let (mut socket, _) = server.accept().await.unwrap();
             let mut request = [0u8; 4096];
             let _ = socket.read(&mut request).await;
-            let _ = socket.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found").await;
+            let _ = socket
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\nconnection: close\r\n\r\nnot found",
+                )
+                .await;
         }
     });
-    let spec = blank_spec(json!({"systemDisk": {"source": {"http": {"url": format!("http://127.0.0.1:{port}/missing.qcow2")}}}}));
-    env.vms.create(&PostParams::default(), &manifest("missing", spec)).await.unwrap();
+    let spec = blank_spec(
+        json!({"systemDisk": {"source": {"http": {"url": format!("http://127.0.0.1:{port}/missing.qcow2")}}}}),
+    );
+    env.vms
+        .create(&PostParams::default(), &manifest("missing", spec))
+        .await
+        .unwrap();
     let failed = wait_reason(&env, "missing", "StorageReady", "ImportFailed").await;
     assert!(failed.message.contains("404"), "{}", failed.message);
     let io = rbd(&env);
-    assert!(io.list_images().unwrap().is_empty(), "partial images left: {:?}", io.list_images());
+    assert!(
+        io.list_images().unwrap().is_empty(),
+        "partial images left: {:?}",
+        io.list_images()
+    );
     assert!(io.group_list().unwrap().is_empty());
 }
 
@@ -288,7 +397,8 @@ async fn an_existing_vm_manager_vm_is_adopted_not_overwritten() {
     let env = setup("lc-adopt").await;
     let io = rbd(&env);
     io.group_create("legacy").unwrap();
-    io.create_image("system_legacy", 16 << 20, &ImageOptions::default()).unwrap();
+    io.create_image("system_legacy", 16 << 20, &ImageOptions::default())
+        .unwrap();
     {
         let mut image = io.open_image("system_legacy").unwrap();
         image.write_at(0, b"substation data").unwrap();
@@ -297,24 +407,40 @@ async fn an_existing_vm_manager_vm_is_adopted_not_overwritten() {
         image.metadata_set("xml", XML).unwrap();
     }
     io.group_image_add("legacy", &io, "system_legacy").unwrap();
-    env.vms.create(&PostParams::default(), &manifest("legacy", blank_spec(json!({})))).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("legacy", blank_spec(json!({}))))
+        .await
+        .unwrap();
     wait_phase(&env, "legacy", Phase::Started).await;
     let mut buf = [0u8; 15];
-    io.open_image("system_legacy").unwrap().read_at(0, &mut buf).unwrap();
+    io.open_image("system_legacy")
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"substation data", "adoption must not overwrite the disk");
 
     // Once adopted, the data belongs to that object: a new object of the same name (another
     // UID) is refused and touches nothing.
     env.vms
-        .patch("legacy", &PatchParams::default(), &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})))
+        .patch(
+            "legacy",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+        )
         .await
         .unwrap();
     env.vms.delete("legacy", &DeleteParams::default()).await.unwrap();
     wait_gone(&env, "legacy").await;
-    env.vms.create(&PostParams::default(), &manifest("legacy", blank_spec(json!({})))).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("legacy", blank_spec(json!({}))))
+        .await
+        .unwrap();
     let refused = wait_reason(&env, "legacy", "StorageReady", "OwnedByAnotherObject").await;
     assert_eq!(refused.status, "False");
-    io.open_image("system_legacy").unwrap().read_at(0, &mut buf).unwrap();
+    io.open_image("system_legacy")
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
     assert_eq!(&buf, b"substation data");
 }
 
@@ -322,26 +448,95 @@ async fn an_existing_vm_manager_vm_is_adopted_not_overwritten() {
 async fn placement_honours_pinned_and_unknown_nodes() {
     let env = setup("lc-place").await;
     let pinned = blank_spec(json!({"placement": {"pinnedNode": env.nodes[1]}}));
-    env.vms.create(&PostParams::default(), &manifest("pinned", pinned)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("pinned", pinned))
+        .await
+        .unwrap();
     let vm = wait_phase(&env, "pinned", Phase::Started).await;
     assert_eq!(vm.status.unwrap().node.as_deref(), Some(env.nodes[1].as_str()));
 
     let nowhere = blank_spec(json!({"placement": {"pinnedNode": "no-such-hypervisor"}}));
-    env.vms.create(&PostParams::default(), &manifest("nowhere", nowhere)).await.unwrap();
+    env.vms
+        .create(&PostParams::default(), &manifest("nowhere", nowhere))
+        .await
+        .unwrap();
     let scheduled = wait_reason(&env, "nowhere", "Scheduled", "PinnedNodeUnknown").await;
     assert_eq!(scheduled.status, "False");
-    assert!(scheduled.message.contains("no-such-hypervisor"), "{}", scheduled.message);
+    assert!(
+        scheduled.message.contains("no-such-hypervisor"),
+        "{}",
+        scheduled.message
+    );
     let vm = env.vms.get("nowhere").await.unwrap();
     assert_eq!(phase(&vm), Some(Phase::Starting));
 
     // Re-pinning moves it: the old node lets go before the new one starts it.
     env.vms
-        .patch("pinned", &PatchParams::default(), &Patch::Merge(json!({"spec": {"placement": {"pinnedNode": env.nodes[0]}}})))
+        .patch(
+            "pinned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"placement": {"pinnedNode": env.nodes[0]}}})),
+        )
         .await
         .unwrap();
     let moved = wait_for(&env, "pinned", "Started on the new node", |vm| {
-        phase(vm) == Some(Phase::Started) && vm.status.as_ref().unwrap().node.as_deref() == Some(env.nodes[0].as_str())
+        phase(vm) == Some(Phase::Started)
+            && vm.status.as_ref().unwrap().node.as_deref() == Some(env.nodes[0].as_str())
     })
     .await;
     assert_eq!(moved.status.unwrap().domain.unwrap().node, env.nodes[0]);
+}
+
+#[tokio::test]
+async fn a_qcow2_file_is_imported_and_other_paths_are_refused() {
+    let env = setup("lc-import").await;
+    let dir = common::operator::import_dir();
+    let qcow2 = dir.join(format!("{}.qcow2", env.namespace));
+    let run = |program: &str, args: &[&str]| {
+        let status = std::process::Command::new(program)
+            .args(args)
+            .status()
+            .expect(program);
+        assert!(status.success(), "{program} {args:?} failed");
+    };
+    let path = qcow2.to_str().unwrap();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", path, "32M"]);
+    run("qemu-io", &["-c", "write -P 0x5a 1M 1M", path]);
+    let spec = blank_spec(
+        json!({"systemDisk": {"source": {"path": {"path": path, "format": "qcow2"}}, "size": "48Mi"}}),
+    );
+    env.vms
+        .create(&PostParams::default(), &manifest("imported", spec))
+        .await
+        .unwrap();
+    let vm = wait_phase(&env, "imported", Phase::Started).await;
+    assert_eq!(
+        vm.status.as_ref().unwrap().import,
+        None,
+        "import progress is cleared once done"
+    );
+    let image = rbd(&env).open_image("system_imported").unwrap();
+    assert_eq!(image.size().unwrap(), 48 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    image.read_at(1 << 20, &mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0x5a), "the qcow2 content is in RBD");
+    image.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|b| *b == 0), "unwritten clusters read as zeros");
+    std::fs::remove_file(&qcow2).ok();
+
+    let spec =
+        blank_spec(json!({"systemDisk": {"source": {"path": {"path": "/etc/shadow", "format": "raw"}}}}));
+    env.vms
+        .create(&PostParams::default(), &manifest("snoop", spec))
+        .await
+        .unwrap();
+    let stalled = wait_reason(&env, "snoop", "Stalled", "PathNotAllowed").await;
+    assert!(stalled.message.contains("/etc/shadow"), "{}", stalled.message);
+    assert!(
+        !rbd(&env)
+            .list_images()
+            .unwrap()
+            .iter()
+            .any(|i| i.contains("snoop"))
+    );
 }

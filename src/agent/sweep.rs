@@ -119,36 +119,56 @@ pub(crate) async fn sweep(ctx: &Context) -> Result<usize, AgentError> {
 }
 
 /// After removing the domain of a VM placed elsewhere: if this node is still the one its
-/// status names, say the domain is gone here. Only on the version read (a newer report by
-/// the new node wins).
+/// status names, say the domain is gone here. The write is conditional on the version read (a
+/// newer report by the new node wins); when another writer (the controller) changed the object
+/// meanwhile, it is read again and the report retried, because the controller waits for this
+/// report before it lets the new node start the VM.
 async fn report_release(ctx: &Context, api: &Api<VirtualMachine>, vm: &VirtualMachine, domain_name: &str) {
     let node = &ctx.config.node_name;
-    let Some(current) = vm.status.as_ref().and_then(|s| s.domain.as_ref()) else {
-        return;
-    };
-    if current.node != *node || current.state == DomainState::Absent {
-        return;
+    let mut vm = vm.clone();
+    for _ in 0..5 {
+        let Some(current) = vm.status.as_ref().and_then(|s| s.domain.as_ref()) else {
+            return;
+        };
+        if current.node != *node || current.state == DomainState::Absent {
+            return;
+        }
+        let report = status::domain_status(
+            node,
+            domain_name,
+            vm.metadata.generation,
+            None,
+            Some(&super::domain_reconcile::Note::Absent(AbsentReason::NotAssigned)),
+            None,
+        );
+        let restarts = vm.status.as_ref().and_then(|s| s.restarts.as_ref());
+        match status::apply(api, &vm, report, restarts, vm.resource_version()).await {
+            Ok(_) => {
+                ctx.stats.vm_status_write();
+                return;
+            }
+            Err(AgentError::Kube {
+                error: kube::Error::Api(s),
+                ..
+            }) if s.code == 409 => match api.get_opt(&vm.name_any()).await {
+                Ok(Some(fresh)) if fresh.metadata.uid == vm.metadata.uid => vm = fresh,
+                Ok(_) => return,
+                Err(e) => {
+                    warn!("re-reading VM {} after a conflict: {e}", vm.name_any());
+                    return;
+                }
+            },
+            Err(e) => {
+                warn!("{e}");
+                return;
+            }
+        }
     }
-    let report = status::domain_status(
-        node,
-        domain_name,
-        vm.metadata.generation,
-        None,
-        Some(&super::domain_reconcile::Note::Absent(AbsentReason::NotAssigned)),
-        None,
+    warn!(
+        "could not report domain {domain_name} released after 5 conflicts; the controller falls back to this node's heartbeat, which no longer lists it"
     );
-    let restarts = vm.status.as_ref().and_then(|s| s.restarts.as_ref());
-    match status::apply(api, vm, report, restarts, vm.resource_version()).await {
-        Ok(_) => ctx.stats.vm_status_write(),
-        Err(AgentError::Kube {
-            error: kube::Error::Api(s),
-            ..
-        }) if s.code == 409 => {}
-        Err(e) => warn!("{e}"),
-    }
 }
 
-/// Sweeps at start-up, every resync period, and when triggered, until `stop`.
 pub(crate) async fn sweep_loop(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     loop {
         let span = info_span!("sweep", node = %ctx.config.node_name);

@@ -42,6 +42,8 @@ pub struct ControllerSettings {
     pub heartbeat_timeout: Duration,
     /// Periodic requeue of every VM.
     pub resync: Duration,
+    /// Directories `path` disk sources may be imported from.
+    pub import_dirs: Vec<std::path::PathBuf>,
 }
 
 /// When the storage of a VM was last found complete, per object UID.
@@ -91,6 +93,29 @@ impl FailureCounter {
     }
 }
 
+/// The node each VM was last placed on by this controller, per object UID.
+#[derive(Default)]
+pub struct Placements {
+    nodes: Mutex<HashMap<String, String>>,
+}
+
+impl Placements {
+    pub fn get(&self, uid: &str) -> Option<String> {
+        self.nodes.lock().expect("placements poisoned").get(uid).cloned()
+    }
+
+    pub fn set(&self, uid: &str, node: &str) {
+        self.nodes
+            .lock()
+            .expect("placements poisoned")
+            .insert(uid.to_owned(), node.to_owned());
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.nodes.lock().expect("placements poisoned").remove(uid);
+    }
+}
+
 pub struct Context {
     pub client: Client,
     pub settings: ControllerSettings,
@@ -101,6 +126,7 @@ pub struct Context {
     pub hypervisors: Store<Hypervisor>,
     pub storage_checks: StorageChecks,
     pub failures: FailureCounter,
+    pub placements: Placements,
     /// Memory in MiB of each VM by UID: the XML is immutable, so it is parsed once.
     pub memory_mib: Mutex<HashMap<String, i64>>,
 }

@@ -39,6 +39,8 @@ pub struct ControllerConfig {
     pub storage_recheck: Duration,
     pub heartbeat_timeout: Duration,
     pub resync: Duration,
+    /// Directories `path` disk sources may be imported from.
+    pub import_dirs: Vec<PathBuf>,
     /// Name reported on Events (the Pod name in a cluster).
     pub instance: String,
 }
@@ -72,11 +74,17 @@ async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerEr
         })
 }
 
-/// VMs that wait for a hypervisor: a change to any hypervisor may let them be placed.
+/// VMs that wait for a hypervisor: not placed yet (a hypervisor becoming Ready may take them),
+/// or moving (the old node's heartbeat may show it let go).
 fn waiting_for_a_hypervisor(vms: &reflector::Store<VirtualMachine>) -> Vec<ObjectRef<VirtualMachine>> {
     vms.state()
         .iter()
-        .filter(|vm| vm.status.as_ref().and_then(|s| s.node.as_ref()).is_none())
+        .filter(|vm| {
+            let status = vm.status.as_ref();
+            let node = status.and_then(|s| s.node.as_ref());
+            let reported_from = status.and_then(|s| s.domain.as_ref()).map(|d| &d.node);
+            node.is_none() || reported_from.is_some_and(|from| Some(from) != node)
+        })
         .map(|vm| ObjectRef::from_obj(vm.as_ref()))
         .collect()
 }
@@ -145,6 +153,7 @@ pub async fn run(
             storage_recheck: config.storage_recheck,
             heartbeat_timeout: config.heartbeat_timeout,
             resync: config.resync,
+            import_dirs: config.import_dirs.clone(),
         },
         storage: StorageContext::new(
             cluster,
@@ -159,6 +168,7 @@ pub async fn run(
         hypervisors,
         storage_checks: Default::default(),
         failures: Default::default(),
+        placements: Default::default(),
         memory_mib: Default::default(),
     });
 

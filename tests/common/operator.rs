@@ -27,10 +27,23 @@ static OPERATOR: OnceLock<Operator> = OnceLock::new();
 /// Namespaces in which the test operator allows host paths in base XML.
 pub const HOST_PATHS_NAMESPACE: &str = "lifecycle-hostpaths";
 
+/// The directory the test operator imports `path` disk sources from.
+pub fn import_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("seapath-test-imports");
+    std::fs::create_dir_all(&dir).expect("creating the import directory");
+    dir
+}
+
 fn node_files() -> Vec<String> {
     testbed_env("SEAPATH_LIBVIRT_NODES")
         .split(',')
-        .map(|entry| entry.split_once('=').expect("SEAPATH_LIBVIRT_NODES entries are NAME=URI").1.to_owned())
+        .map(|entry| {
+            entry
+                .split_once('=')
+                .expect("SEAPATH_LIBVIRT_NODES entries are NAME=URI")
+                .1
+                .to_owned()
+        })
         .collect()
 }
 
@@ -41,7 +54,10 @@ pub fn operator(prefix: &str) -> &'static Operator {
         let pool = testbed_env("SEAPATH_CEPH_POOL");
         let client_id = std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into());
         let uris = node_files();
-        assert!(uris.len() >= 2, "the test bed needs two simulated hypervisors (hack/testbed.sh up --hypervisors 2)");
+        assert!(
+            uris.len() >= 2,
+            "the test bed needs two simulated hypervisors (hack/testbed.sh up --hypervisors 2)"
+        );
         let nodes = [format!("{prefix}-hv1"), format!("{prefix}-hv2")];
         let metrics = Metrics::new();
         let controller_config = ControllerConfig {
@@ -50,12 +66,16 @@ pub fn operator(prefix: &str) -> &'static Operator {
             ceph_options: vec![],
             pool: pool.clone(),
             namespace_map: NamespaceMap::default(),
-            policy: PolicyConfig { host_paths: [HOST_PATHS_NAMESPACE.to_string()].into(), ..Default::default() },
+            policy: PolicyConfig {
+                host_paths: [HOST_PATHS_NAMESPACE.to_string()].into(),
+                ..Default::default()
+            },
             libvirt_auth: None,
             concurrency: 16,
             storage_recheck: Duration::from_secs(300),
             heartbeat_timeout: Duration::from_secs(40),
             resync: Duration::from_secs(300),
+            import_dirs: vec![import_dir()],
             instance: format!("{prefix}-controller"),
         };
         let agents: Vec<AgentConfig> = nodes
@@ -75,7 +95,9 @@ pub fn operator(prefix: &str) -> &'static Operator {
             let runtime = tokio::runtime::Runtime::new().expect("operator runtime");
             runtime.block_on(async move {
                 seapath_operator::telemetry::init(seapath_operator::telemetry::LogFormat::Pretty);
-                let client = kube::Client::try_default().await.expect("kube client for the operator");
+                let client = kube::Client::try_default()
+                    .await
+                    .expect("kube client for the operator");
                 for config in agents {
                     let client = client.clone();
                     tokio::spawn(async move {
@@ -84,7 +106,14 @@ pub fn operator(prefix: &str) -> &'static Operator {
                         }
                     });
                 }
-                if let Err(err) = run::run(client, controller_config, controller_metrics, std::future::pending()).await {
+                if let Err(err) = run::run(
+                    client,
+                    controller_config,
+                    controller_metrics,
+                    std::future::pending(),
+                )
+                .await
+                {
                     panic!("controller stopped: {err}");
                 }
             });

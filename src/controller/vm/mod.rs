@@ -21,8 +21,8 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{
-    DeletionPolicy, DesiredState, DomainState, Hypervisor, NODE_LABEL, VM_FINALIZER, VirtualMachine,
-    condition_types as ct,
+    DeletionPolicy, DesiredState, DomainState, Hypervisor, ImportProgress, NODE_LABEL, VM_FINALIZER,
+    VirtualMachine, condition_types as ct,
 };
 use crate::controller::conditions;
 use crate::controller::context::Context;
@@ -185,7 +185,13 @@ async fn apply(
             if fresh {
                 StorageOutcome::Ready(previous.storage.clone().expect("checked above"))
             } else {
-                match storage::ensure_storage(&ctx.storage, &plan.request, |_progress| {}).await {
+                let (progress, reporter) = import_progress_reporter(api.clone(), vm.name_any());
+                let ensured = storage::ensure_storage(&ctx.storage, &plan.request, move |p| {
+                    let _ = progress.send(p);
+                })
+                .await;
+                reporter.await.ok();
+                match ensured {
                     Ok(observation) => {
                         ctx.storage_checks.record(&uid, generation);
                         if previous.storage.is_none() {
@@ -257,11 +263,46 @@ async fn apply(
         schedule(vm, ctx, plan.memory_mib, &others)
     };
     if let Scheduling::Placed(node) = &scheduling {
+        ctx.placements.set(&uid, node);
         hand_over(vm, ctx, api, node).await?;
     }
     ctx.failures.reset(&uid);
     write_status(vm, api, &storage_outcome, &scheduling, Some(plan.uuid)).await?;
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// Field manager of `status.import`, separate from the controller's so that progress patches
+/// and the controller's status patches never remove each other's fields.
+const IMPORT_FIELD_MANAGER: &str = "seapath-controller-import";
+
+/// Writes import progress to `status.import` in the order it comes, and clears it when the
+/// sender is dropped (the import ended, one way or another).
+fn import_progress_reporter(
+    api: Api<VirtualMachine>,
+    name: String,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<ImportProgress>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ImportProgress>();
+    let task = tokio::spawn(async move {
+        let params = PatchParams::apply(IMPORT_FIELD_MANAGER).force();
+        let mut reported = false;
+        while let Some(progress) = rx.recv().await {
+            let patch = json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": {"import": progress}});
+            match api.patch_status(&name, &params, &Patch::Apply(patch)).await {
+                Ok(_) => reported = true,
+                Err(err) => warn!(error = %err, "reporting import progress failed"),
+            }
+        }
+        if reported {
+            let clear = json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": {}});
+            if let Err(err) = api.patch_status(&name, &params, &Patch::Apply(clear)).await {
+                warn!(error = %err, "clearing import progress failed");
+            }
+        }
+    });
+    (tx, task)
 }
 
 /// Points the node label at `node`. When the VM moves while its domain is still defined on the
@@ -278,7 +319,9 @@ async fn hand_over(
         return Ok(());
     }
     let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
-    let old_node_busy = domain.is_some_and(|d| d.node != node && d.state != DomainState::Absent);
+    let old_node_busy = domain.is_some_and(|d| {
+        d.node != node && d.state != DomainState::Absent && !released_per_heartbeat(ctx, vm, d)
+    });
     let labels = if old_node_busy {
         if label.is_none() {
             return Ok(());
@@ -311,6 +354,28 @@ async fn hand_over(
         .await;
     }
     Ok(())
+}
+
+/// The old node's heartbeat, newer than its last report on this VM, no longer lists the VM:
+/// the domain is gone there even if the agent's own report of it got lost.
+fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
+    let key = format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any());
+    let Some(hv) = ctx
+        .hypervisors
+        .state()
+        .into_iter()
+        .find(|hv| hv.name_any() == domain.node)
+    else {
+        return false;
+    };
+    let Some(status) = hv.status.as_ref() else {
+        return false;
+    };
+    let newer = match (&status.heartbeat_time, &domain.observed_time) {
+        (Some(heartbeat), Some(observed)) => heartbeat.0 > observed.0,
+        _ => false,
+    };
+    newer && !status.vms.contains(&key)
 }
 
 /// Memory of the VMs placed on each node, from the controller's cache of every VM.
@@ -434,6 +499,7 @@ async fn cleanup(
     let namespace = vm.namespace().unwrap_or_default();
     ctx.storage_checks.forget(&uid);
     ctx.failures.reset(&uid);
+    ctx.placements.forget(&uid);
     match vm.spec.deletion_policy {
         DeletionPolicy::Retain => {
             let names = crate::naming::VmNames::new(

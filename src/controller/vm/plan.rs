@@ -24,6 +24,12 @@ pub enum PlanError {
     DuplicateUuid { uuid: Uuid, other: String },
     #[error("disk {disk}: {message}")]
     InvalidSize { disk: usize, message: String },
+    #[error("disk {disk}: the controller imports files only from {allowed}; {path} is not under one of them")]
+    PathNotAllowed {
+        disk: usize,
+        path: String,
+        allowed: String,
+    },
     #[error("disk {disk}: clone source VirtualMachine {source_vm} does not exist in this namespace")]
     SourceNotFound { disk: usize, source_vm: String },
     #[error("disk {disk}: clone source VirtualMachine {source_vm} is being deleted")]
@@ -43,6 +49,7 @@ impl PlanError {
             PlanError::InvalidXml(_) => "InvalidXml",
             PlanError::DuplicateUuid { .. } => "DuplicateUuid",
             PlanError::InvalidSize { .. } => "InvalidSize",
+            PlanError::PathNotAllowed { .. } => "PathNotAllowed",
             PlanError::SourceNotFound { .. } => "SourceNotFound",
             PlanError::SourceBeingDeleted { .. } => "SourceBeingDeleted",
             PlanError::SourceNotReady { .. } => "SourceNotReady",
@@ -120,6 +127,33 @@ fn bus(bus: api::DiskBus) -> domain_xml::DiskBus {
     }
 }
 
+/// A `path` source reads a file with the controller's rights, so only directories a cluster
+/// admin listed are allowed, and `..` may not climb out of them.
+fn check_import_path(disk: usize, path: &str, import_dirs: &[std::path::PathBuf]) -> Result<(), PlanError> {
+    let candidate = std::path::Path::new(path);
+    let climbs = candidate
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir));
+    if !climbs && import_dirs.iter().any(|dir| candidate.starts_with(dir)) {
+        return Ok(());
+    }
+    let allowed = if import_dirs.is_empty() {
+        "no directory (the controller's --import-dirs is empty)".to_owned()
+    } else {
+        import_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(PlanError::PathNotAllowed {
+        disk,
+        path: path.to_owned(),
+        allowed,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn resolve_source(
     disk_index: usize,
     source: &DiskSource,
@@ -128,6 +162,7 @@ fn resolve_source(
     rbd_namespace: &str,
     namespace_map: &NamespaceMap,
     others: &[std::sync::Arc<VirtualMachine>],
+    import_dirs: &[std::path::PathBuf],
 ) -> Result<ResolvedSource, PlanError> {
     if let Some(http) = &source.http {
         return Ok(ResolvedSource::Http {
@@ -136,6 +171,7 @@ fn resolve_source(
         });
     }
     if let Some(path) = &source.path {
+        check_import_path(disk_index, &path.path, import_dirs)?;
         return Ok(ResolvedSource::Path {
             path: path.path.clone().into(),
             format: path.format,
@@ -272,6 +308,7 @@ pub fn plan(
             &rbd_namespace,
             namespace_map,
             others,
+            &settings.import_dirs,
         )?;
         disks.push(DiskRequest { source, size_bytes });
         disk_specs.push(DiskSpec {
@@ -309,4 +346,26 @@ pub fn plan(
             internal: internal_metadata(vm),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_paths_stay_in_allowed_directories() {
+        let dirs = vec![std::path::PathBuf::from("/srv/images")];
+        assert!(check_import_path(0, "/srv/images/debian.qcow2", &dirs).is_ok());
+        assert!(check_import_path(0, "/srv/images/../../etc/shadow", &dirs).is_err());
+        assert!(check_import_path(0, "/srv/imagesX/a.qcow2", &dirs).is_err());
+        let err = check_import_path(1, "/etc/shadow", &[]).unwrap_err();
+        assert_eq!(err.reason(), "PathNotAllowed");
+        assert!(err.to_string().contains("--import-dirs"), "{err}");
+    }
+
+    #[test]
+    fn generated_uuids_are_stable_per_object() {
+        assert_eq!(generated_uuid("a"), generated_uuid("a"));
+        assert_ne!(generated_uuid("a"), generated_uuid("b"));
+    }
 }

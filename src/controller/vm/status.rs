@@ -171,6 +171,7 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         node,
         domain_uuid: input.domain_uuid.clone().or(previous.domain_uuid),
         storage,
+        // Owned by the import progress reporter (its own field manager).
         import: None,
         // Written by the agents; the controller's apply patch leaves them out.
         restarts: None,
@@ -187,6 +188,5 @@ pub fn differs(vm: &VirtualMachine, new: &VirtualMachineStatus) -> bool {
         || old.node != new.node
         || old.domain_uuid != new.domain_uuid
         || old.storage != new.storage
-        || old.import != new.import
         || old.conditions != new.conditions
 }
