@@ -62,7 +62,13 @@ async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerEr
         conf_path: config.ceph_conf.clone(),
         client_id: config.ceph_client.clone(),
         mount_timeout: Duration::from_secs(10),
-        options: config.ceph_options.clone(),
+        // Without these a call to a dead OSD or mon blocks a reconcile forever; with them it
+        // fails, the VM shows CephUnavailable, and the retry comes with back-off.
+        options: [("rados_osd_op_timeout", "30"), ("rados_mon_op_timeout", "30")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .chain(config.ceph_options.clone())
+            .collect(),
     };
     tokio::task::spawn_blocking(move || Cluster::connect(cluster_config))
         .await
