@@ -128,6 +128,9 @@ pub struct ControllerArgs {
     /// source outside them is refused.
     #[arg(long, env = "SEAPATH_IMPORT_DIRS", default_value = "", value_delimiter = ',')]
     pub import_dirs: Vec<PathBuf>,
+    /// Run the snapshot, restore and schedule controllers too (off: another process runs them).
+    #[arg(long, env = "SEAPATH_SNAPSHOTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub snapshots: bool,
     /// VMs reconciled at once.
     #[arg(long, env = "SEAPATH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -185,6 +188,7 @@ impl ControllerArgs {
                 .filter(|d| !d.as_os_str().is_empty())
                 .cloned()
                 .collect(),
+            snapshots: self.snapshots,
             instance: self.identity(),
         }
     }

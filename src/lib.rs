@@ -13,4 +13,5 @@ pub mod leader;
 pub mod libvirt;
 pub mod metrics;
 pub mod naming;
+pub mod plugin;
 pub mod telemetry;

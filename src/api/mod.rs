@@ -1,9 +1,11 @@
 //! The custom resources of group `seapath.lfenergy.org`, version `v1alpha1`.
 
 mod hypervisor;
+mod snapshot;
 mod virtual_machine;
 
 pub use hypervisor::*;
+pub use snapshot::*;
 pub use virtual_machine::*;
 
 use kube::CustomResourceExt;
@@ -14,7 +16,13 @@ pub const GROUP: &str = "seapath.lfenergy.org";
 /// The CRDs of the operator, in the order `crdgen` writes them.
 pub fn all_crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![VirtualMachine::crd(), Hypervisor::crd()]
+    vec![
+        VirtualMachine::crd(),
+        Hypervisor::crd(),
+        VirtualMachineSnapshot::crd(),
+        VirtualMachineRestore::crd(),
+        VirtualMachineSnapshotSchedule::crd(),
+    ]
 }
 
 /// Label the controller puts on a VirtualMachine with the hypervisor it is placed on; each node

@@ -5,5 +5,6 @@ pub mod context;
 pub mod phase;
 pub mod placement;
 pub mod run;
+pub mod snapshot;
 pub mod storage;
 pub mod vm;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub resync: Duration,
     /// Directories `path` disk sources may be imported from.
     pub import_dirs: Vec<PathBuf>,
+    /// Also run the snapshot, restore and schedule controllers in this process.
+    pub snapshots: bool,
     /// Name reported on Events (the Pod name in a cluster).
     pub instance: String,
 }
@@ -117,6 +119,7 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
+    let shutdown = shutdown.shared();
     let cluster = connect_ceph(&config).await?;
     let monitors = storage::monitors(&cluster)
         .await
@@ -144,6 +147,17 @@ pub async fn run(
         move |_hv: Hypervisor| waiting_for_a_hypervisor(&waiting),
     );
 
+    let storage = StorageContext::new(
+        cluster,
+        config.pool.clone(),
+        config.namespace_map.clone(),
+        config.ceph_conf.clone(),
+        config.ceph_client.clone(),
+    );
+    let snapshots = config.snapshots.then(|| {
+        tokio::spawn(crate::controller::snapshot::run(client.clone(), storage.clone(), metrics.clone(), shutdown.clone()))
+    });
+
     let reporter = Reporter {
         controller: "seapath-controller".into(),
         instance: Some(config.instance.clone()),
@@ -161,13 +175,7 @@ pub async fn run(
             resync: config.resync,
             import_dirs: config.import_dirs.clone(),
         },
-        storage: StorageContext::new(
-            cluster,
-            config.pool.clone(),
-            config.namespace_map.clone(),
-            config.ceph_conf.clone(),
-            config.ceph_client.clone(),
-        ),
+        storage,
         metrics: metrics.clone(),
         recorder: Recorder::new(client, reporter),
         vms: vms.clone(),
@@ -191,6 +199,9 @@ pub async fn run(
         })
         .await;
     hv_cache.abort();
+    if let Some(snapshots) = snapshots {
+        snapshots.await.ok();
+    }
     info!("controller stopped");
     Ok(())
 }

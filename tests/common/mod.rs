@@ -66,6 +66,6 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
         .expect("creating namespace");
     name
 }
-pub mod operator;
 pub mod chart;
+pub mod operator;
 pub mod snapshots;

@@ -73,9 +73,11 @@ pub fn operator(prefix: &str) -> &'static Operator {
             libvirt_auth: None,
             concurrency: 16,
             storage_recheck: Duration::from_secs(300),
-            heartbeat_timeout: Duration::from_secs(40),
+            heartbeat_timeout: Duration::from_secs(8),
             resync: Duration::from_secs(300),
             import_dirs: vec![import_dir()],
+            // Tests of snapshots start those controllers themselves, at the moment they choose.
+            snapshots: false,
             instance: format!("{prefix}-controller"),
         };
         let agents: Vec<AgentConfig> = nodes
@@ -91,6 +93,7 @@ pub fn operator(prefix: &str) -> &'static Operator {
             })
             .collect();
         let controller_metrics = metrics.clone();
+        let agent_nodes = nodes.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Runtime::new().expect("operator runtime");
             runtime.block_on(async move {
@@ -98,6 +101,7 @@ pub fn operator(prefix: &str) -> &'static Operator {
                 let client = kube::Client::try_default()
                     .await
                     .expect("kube client for the operator");
+                forget_other_hypervisors(&client, &agent_nodes).await;
                 for config in agents {
                     let client = client.clone();
                     tokio::spawn(async move {
@@ -120,4 +124,15 @@ pub fn operator(prefix: &str) -> &'static Operator {
         });
         Operator { nodes, metrics }
     })
+}
+
+/// Hypervisor objects left by the agents of an earlier test binary look Ready until their
+/// heartbeat times out; this binary's controller must not place VMs there.
+async fn forget_other_hypervisors(client: &kube::Client, ours: &[String; 2]) {
+    use kube::ResourceExt;
+    let hypervisors: kube::Api<seapath_operator::api::Hypervisor> = kube::Api::all(client.clone());
+    let list = hypervisors.list(&Default::default()).await.expect("listing hypervisors");
+    for hv in list.items.iter().filter(|hv| !ours.contains(&hv.name_any())) {
+        hypervisors.delete(&hv.name_any(), &Default::default()).await.ok();
+    }
 }

@@ -1,0 +1,23 @@
+# For users who build with Docker (or Podman/Buildah). CI builds the same image without a
+# daemon: hack/image.sh (OCI layout, umoci). Build: docker build -t seapath-operator .
+FROM docker.io/library/rust:1.89-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libclang-dev clang pkg-config librbd-dev librados-dev libvirt-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin seapath-operator --bin kubectl-seapath \
+ && strip target/release/seapath-operator target/release/kubectl-seapath
+
+FROM docker.io/library/debian:bookworm-slim
+# Runtime libraries only: librbd/librados (Ceph client), libvirt (client library).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends librbd1 librados2 libvirt0 ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /src/target/release/seapath-operator /usr/bin/seapath-operator
+COPY --from=build /src/target/release/kubectl-seapath /usr/bin/kubectl-seapath
+# The controller runs as this user; the chart runs the agent as root (libvirt's system socket).
+USER 65532:65532
+EXPOSE 8080
+ENTRYPOINT ["/usr/bin/seapath-operator"]
+CMD ["controller"]

@@ -1,0 +1,727 @@
+//! Reconciles one VirtualMachineRestore, SEAPATH's rollback, as a resumable sequence of steps
+//! recorded in its status:
+//!
+//! 1. `Pending`: checks (the snapshot is of this VM and Ready, present on every disk, no other
+//!    restore of the VM at work). A refusal is `Failed` before anything is stopped.
+//!    Then records the VM's desired state (`previousState`) and goes to `Stopping`.
+//! 2. `Stopping`: sets the VM's `spec.state` to `Disabled` (field manager `seapath-restore`);
+//!    the node agent stops and undefines the domain. Waits for the agent's report of the
+//!    domain `Absent` for that generation of the VM.
+//! 3. `RollingBack`: checks again, refuses while any client holds an image's exclusive lock
+//!    (a domain still using the disk), and rolls every image back, concurrently.
+//! 4. `Starting`: sets `spec.state` back to `previousState`, waits for the VM to reach it.
+//! 5. `Succeeded`. The snapshot stays.
+//!
+//! Deleting a restore half-way: before the roll-back it just gives the VM its state back;
+//! during it, it finishes the roll-back first (a VM is never left with half its disks rolled
+//! back), then gives the VM its state back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, finalizer};
+use serde_json::json;
+use tracing::{Instrument, info, info_span};
+
+use super::vmsnapshot::{per_image, rbd_name};
+use super::{Ctx, Error, RESTORE_FIELD_MANAGER, now, rbd, reset_failures, write_status};
+use crate::api::{
+    DesiredState, DomainState, OperationError, Phase, RESTORE_FINALIZER, RestorePhase, SnapshotPhase,
+    VirtualMachine, VirtualMachineRestore, VirtualMachineRestoreStatus, VirtualMachineSnapshot,
+    condition_types as ct,
+};
+use crate::controller::conditions::{Desired, merge};
+use crate::controller::phase;
+
+const KIND: &str = "VirtualMachineRestore";
+const POLL: Duration = Duration::from_secs(2);
+
+/// A restore that has started and not finished (it holds the VM).
+pub fn is_active(restore: &VirtualMachineRestore) -> bool {
+    matches!(
+        restore.status.as_ref().and_then(|s| s.phase),
+        None | Some(
+            RestorePhase::Pending
+                | RestorePhase::Stopping
+                | RestorePhase::RollingBack
+                | RestorePhase::Starting
+        )
+    )
+}
+
+/// Whether the agent confirmed that no domain of the VM is defined any more, for the VM's
+/// generation `disabled` (the one that set `Disabled`) or later.
+pub fn domain_gone(vm: &VirtualMachine, disabled: i64) -> bool {
+    let Some(status) = vm.status.as_ref() else {
+        return true;
+    };
+    match &status.domain {
+        Some(domain) => {
+            domain.state == DomainState::Absent && domain.observed_generation.unwrap_or(0) >= disabled
+        }
+        // Never reported by an agent: no domain was ever defined for it.
+        None => {
+            status.node.is_none()
+                || (status.phase == Some(Phase::Disabled)
+                    && status.observed_generation.unwrap_or(0) >= disabled)
+        }
+    }
+}
+
+/// Another restore of the same VM that is at work, or older and still pending.
+pub fn competing(restore: &VirtualMachineRestore, all: &[Arc<VirtualMachineRestore>]) -> Option<String> {
+    let key = |r: &VirtualMachineRestore| (r.metadata.creation_timestamp.clone().map(|t| t.0), r.name_any());
+    all.iter()
+        .filter(|o| o.metadata.uid != restore.metadata.uid)
+        .filter(|o| o.namespace() == restore.namespace() && o.spec.vm_name == restore.spec.vm_name)
+        .filter(|o| is_active(o))
+        .find(|o| {
+            let phase = o.status.as_ref().and_then(|s| s.phase);
+            matches!(
+                phase,
+                Some(RestorePhase::Stopping | RestorePhase::RollingBack | RestorePhase::Starting)
+            ) || key(o) < key(restore)
+        })
+        .map(|o| o.name_any())
+}
+
+fn conditions_for(phase: RestorePhase, reason: &str, message: &str) -> Vec<Desired> {
+    let mut out = vec![Desired::new(
+        ct::READY,
+        phase == RestorePhase::Succeeded,
+        reason,
+        message,
+    )];
+    match phase {
+        RestorePhase::Succeeded => {}
+        RestorePhase::Failed => out.push(Desired::new(ct::STALLED, true, reason, message)),
+        _ => out.push(Desired::new(ct::RECONCILING, true, reason, message)),
+    }
+    out
+}
+
+struct Step<'a> {
+    ctx: &'a Ctx,
+    api: &'a Api<VirtualMachineRestore>,
+    vms: Api<VirtualMachine>,
+    restore: &'a VirtualMachineRestore,
+    namespace: String,
+}
+
+impl Step<'_> {
+    async fn write(
+        &self,
+        mut status: VirtualMachineRestoreStatus,
+        phase: RestorePhase,
+        reason: &str,
+        message: &str,
+    ) -> Result<VirtualMachineRestoreStatus, Error> {
+        let previous = self.restore.status.clone().unwrap_or_default();
+        status.phase = Some(phase);
+        status.observed_generation = self.restore.metadata.generation;
+        status.conditions = merge(
+            &previous.conditions,
+            &conditions_for(phase, reason, message),
+            self.restore.metadata.generation,
+            &now(),
+        );
+        if status != previous {
+            if previous.phase != Some(phase) {
+                info!(?phase, reason, "restore step");
+            }
+            write_status(self.api, self.restore, KIND, &status).await?;
+        }
+        Ok(status)
+    }
+
+    async fn refuse(
+        &self,
+        mut status: VirtualMachineRestoreStatus,
+        reason: &str,
+        message: String,
+    ) -> Result<Action, Error> {
+        let message = format!("{message}; nothing was stopped or changed");
+        status.error = Some(OperationError {
+            time: Some(now()),
+            message: message.clone(),
+        });
+        self.write(status, RestorePhase::Failed, reason, &message).await?;
+        self.ctx.metrics.operation(KIND, "restore", "refused");
+        self.ctx
+            .publish(self.restore, EventType::Warning, reason, "Restore", message)
+            .await;
+        Ok(Action::await_change())
+    }
+
+    /// Sets the VM's desired state; returns the VM's generation after the change.
+    async fn set_vm_state(&self, state: DesiredState) -> Result<i64, Error> {
+        let patch = json!({"spec": {"state": state}});
+        let params = PatchParams {
+            field_manager: Some(RESTORE_FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let vm = self
+            .vms
+            .patch(&self.restore.spec.vm_name, &params, &Patch::Merge(&patch))
+            .await?;
+        info!(?state, vm = %self.restore.spec.vm_name, "VM desired state set");
+        Ok(vm.metadata.generation.unwrap_or_default())
+    }
+
+    async fn vm(&self) -> Result<Option<VirtualMachine>, Error> {
+        Ok(self.vms.get_opt(&self.restore.spec.vm_name).await?)
+    }
+}
+
+pub async fn reconcile(restore: Arc<VirtualMachineRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let namespace = restore.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %restore.name_any());
+    async move {
+        let timer = ctx.metrics.reconcile_timer(KIND);
+        let api: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, RESTORE_FINALIZER, restore, |event| async {
+            match event {
+                finalizer::Event::Apply(restore) => {
+                    let step = Step {
+                        ctx: &ctx,
+                        api: &api,
+                        vms: Api::namespaced(ctx.client.clone(), &namespace),
+                        restore: &restore,
+                        namespace: namespace.clone(),
+                    };
+                    apply(&step).await
+                }
+                finalizer::Event::Cleanup(restore) => {
+                    let step = Step {
+                        ctx: &ctx,
+                        api: &api,
+                        vms: Api::namespaced(ctx.client.clone(), &namespace),
+                        restore: &restore,
+                        namespace: namespace.clone(),
+                    };
+                    cleanup(&step).await
+                }
+            }
+        })
+        .await
+        .map_err(Error::from);
+        match &result {
+            Ok(_) => timer.ok(),
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn apply(step: &Step<'_>) -> Result<Action, Error> {
+    let status = step.restore.status.clone().unwrap_or_default();
+    match status.phase.unwrap_or(RestorePhase::Pending) {
+        RestorePhase::Succeeded | RestorePhase::Failed => Ok(Action::await_change()),
+        RestorePhase::Pending => pending(step, status).await,
+        RestorePhase::Stopping => stopping(step, status).await,
+        RestorePhase::RollingBack => rolling_back(step, status).await,
+        RestorePhase::Starting => starting(step, status).await,
+    }
+}
+
+async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let spec = &step.restore.spec;
+    let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(step.ctx.client.clone(), &step.namespace);
+    let Some(snapshot) = snapshots.get_opt(&spec.snapshot).await? else {
+        let message = format!("VirtualMachineSnapshot {} does not exist (yet)", spec.snapshot);
+        step.write(status, RestorePhase::Pending, "SnapshotNotFound", &message)
+            .await?;
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    };
+    if snapshot.spec.vm_name != spec.vm_name {
+        return step
+            .refuse(
+                status,
+                "SnapshotOfAnotherVm",
+                format!(
+                    "VirtualMachineSnapshot {} is a snapshot of VirtualMachine {}, not of {}",
+                    spec.snapshot, snapshot.spec.vm_name, spec.vm_name
+                ),
+            )
+            .await;
+    }
+    let snap_status = snapshot.status.clone().unwrap_or_default();
+    match snap_status.phase {
+        Some(SnapshotPhase::Ready) if snap_status.ready_to_use => {}
+        Some(SnapshotPhase::Failed | SnapshotPhase::Deleting) | Some(SnapshotPhase::Ready) => {
+            return step
+                .refuse(
+                    status,
+                    "SnapshotNotUsable",
+                    format!(
+                        "VirtualMachineSnapshot {} is not ready to use ({:?})",
+                        spec.snapshot, snap_status.phase
+                    ),
+                )
+                .await;
+        }
+        _ => {
+            let message = format!("waiting for VirtualMachineSnapshot {} to be Ready", spec.snapshot);
+            step.write(status, RestorePhase::Pending, "SnapshotNotReady", &message)
+                .await?;
+            return Ok(Action::requeue(Duration::from_secs(3)));
+        }
+    }
+    let Some(vm) = step.vm().await? else {
+        return step
+            .refuse(
+                status,
+                "VmNotFound",
+                format!("VirtualMachine {} does not exist", spec.vm_name),
+            )
+            .await;
+    };
+    if vm.metadata.deletion_timestamp.is_some() {
+        return step
+            .refuse(
+                status,
+                "VmBeingDeleted",
+                format!("VirtualMachine {} is being deleted", spec.vm_name),
+            )
+            .await;
+    }
+    if snap_status.vm_uid.is_some() && snap_status.vm_uid != vm.metadata.uid {
+        return step
+            .refuse(
+                status,
+                "SnapshotOfAnotherVm",
+                format!(
+                    "VirtualMachineSnapshot {} was taken of an earlier VirtualMachine named {} (another UID)",
+                    spec.snapshot, spec.vm_name
+                ),
+            )
+            .await;
+    }
+    if let Some(other) = competing(step.restore, &step.ctx.restores.state()) {
+        return step
+            .refuse(
+                status,
+                "RestoreInProgress",
+                format!(
+                    "VirtualMachineRestore {other} is already restoring VirtualMachine {}",
+                    spec.vm_name
+                ),
+            )
+            .await;
+    }
+    // The snapshot must be on every disk the VM has now.
+    let name = snap_status
+        .snapshot_name
+        .clone()
+        .unwrap_or_else(|| rbd_name(&snapshot));
+    let images = step
+        .ctx
+        .storage
+        .vm_names(&step.namespace, &spec.vm_name)
+        .images(vm.spec.data_disks.len());
+    let found = {
+        let name = name.clone();
+        per_image(step.ctx, &step.namespace, &images, move |io, image| {
+            rbd::find(io, &image, &name)
+        })
+        .await?
+    };
+    let mut missing = Vec::new();
+    for ((image, result), index) in images.iter().zip(found).zip(0..) {
+        let recorded = snap_status.disks.get(index).and_then(|d| d.snapshot_id);
+        match result? {
+            Some(Some(info)) if recorded.is_none_or(|id| id as u64 == info.id) => {}
+            _ => missing.push(image.clone()),
+        }
+    }
+    if !missing.is_empty() {
+        return step
+            .refuse(
+                status,
+                "SnapshotIncomplete",
+                format!(
+                    "RBD snapshot '{name}' is missing on image(s) {}",
+                    missing.join(", ")
+                ),
+            )
+            .await;
+    }
+    // Record the intent, then act.
+    status.previous_state = Some(vm.spec.state);
+    status.snapshot_name = Some(name.clone());
+    status.start_time = Some(now());
+    let message = format!(
+        "VM desired state {:?} recorded; disabling VirtualMachine {} to roll back to '{name}'",
+        vm.spec.state, spec.vm_name
+    );
+    let status = step
+        .write(status, RestorePhase::Stopping, "Stopping", &message)
+        .await?;
+    step.ctx
+        .publish(
+            step.restore,
+            EventType::Normal,
+            "RestoreStarted",
+            "Restore",
+            message,
+        )
+        .await;
+    stopping(step, status).await
+}
+
+async fn stopping(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let Some(vm) = step.vm().await? else {
+        return fail(
+            step,
+            status,
+            "VmNotFound",
+            "the VirtualMachine was deleted during the restore".into(),
+        )
+        .await;
+    };
+    if vm.spec.state != DesiredState::Disabled || status.disabled_generation.is_none() {
+        let generation = if vm.spec.state != DesiredState::Disabled {
+            step.set_vm_state(DesiredState::Disabled).await?
+        } else {
+            vm.metadata.generation.unwrap_or_default()
+        };
+        status.disabled_generation = Some(generation);
+        let message = format!(
+            "waiting for the domain of VirtualMachine {} to be stopped and undefined",
+            step.restore.spec.vm_name
+        );
+        step.write(status, RestorePhase::Stopping, "WaitingForDomain", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    if !domain_gone(&vm, status.disabled_generation.unwrap_or_default()) {
+        let where_ = vm
+            .status
+            .as_ref()
+            .and_then(|s| s.domain.as_ref())
+            .map(|d| format!(" (hypervisor {} reports {:?})", d.node, d.state))
+            .unwrap_or_default();
+        let message = format!(
+            "waiting for the domain of VirtualMachine {} to be stopped and undefined{where_}",
+            step.restore.spec.vm_name
+        );
+        step.write(status, RestorePhase::Stopping, "WaitingForDomain", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    let status = step
+        .write(
+            status,
+            RestorePhase::RollingBack,
+            "RollingBack",
+            "domain gone; rolling every disk back",
+        )
+        .await?;
+    rolling_back(step, status).await
+}
+
+async fn rolling_back(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let Some(vm) = step.vm().await? else {
+        return fail(
+            step,
+            status,
+            "VmNotFound",
+            "the VirtualMachine was deleted during the restore".into(),
+        )
+        .await;
+    };
+    // Never roll back while a domain may run: someone re-enabled the VM -> back to Stopping.
+    if vm.spec.state != DesiredState::Disabled
+        || !domain_gone(&vm, status.disabled_generation.unwrap_or_default())
+    {
+        status.disabled_generation = None;
+        let message =
+            "the VirtualMachine was re-enabled before the roll-back: disabling it again".to_string();
+        step.write(status, RestorePhase::Stopping, "WaitingForDomain", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    let name = status.snapshot_name.clone().unwrap_or_default();
+    let images = step
+        .ctx
+        .storage
+        .vm_names(&step.namespace, &step.restore.spec.vm_name)
+        .images(vm.spec.data_disks.len());
+    let lock = step.ctx.vm_lock(&step.namespace, &step.restore.spec.vm_name);
+    let guard = lock.lock().await;
+    let results = {
+        let name = name.clone();
+        per_image(step.ctx, &step.namespace, &images, move |io, image| {
+            rbd::rollback(io, &image, &name).map(Some)
+        })
+        .await?
+    };
+    drop(guard);
+    let mut done = Vec::new();
+    let mut first_error = None;
+    for (image, result) in images.iter().zip(results) {
+        match result {
+            Ok(Some(())) => {
+                step.ctx.metrics.ceph_write("snap_rollback");
+                done.push(image.clone());
+            }
+            Ok(None) => {
+                first_error.get_or_insert(crate::controller::storage::StorageError::SourceNotFound {
+                    what: format!("image {image}"),
+                    detail: "the VM's RBD namespace does not exist".into(),
+                });
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        let message = format!("rolling back to '{name}': {e}");
+        status.rolled_back = done;
+        status.error = Some(OperationError {
+            time: Some(now()),
+            message: message.clone(),
+        });
+        step.write(status, RestorePhase::RollingBack, e.reason(), &message)
+            .await?;
+        step.ctx
+            .publish(step.restore, EventType::Warning, e.reason(), "Restore", message)
+            .await;
+        return Err(e.into());
+    }
+    status.rolled_back = done;
+    status.error = None;
+    let previous = status.previous_state.unwrap_or_default();
+    let message = format!(
+        "{} disk(s) rolled back to '{name}'; bringing the VM back to {previous:?}",
+        images.len()
+    );
+    let status = step
+        .write(status, RestorePhase::Starting, "Starting", &message)
+        .await?;
+    step.ctx
+        .publish(
+            step.restore,
+            EventType::Normal,
+            "DisksRolledBack",
+            "Restore",
+            message,
+        )
+        .await;
+    starting(step, status).await
+}
+
+async fn starting(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let previous = status.previous_state.unwrap_or_default();
+    let Some(vm) = step.vm().await? else {
+        return fail(
+            step,
+            status,
+            "VmNotFound",
+            "the VirtualMachine was deleted during the restore".into(),
+        )
+        .await;
+    };
+    if status.restored_generation.is_none() {
+        let generation = if vm.spec.state != previous {
+            step.set_vm_state(previous).await?
+        } else {
+            vm.metadata.generation.unwrap_or_default()
+        };
+        status.restored_generation = Some(generation);
+        let message = format!(
+            "waiting for VirtualMachine {} to be {previous:?}",
+            step.restore.spec.vm_name
+        );
+        step.write(status, RestorePhase::Starting, "WaitingForVm", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    let vm_status = vm.status.clone().unwrap_or_default();
+    let reached = vm_status.phase == Some(phase::target(previous))
+        && vm_status.observed_generation.unwrap_or(0) >= status.restored_generation.unwrap_or(0);
+    if !reached {
+        let message = format!(
+            "disks rolled back; waiting for VirtualMachine {} to be {previous:?} (now {:?})",
+            step.restore.spec.vm_name, vm_status.phase
+        );
+        step.write(status, RestorePhase::Starting, "WaitingForVm", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    status.completion_time = Some(now());
+    let message = format!(
+        "VirtualMachine {} rolled back to '{}' and {previous:?} again",
+        step.restore.spec.vm_name,
+        status.snapshot_name.clone().unwrap_or_default()
+    );
+    step.write(status, RestorePhase::Succeeded, "Succeeded", &message)
+        .await?;
+    reset_failures(step.ctx, step.restore);
+    step.ctx.metrics.operation(KIND, "restore", "ok");
+    step.ctx
+        .publish(
+            step.restore,
+            EventType::Normal,
+            "RestoreSucceeded",
+            "Restore",
+            message,
+        )
+        .await;
+    Ok(Action::await_change())
+}
+
+async fn fail(
+    step: &Step<'_>,
+    mut status: VirtualMachineRestoreStatus,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    status.error = Some(OperationError {
+        time: Some(now()),
+        message: message.clone(),
+    });
+    step.write(status, RestorePhase::Failed, reason, &message).await?;
+    step.ctx.metrics.operation(KIND, "restore", "error");
+    step.ctx
+        .publish(step.restore, EventType::Warning, reason, "Restore", message)
+        .await;
+    Ok(Action::await_change())
+}
+
+/// Deleted half-way: never leave the VM disabled, nor half rolled back.
+async fn cleanup(step: &Step<'_>) -> Result<Action, Error> {
+    let status = step.restore.status.clone().unwrap_or_default();
+    match status.phase {
+        Some(RestorePhase::RollingBack) => {
+            // Finish the roll-back (the object is kept by the finalizer meanwhile).
+            rolling_back(step, status).await?;
+            Err(Error::Waiting(
+                "finishing the roll-back before the restore goes".into(),
+            ))
+        }
+        Some(RestorePhase::Stopping | RestorePhase::Starting) => {
+            if let (Some(vm), Some(previous)) = (step.vm().await?, status.previous_state)
+                && vm.spec.state == DesiredState::Disabled
+                && previous != DesiredState::Disabled
+            {
+                step.set_vm_state(previous).await?;
+                step.ctx
+                    .publish(
+                        step.restore,
+                        EventType::Normal,
+                        "RestoreAbandoned",
+                        "Restore",
+                        format!(
+                            "restore deleted before it finished: VirtualMachine set back to {previous:?}"
+                        ),
+                    )
+                    .await;
+            }
+            Ok(Action::await_change())
+        }
+        _ => Ok(Action::await_change()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DomainStatus, VirtualMachineRestoreSpec, VirtualMachineStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn vm(
+        domain: Option<(DomainState, i64)>,
+        node: Option<&str>,
+        phase: Option<Phase>,
+        observed: i64,
+    ) -> VirtualMachine {
+        let mut vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "vm1", "namespace": "ns"},
+            "spec": {"xml": "<domain/>", "systemDisk": {"source": {"blank": {}}, "size": "1Mi"}}
+        }))
+        .unwrap();
+        vm.status = Some(VirtualMachineStatus {
+            domain: domain.map(|(state, generation)| DomainStatus {
+                node: "hv1".into(),
+                name: "vm1".into(),
+                state,
+                observed_generation: Some(generation),
+                ..Default::default()
+            }),
+            node: node.map(Into::into),
+            phase,
+            observed_generation: Some(observed),
+            ..Default::default()
+        });
+        vm
+    }
+
+    #[test]
+    fn domain_gone_needs_a_fresh_absent_report() {
+        assert!(!domain_gone(
+            &vm(Some((DomainState::Running, 3)), Some("hv1"), None, 3),
+            3
+        ));
+        // Absent, but reported for a generation before the VM was disabled.
+        assert!(!domain_gone(
+            &vm(Some((DomainState::Absent, 2)), Some("hv1"), None, 3),
+            3
+        ));
+        assert!(domain_gone(
+            &vm(Some((DomainState::Absent, 3)), Some("hv1"), None, 3),
+            3
+        ));
+        // Never placed.
+        assert!(domain_gone(&vm(None, None, None, 1), 3));
+        // Placed, never reported: only once the controller computed Disabled for that generation.
+        assert!(!domain_gone(&vm(None, Some("hv1"), Some(Phase::Started), 2), 3));
+        assert!(domain_gone(&vm(None, Some("hv1"), Some(Phase::Disabled), 3), 3));
+    }
+
+    fn restore(name: &str, created: i64, phase: Option<RestorePhase>) -> Arc<VirtualMachineRestore> {
+        let mut r = VirtualMachineRestore::new(
+            name,
+            VirtualMachineRestoreSpec {
+                vm_name: "vm1".into(),
+                snapshot: "s".into(),
+            },
+        );
+        r.metadata.namespace = Some("ns".into());
+        r.metadata.uid = Some(name.into());
+        r.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        r.status = phase.map(|p| VirtualMachineRestoreStatus {
+            phase: Some(p),
+            ..Default::default()
+        });
+        Arc::new(r)
+    }
+
+    #[test]
+    fn one_restore_per_vm() {
+        let old_done = restore("a", 1, Some(RestorePhase::Succeeded));
+        let running = restore("b", 5, Some(RestorePhase::RollingBack));
+        let new = restore("c", 10, None);
+        assert_eq!(
+            competing(&new, &[old_done.clone(), running.clone(), new.clone()]).as_deref(),
+            Some("b")
+        );
+        assert_eq!(competing(&new, &[old_done.clone(), new.clone()]), None);
+        // Two pending ones: the older goes first.
+        let newer = restore("d", 11, None);
+        assert_eq!(
+            competing(&newer, &[new.clone(), newer.clone()]).as_deref(),
+            Some("c")
+        );
+        assert_eq!(competing(&new, &[new.clone(), newer.clone()]), None);
+    }
+}

@@ -1,0 +1,631 @@
+//! Reconciles one VirtualMachineSnapshotSchedule: takes the snapshots of each run (objects
+//! named `<schedule>-<vm>-<yyyymmddhhmm>`, labelled as the schedule's), counts failed runs and
+//! suspends itself after `maxFailures`, and applies retention to the snapshots it owns (and to
+//! the others of its VMs only with `includeUnowned`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use tracing::{Instrument, info, info_span};
+
+use super::cron::{Cron, parse_duration, time_zone};
+use super::{Ctx, Error, now, reset_failures, write_status};
+use crate::api::{
+    Retention, SCHEDULE_LABEL, SCHEDULE_UID_LABEL, SCHEDULED_TIME_ANNOTATION, SnapshotPhase, VM_LABEL,
+    VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
+    VirtualMachineSnapshotScheduleStatus, VirtualMachineSnapshotSpec, condition_types as ct,
+};
+use crate::controller::conditions::{Desired, merge};
+
+const KIND: &str = "VirtualMachineSnapshotSchedule";
+/// Retention by age is re-evaluated at least this often.
+const RECHECK: Duration = Duration::from_secs(60);
+
+/// One snapshot as retention sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapView {
+    pub name: String,
+    pub vm: String,
+    /// When it was taken (creation time, else the object's).
+    pub time: Timestamp,
+    /// The RBD snapshot id on the system image: orders snapshots taken within one second
+    /// (the times have a one-second resolution).
+    pub id: Option<i64>,
+    pub phase: Option<SnapshotPhase>,
+    pub owned: bool,
+}
+
+/// The snapshots retention deletes: per VM, those older than `keepLast` newer Ready ones, older
+/// than `maxAge` or `before`, or all; never one still being taken; only owned ones unless
+/// `includeUnowned`.
+pub fn select_for_deletion(
+    snaps: &[SnapView],
+    retention: &Retention,
+    now: Timestamp,
+) -> Result<Vec<String>, String> {
+    let max_age = retention.max_age.as_deref().map(parse_duration).transpose()?;
+    let mut by_vm: BTreeMap<&str, Vec<&SnapView>> = BTreeMap::new();
+    for s in snaps {
+        if !s.owned && !retention.include_unowned {
+            continue;
+        }
+        if !matches!(s.phase, Some(SnapshotPhase::Ready | SnapshotPhase::Failed)) {
+            continue;
+        }
+        by_vm.entry(&s.vm).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for (_, mut list) in by_vm {
+        list.sort_by(|a, b| (b.time, b.id, &b.name).cmp(&(a.time, a.id, &a.name)));
+        let mut ready_seen = 0i64;
+        for s in list {
+            let ready = s.phase == Some(SnapshotPhase::Ready);
+            let mut delete = retention.all == Some(true);
+            if let Some(keep) = retention.keep_last {
+                if ready {
+                    ready_seen += 1;
+                    delete |= ready_seen > i64::from(keep);
+                } else {
+                    // A failed snapshot older than the N kept ones goes with them.
+                    delete |= ready_seen >= i64::from(keep);
+                }
+            }
+            if let Some(age) = max_age {
+                let age = k8s_openapi::jiff::SignedDuration::try_from(age)
+                    .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+                delete |= now.duration_since(s.time) > age;
+            }
+            if let Some(before) = &retention.before {
+                delete |= s.time < before.0;
+            }
+            if delete {
+                out.push(s.name.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The latest scheduled time in `(after, now]`, if any (missed runs are not caught up one by
+/// one: only the latest is taken).
+pub fn due_run(
+    cron: &Cron,
+    tz: &k8s_openapi::jiff::tz::TimeZone,
+    after: Timestamp,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    let mut due = None;
+    let mut t = after;
+    for _ in 0..100_000 {
+        match cron.next_after(t, tz) {
+            Some(next) if next <= now => {
+                due = Some(next);
+                t = next;
+            }
+            _ => break,
+        }
+    }
+    due
+}
+
+/// Letters and digits of the schedule name: the RBD snapshot name prefix.
+pub fn rbd_prefix(schedule: &str) -> String {
+    schedule.chars().filter(|c| c.is_ascii_alphanumeric()).collect()
+}
+
+fn stamp(t: Timestamp) -> String {
+    t.strftime("%Y%m%d%H%M").to_string()
+}
+
+/// A label selector as a query string (`matchLabels` and `matchExpressions`).
+pub fn selector_query(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default().join(",");
+        parts.push(match e.operator.as_str() {
+            "In" => format!("{} in ({values})", e.key),
+            "NotIn" => format!("{} notin ({values})", e.key),
+            "Exists" => e.key.clone(),
+            _ => format!("!{}", e.key),
+        });
+    }
+    parts.join(",")
+}
+
+fn conditions_for(ready: bool, reason: &str, message: &str, stalled: bool) -> Vec<Desired> {
+    let mut out = vec![Desired::new(ct::READY, ready, reason, message)];
+    if stalled {
+        out.push(Desired::new(ct::STALLED, true, reason, message));
+    }
+    out
+}
+
+pub async fn reconcile(
+    schedule: Arc<VirtualMachineSnapshotSchedule>,
+    ctx: Arc<Ctx>,
+) -> Result<Action, Error> {
+    let namespace = schedule.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %schedule.name_any());
+    async move {
+        let timer = ctx.metrics.reconcile_timer(KIND);
+        let result = if schedule.metadata.deletion_timestamp.is_some() {
+            Ok(Action::await_change())
+        } else {
+            apply(&schedule, &ctx, &namespace).await
+        };
+        match &result {
+            Ok(_) => {
+                reset_failures(&ctx, schedule.as_ref());
+                timer.ok()
+            }
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn apply(
+    schedule: &VirtualMachineSnapshotSchedule,
+    ctx: &Ctx,
+    namespace: &str,
+) -> Result<Action, Error> {
+    let api: Api<VirtualMachineSnapshotSchedule> = Api::namespaced(ctx.client.clone(), namespace);
+    let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
+    let previous = schedule.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    let generation = schedule.metadata.generation;
+    let uid = schedule.metadata.uid.clone().unwrap_or_default();
+    let time = now();
+    let write = |mut status: VirtualMachineSnapshotScheduleStatus, conditions: Vec<Desired>| {
+        let api = api.clone();
+        let previous = previous.clone();
+        let time = time.clone();
+        async move {
+            status.observed_generation = generation;
+            status.conditions = merge(&previous.conditions, &conditions, generation, &time);
+            if status != previous {
+                write_status(&api, schedule, KIND, &status).await?;
+            }
+            Ok::<_, Error>(())
+        }
+    };
+
+    // Invalid time zone or cron: a condition (CEL caught what it could at admission).
+    let tz = match time_zone(schedule.spec.time_zone.as_deref()) {
+        Ok(tz) => tz,
+        Err(message) => {
+            status.next_schedule_time = None;
+            write(status, conditions_for(false, "InvalidTimeZone", &message, true)).await?;
+            ctx.publish(
+                schedule,
+                EventType::Warning,
+                "InvalidTimeZone",
+                "Schedule",
+                message,
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+    let cron = match schedule.spec.schedule.as_deref().map(Cron::parse).transpose() {
+        Ok(c) => c,
+        Err(message) => {
+            let message = format!("invalid schedule: {message}");
+            status.next_schedule_time = None;
+            write(status, conditions_for(false, "InvalidSchedule", &message, true)).await?;
+            ctx.publish(
+                schedule,
+                EventType::Warning,
+                "InvalidSchedule",
+                "Schedule",
+                message,
+            )
+            .await;
+            return Ok(Action::await_change());
+        }
+    };
+
+    // The VMs.
+    let vms_api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut vms: BTreeSet<String> = schedule.spec.vm_names.iter().cloned().collect();
+    if let Some(selector) = &schedule.spec.selector {
+        let selected = vms_api
+            .list(&ListParams::default().labels(&selector_query(selector)))
+            .await?;
+        vms.extend(selected.items.iter().map(|vm| vm.name_any()));
+    }
+
+    // The snapshots it owns, and the outcome of its last run.
+    let owned_list = snapshots
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_UID_LABEL}={uid}")))
+        .await?
+        .items;
+    let scheduled_at = |s: &VirtualMachineSnapshot| {
+        s.annotations()
+            .get(SCHEDULED_TIME_ANNOTATION)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+    };
+    if let Some(last) = status.last_schedule_time.clone()
+        && status.last_evaluated_time.as_ref().is_none_or(|e| e.0 < last.0)
+    {
+        let run: Vec<&VirtualMachineSnapshot> = owned_list
+            .iter()
+            .filter(|s| scheduled_at(s) == Some(last.0))
+            .collect();
+        let phases: Vec<Option<SnapshotPhase>> = run
+            .iter()
+            .map(|s| s.status.as_ref().and_then(|st| st.phase))
+            .collect();
+        let finished = phases
+            .iter()
+            .all(|p| matches!(p, Some(SnapshotPhase::Ready | SnapshotPhase::Failed)));
+        if finished {
+            let failed = phases.contains(&Some(SnapshotPhase::Failed)) || run.is_empty();
+            status.last_evaluated_time = Some(last.clone());
+            if failed {
+                status.consecutive_failures += 1;
+                ctx.metrics.operation(KIND, "scheduled-run", "failed");
+                ctx.publish(
+                    schedule,
+                    EventType::Warning,
+                    "RunFailed",
+                    "Schedule",
+                    format!(
+                        "run of {} failed ({} consecutive)",
+                        last.0, status.consecutive_failures
+                    ),
+                )
+                .await;
+                let max = schedule.spec.max_failures;
+                if max > 0 && status.consecutive_failures >= max && status.auto_suspended_generation.is_none()
+                {
+                    status.auto_suspended_generation = generation;
+                    ctx.publish(
+                        schedule,
+                        EventType::Warning,
+                        "AutoSuspended",
+                        "Schedule",
+                        format!(
+                            "{} consecutive failed runs: schedule suspended; change its spec to resume",
+                            status.consecutive_failures
+                        ),
+                    )
+                    .await;
+                }
+            } else {
+                status.consecutive_failures = 0;
+                status.last_successful_time = Some(last.clone());
+                ctx.metrics.operation(KIND, "scheduled-run", "ok");
+            }
+        }
+    }
+    // A spec change resumes a schedule that suspended itself.
+    if status.auto_suspended_generation.is_some() && status.auto_suspended_generation != generation {
+        status.auto_suspended_generation = None;
+        status.consecutive_failures = 0;
+    }
+    let auto_suspended = status.auto_suspended_generation.is_some();
+    let suspended = schedule.spec.suspend || auto_suspended;
+
+    let now_ts = Timestamp::now();
+    let mut requeue = RECHECK;
+    if !suspended && let Some(cron) = &cron {
+        let after = status
+            .last_schedule_time
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or(now_ts);
+        if let Some(run) = due_run(cron, &tz, after, now_ts) {
+            let mut created = 0;
+            for vm in &vms {
+                let name = format!("{}-{vm}-{}", schedule.name_any(), stamp(run));
+                let snap = VirtualMachineSnapshot {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.to_owned()),
+                        labels: Some(BTreeMap::from([
+                            (SCHEDULE_LABEL.to_owned(), schedule.name_any()),
+                            (SCHEDULE_UID_LABEL.to_owned(), uid.clone()),
+                            (VM_LABEL.to_owned(), vm.clone()),
+                        ])),
+                        annotations: Some(BTreeMap::from([(
+                            SCHEDULED_TIME_ANNOTATION.to_owned(),
+                            run.to_string(),
+                        )])),
+                        ..Default::default()
+                    },
+                    spec: VirtualMachineSnapshotSpec {
+                        vm_name: vm.clone(),
+                        snapshot_name: Some(format!("{}{}", rbd_prefix(&schedule.name_any()), stamp(run))),
+                        description: Some(format!("taken by schedule {}", schedule.name_any())),
+                        deletion_policy: Default::default(),
+                        failure_deadline: schedule.spec.snapshot_deadline.clone(),
+                    },
+                    status: None,
+                };
+                match snapshots.create(&PostParams::default(), &snap).await {
+                    Ok(_) => created += 1,
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            status.last_schedule_time = Some(Time(run));
+            info!(run = %run, vms = vms.len(), "scheduled run");
+            ctx.publish(
+                schedule,
+                EventType::Normal,
+                "SnapshotsCreated",
+                "Schedule",
+                format!("run of {run}: {created} VirtualMachineSnapshot(s) created"),
+            )
+            .await;
+        }
+        let next_after = status
+            .last_schedule_time
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(after)
+            .max(now_ts);
+        status.next_schedule_time = cron.next_after(next_after, &tz).map(Time);
+        if let Some(next) = &status.next_schedule_time {
+            let until = next.0.duration_since(now_ts).unsigned_abs() + Duration::from_millis(200);
+            requeue = requeue.min(until);
+        }
+    } else {
+        status.next_schedule_time = None;
+    }
+
+    // Retention.
+    let mut purged = 0;
+    if let (false, Some(retention)) = (suspended, &schedule.spec.retention) {
+        let mut views: Vec<SnapView> = Vec::new();
+        let candidates = if retention.include_unowned {
+            snapshots.list(&ListParams::default()).await?.items
+        } else {
+            owned_list.clone()
+        };
+        for s in candidates
+            .iter()
+            .filter(|s| vms.contains(&s.spec.vm_name) && s.metadata.deletion_timestamp.is_none())
+        {
+            let owned = s.labels().get(SCHEDULE_UID_LABEL) == Some(&uid);
+            // A failed run not counted yet stays until it is.
+            if owned
+                && s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Failed)
+                && scheduled_at(s)
+                    .is_some_and(|t| status.last_evaluated_time.as_ref().is_none_or(|e| t > e.0))
+            {
+                continue;
+            }
+            let st = s.status.clone().unwrap_or_default();
+            views.push(SnapView {
+                name: s.name_any(),
+                vm: s.spec.vm_name.clone(),
+                time: st
+                    .creation_time
+                    .map(|t| t.0)
+                    .or_else(|| s.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                    .unwrap_or(now_ts),
+                id: st.disks.first().and_then(|d| d.snapshot_id),
+                phase: st.phase,
+                owned,
+            });
+        }
+        let doomed = match select_for_deletion(&views, retention, now_ts) {
+            Ok(d) => d,
+            Err(message) => {
+                write(status, conditions_for(false, "InvalidRetention", &message, true)).await?;
+                return Ok(Action::await_change());
+            }
+        };
+        for name in &doomed {
+            match snapshots.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    purged += 1;
+                    ctx.metrics.operation(KIND, "purge", "ok");
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    ctx.metrics.operation(KIND, "purge", "error");
+                    return Err(e.into());
+                }
+            }
+        }
+        if purged > 0 {
+            status.purged_total += purged;
+            ctx.publish(
+                schedule,
+                EventType::Normal,
+                "SnapshotsPurged",
+                "Retention",
+                format!("retention deleted {purged} snapshot(s): {}", doomed.join(", ")),
+            )
+            .await;
+        }
+    }
+
+    let mut owned_names: Vec<(Timestamp, String)> = owned_list
+        .iter()
+        .filter(|s| s.metadata.deletion_timestamp.is_none())
+        .map(|s| {
+            (
+                s.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or(now_ts),
+                s.name_any(),
+            )
+        })
+        .collect();
+    owned_names.sort();
+    status.snapshots = owned_names.into_iter().map(|(_, n)| n).collect();
+
+    let conditions = if auto_suspended {
+        conditions_for(
+            false,
+            "AutoSuspended",
+            &format!(
+                "suspended after {} consecutive failed runs; change the spec to resume",
+                status.consecutive_failures
+            ),
+            true,
+        )
+    } else if schedule.spec.suspend {
+        conditions_for(
+            true,
+            "Suspended",
+            "suspended: no snapshot is taken or deleted",
+            false,
+        )
+    } else if vms.is_empty() {
+        conditions_for(true, "NoVirtualMachines", "no VirtualMachine matches", false)
+    } else {
+        let what = match &status.next_schedule_time {
+            Some(next) => format!("{} VM(s); next run {}", vms.len(), next.0),
+            None => format!("{} VM(s); retention only", vms.len()),
+        };
+        conditions_for(true, "Active", &what, false)
+    };
+    write(status, conditions).await?;
+    Ok(Action::requeue(requeue))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, vm: &str, secs: i64, phase: SnapshotPhase, owned: bool) -> SnapView {
+        SnapView {
+            name: name.into(),
+            vm: vm.into(),
+            time: Timestamp::from_second(secs).unwrap(),
+            id: None,
+            phase: Some(phase),
+            owned,
+        }
+    }
+
+    #[test]
+    fn keep_last_per_vm_owned_only() {
+        use SnapshotPhase::*;
+        let snaps = vec![
+            view("a1", "a", 100, Ready, true),
+            view("a2", "a", 200, Ready, true),
+            view("a3", "a", 300, Ready, true),
+            view("a4", "a", 400, InProgress, true),
+            view("b1", "b", 100, Ready, true),
+            view("x", "a", 50, Ready, false),
+        ];
+        let retention = Retention {
+            keep_last: Some(2),
+            ..Default::default()
+        };
+        let now = Timestamp::from_second(1000).unwrap();
+        assert_eq!(select_for_deletion(&snaps, &retention, now).unwrap(), vec!["a1"]);
+        let unowned = Retention {
+            include_unowned: true,
+            ..retention.clone()
+        };
+        assert_eq!(
+            select_for_deletion(&snaps, &unowned, now).unwrap(),
+            vec!["a1", "x"]
+        );
+    }
+
+    #[test]
+    fn same_second_ordered_by_snapshot_id() {
+        let mut snaps: Vec<SnapView> = [("x", 3), ("z", 1), ("y", 2)]
+            .iter()
+            .map(|(name, id)| SnapView {
+                id: Some(*id),
+                ..view(name, "a", 100, SnapshotPhase::Ready, true)
+            })
+            .collect();
+        snaps.rotate_left(1);
+        let keep_one = Retention {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        let now = Timestamp::from_second(1000).unwrap();
+        assert_eq!(
+            select_for_deletion(&snaps, &keep_one, now).unwrap(),
+            vec!["y", "z"]
+        );
+    }
+
+    #[test]
+    fn by_age_date_and_all() {
+        use SnapshotPhase::*;
+        let snaps = vec![
+            view("old", "a", 100, Ready, true),
+            view("failed", "a", 150, Failed, true),
+            view("new", "a", 900, Ready, true),
+        ];
+        let now = Timestamp::from_second(1000).unwrap();
+        let by_age = Retention {
+            max_age: Some("5m".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            select_for_deletion(&snaps, &by_age, now).unwrap(),
+            vec!["failed", "old"]
+        );
+        let by_date = Retention {
+            before: Some(Time(Timestamp::from_second(120).unwrap())),
+            ..Default::default()
+        };
+        assert_eq!(select_for_deletion(&snaps, &by_date, now).unwrap(), vec!["old"]);
+        let all = Retention {
+            all: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(select_for_deletion(&snaps, &all, now).unwrap().len(), 3);
+        let keep_one = Retention {
+            keep_last: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            select_for_deletion(&snaps, &keep_one, now).unwrap(),
+            vec!["failed", "old"]
+        );
+    }
+
+    #[test]
+    fn only_the_latest_missed_run() {
+        let cron = Cron::parse("*/10 * * * *").unwrap();
+        let tz = k8s_openapi::jiff::tz::TimeZone::UTC;
+        let after: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let now: Timestamp = "2026-11-23T10:35:00Z".parse().unwrap();
+        assert_eq!(
+            due_run(&cron, &tz, after, now),
+            Some("2026-11-23T10:30:00Z".parse().unwrap())
+        );
+        assert_eq!(due_run(&cron, &tz, now, now), None);
+    }
+
+    #[test]
+    fn names_and_selectors() {
+        assert_eq!(rbd_prefix("nightly-a.b"), "nightlyab");
+        let selector = LabelSelector {
+            match_labels: Some(BTreeMap::from([("tier".to_string(), "prod".to_string())])),
+            ..Default::default()
+        };
+        assert_eq!(selector_query(&selector), "tier=prod");
+    }
+}

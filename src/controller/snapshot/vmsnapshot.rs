@@ -1,0 +1,741 @@
+//! Reconciles one VirtualMachineSnapshot: Pending -> InProgress -> Ready, or Failed; on
+//! deletion, removes the RBD snapshots it made (unless Retain).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::join_all;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, finalizer};
+use tracing::{Instrument, info, info_span};
+
+use super::rbd::{self, Removed};
+use super::{Ctx, Error, cron, now, reset_failures, write_status};
+use crate::api::{
+    OperationError, SNAPSHOT_FINALIZER, SnapshotDeletionPolicy, SnapshotDiskStatus, SnapshotPhase,
+    VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
+};
+use crate::controller::conditions::{Desired, merge};
+use crate::controller::storage::StorageError;
+
+const KIND: &str = "VirtualMachineSnapshot";
+/// How often a Ready snapshot checks that its RBD snapshots are still there.
+const VERIFY_EVERY: Duration = Duration::from_secs(300);
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Ready or Failed: nothing more to do until deleted.
+pub fn is_settled(snap: &VirtualMachineSnapshot) -> bool {
+    matches!(
+        snap.status.as_ref().and_then(|s| s.phase),
+        Some(SnapshotPhase::Ready | SnapshotPhase::Failed)
+    )
+}
+
+/// The RBD snapshot name: `spec.snapshotName`, else the object name (CEL makes sure one fits).
+pub fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
+    snap.spec.snapshot_name.clone().unwrap_or_else(|| snap.name_any())
+}
+
+fn to_system_time(t: &Time) -> SystemTime {
+    SystemTime::from(t.0)
+}
+
+fn timestamp_of(t: SystemTime) -> Time {
+    Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
+}
+
+/// The deadline of the snapshot (`None`: no deadline).
+pub fn deadline(snap: &VirtualMachineSnapshot) -> Result<Option<Timestamp>, String> {
+    let limit = match snap.spec.failure_deadline.as_deref() {
+        None => DEFAULT_DEADLINE,
+        Some(text) => cron::parse_duration(text)?,
+    };
+    if limit.is_zero() {
+        return Ok(None);
+    }
+    let created = snap
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or_else(Timestamp::now);
+    Ok(created.checked_add(limit).ok())
+}
+
+/// Conditions of a phase: `Ready` for `kubectl wait`, `Reconciling`/`Stalled` for kstatus.
+fn conditions_for(phase: SnapshotPhase, reason: &str, message: &str) -> Vec<Desired> {
+    let ready = phase == SnapshotPhase::Ready && reason == "Ready";
+    let working = matches!(
+        phase,
+        SnapshotPhase::Pending | SnapshotPhase::InProgress | SnapshotPhase::Deleting
+    );
+    let mut out = vec![Desired::new(ct::READY, ready, reason, message)];
+    if working {
+        out.push(Desired::new(ct::RECONCILING, true, reason, message));
+    }
+    if phase == SnapshotPhase::Failed || (phase == SnapshotPhase::Ready && !ready) {
+        out.push(Desired::new(ct::STALLED, true, reason, message));
+    }
+    out
+}
+
+struct Writer<'a> {
+    api: &'a Api<VirtualMachineSnapshot>,
+    snap: &'a VirtualMachineSnapshot,
+}
+
+impl Writer<'_> {
+    async fn write(
+        &self,
+        mut status: VirtualMachineSnapshotStatus,
+        phase: SnapshotPhase,
+        reason: &str,
+        message: &str,
+    ) -> Result<VirtualMachineSnapshotStatus, Error> {
+        let previous = self.snap.status.clone().unwrap_or_default();
+        let time = now();
+        status.phase = Some(phase);
+        status.observed_generation = self.snap.metadata.generation;
+        status.conditions = merge(
+            &previous.conditions,
+            &conditions_for(phase, reason, message),
+            self.snap.metadata.generation,
+            &time,
+        );
+        if status != previous {
+            if previous.phase != Some(phase) {
+                info!(?phase, reason, "snapshot phase");
+            }
+            write_status(self.api, self.snap, KIND, &status).await?;
+        }
+        Ok(status)
+    }
+}
+
+pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %snap.name_any());
+    async move {
+        let timer = ctx.metrics.reconcile_timer(KIND);
+        let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
+        let result = finalizer(&api, SNAPSHOT_FINALIZER, snap, |event| async {
+            match event {
+                finalizer::Event::Apply(snap) => apply(&snap, &ctx, &api).await,
+                finalizer::Event::Cleanup(snap) => cleanup(&snap, &ctx, &api).await,
+            }
+        })
+        .await
+        .map_err(Error::from);
+        match &result {
+            Ok(_) => timer.ok(),
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn apply(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    api: &Api<VirtualMachineSnapshot>,
+) -> Result<Action, Error> {
+    let writer = Writer { api, snap };
+    let status = snap.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or(SnapshotPhase::Pending);
+    match phase {
+        SnapshotPhase::Ready => verify(snap, ctx, &writer, status).await,
+        SnapshotPhase::Failed => {
+            clean_failed(snap, ctx, &writer, status).await?;
+            Ok(Action::await_change())
+        }
+        SnapshotPhase::Pending | SnapshotPhase::InProgress | SnapshotPhase::Deleting => {
+            let deadline = match deadline(snap) {
+                Ok(d) => d,
+                Err(e) => return fail(snap, ctx, &writer, status, "InvalidSpec", &e).await,
+            };
+            if let Some(deadline) = deadline
+                && Timestamp::now() > deadline
+            {
+                let message = format!(
+                    "the snapshot did not complete before its failureDeadline ({}); the part taken is removed",
+                    snap.spec.failure_deadline.as_deref().unwrap_or("5m")
+                );
+                let message = match status.conditions.iter().find(|c| c.type_ == ct::READY) {
+                    Some(c) if !c.message.is_empty() => format!("{message}. Last state: {}", c.message),
+                    _ => message,
+                };
+                return fail(snap, ctx, &writer, status, "DeadlineExceeded", &message).await;
+            }
+            let remaining = deadline.map(|d| d.duration_since(Timestamp::now()).unsigned_abs());
+            let work = take(snap, ctx, &writer, status);
+            match remaining {
+                None => work.await,
+                Some(left) => match tokio::time::timeout(left, work).await {
+                    Ok(result) => result,
+                    // The deadline check of the next run marks it Failed and cleans up.
+                    Err(_) => Ok(Action::requeue(Duration::from_millis(100))),
+                },
+            }
+        }
+    }
+}
+
+/// Pending and InProgress: check, record the intent, take the snapshots.
+async fn take(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+) -> Result<Action, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let name = rbd_name(snap);
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let pending = status.phase.unwrap_or(SnapshotPhase::Pending) == SnapshotPhase::Pending;
+    let wait = Action::requeue(Duration::from_secs(3));
+
+    if pending {
+        let Some(vm) = vms.get_opt(&snap.spec.vm_name).await? else {
+            let message = format!(
+                "VirtualMachine {} does not exist in namespace {namespace}",
+                snap.spec.vm_name
+            );
+            writer
+                .write(status, SnapshotPhase::Pending, "VmNotFound", &message)
+                .await?;
+            return Ok(wait);
+        };
+        if vm.metadata.deletion_timestamp.is_some() {
+            let message = format!("VirtualMachine {} is being deleted", snap.spec.vm_name);
+            return fail(snap, ctx, writer, status, "VmBeingDeleted", &message).await;
+        }
+        if vm.status.as_ref().and_then(|s| s.storage.as_ref()).is_none() {
+            let message = format!(
+                "waiting for the disks of VirtualMachine {} to exist",
+                snap.spec.vm_name
+            );
+            writer
+                .write(status, SnapshotPhase::Pending, "WaitingForStorage", &message)
+                .await?;
+            return Ok(wait);
+        }
+        if let Some(other) = duplicate_of(snap, &ctx.snapshots.state()) {
+            let message = format!(
+                "VirtualMachineSnapshot {other} already takes the RBD snapshot '{name}' of VirtualMachine {}; choose another name",
+                snap.spec.vm_name
+            );
+            return fail(snap, ctx, writer, status, "DuplicateName", &message).await;
+        }
+        let images = ctx
+            .storage
+            .vm_names(&namespace, &snap.spec.vm_name)
+            .images(vm.spec.data_disks.len());
+        let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
+        let _guard = lock.lock().await;
+        // Before recording the intent: a snapshot of that name must not exist on any image.
+        let found = per_image(ctx, &namespace, &images, {
+            let name = name.clone();
+            move |io, image| rbd::find(io, &image, &name)
+        })
+        .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(e) => return storage_error(snap, ctx, writer, status, e).await,
+        };
+        for (image, result) in images.iter().zip(found) {
+            match result {
+                Err(e) => return storage_error(snap, ctx, writer, status, e).await,
+                Ok(None) => {
+                    let message = format!(
+                        "waiting for image {image} of VirtualMachine {}",
+                        snap.spec.vm_name
+                    );
+                    writer
+                        .write(status, SnapshotPhase::Pending, "WaitingForStorage", &message)
+                        .await?;
+                    return Ok(wait);
+                }
+                Ok(Some(Some(_))) => {
+                    let message = format!(
+                        "an RBD snapshot named '{name}' already exists on image {image} and was not taken by this object \
+                         (by rbd, vm_manager or another VirtualMachineSnapshot): it is left alone; choose another snapshotName"
+                    );
+                    return fail(snap, ctx, writer, status, "AlreadyExists", &message).await;
+                }
+                Ok(Some(None)) => {}
+            }
+        }
+        status.snapshot_name = Some(name.clone());
+        status.vm_uid = vm.metadata.uid.clone();
+        status.vm_state = Some(vm.spec.state);
+        status.start_time = Some(now());
+        status.disks = images
+            .iter()
+            .map(|image| SnapshotDiskStatus {
+                image: image.clone(),
+                ..Default::default()
+            })
+            .collect();
+        status.error = None;
+        let message = format!("taking snapshot '{name}' of {} image(s)", images.len());
+        status = writer
+            .write(status, SnapshotPhase::InProgress, "InProgress", &message)
+            .await?;
+        drop(_guard);
+    }
+
+    // InProgress: take what is missing, on every image at once.
+    let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
+    let _guard = lock.lock().await;
+    let intent = status.start_time.as_ref().map(to_system_time);
+    let todo: Vec<(usize, String)> = status
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.snapshot_id.is_none())
+        .map(|(i, d)| (i, d.image.clone()))
+        .collect();
+    let images: Vec<String> = todo.iter().map(|(_, image)| image.clone()).collect();
+    let results = per_image(ctx, &namespace, &images, {
+        let name = name.clone();
+        move |io, image| rbd::create(io, &image, &name).map(Some)
+    })
+    .await;
+    let mut first_error = None;
+    let results = match results {
+        Ok(results) => results,
+        Err(e) => {
+            first_error = Some(e);
+            Vec::new()
+        }
+    };
+    for ((index, image), result) in todo.into_iter().zip(results) {
+        match result {
+            Ok(Some((info, created))) => {
+                if !created && !rbd::made_by(&info, None, intent) {
+                    let message = format!(
+                        "an RBD snapshot named '{name}' appeared on image {image} that this object did not take; it is left alone"
+                    );
+                    return fail(snap, ctx, writer, status, "AlreadyExists", &message).await;
+                }
+                ctx.metrics.ceph_write("snap_create");
+                let disk = &mut status.disks[index];
+                disk.snapshot_id = Some(info.id as i64);
+                disk.size_bytes = Some(i64::try_from(info.size).unwrap_or(i64::MAX));
+                if status
+                    .creation_time
+                    .as_ref()
+                    .is_none_or(|t| to_system_time(t) < info.timestamp)
+                {
+                    status.creation_time = Some(timestamp_of(info.timestamp));
+                }
+            }
+            Ok(None) => {
+                first_error.get_or_insert(StorageError::SourceNotFound {
+                    what: format!("image {image}"),
+                    detail: "the VM's RBD namespace does not exist any more".into(),
+                });
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        // Record the ids taken so far, then retry (until the deadline).
+        let message = format!("taking snapshot '{name}': {e}");
+        status.error = Some(OperationError {
+            time: Some(now()),
+            message: message.clone(),
+        });
+        writer
+            .write(status, SnapshotPhase::InProgress, e.reason(), &message)
+            .await?;
+        ctx.publish(snap, EventType::Warning, e.reason(), "Snapshot", message)
+            .await;
+        return Err(e.into());
+    }
+    status.ready_to_use = true;
+    status.error = None;
+    let message = format!(
+        "snapshot '{name}' taken on {} image(s) (crash-consistent)",
+        status.disks.len()
+    );
+    writer
+        .write(status, SnapshotPhase::Ready, "Ready", &message)
+        .await?;
+    reset_failures(ctx, snap);
+    ctx.metrics.operation(KIND, "snapshot", "ok");
+    ctx.publish(snap, EventType::Normal, "SnapshotReady", "Snapshot", message)
+        .await;
+    Ok(Action::requeue(VERIFY_EVERY))
+}
+
+/// Another live object of the same VM claiming the same RBD name first (older, or same age and
+/// a smaller name).
+pub fn duplicate_of(snap: &VirtualMachineSnapshot, all: &[Arc<VirtualMachineSnapshot>]) -> Option<String> {
+    let key = |s: &VirtualMachineSnapshot| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.name_any());
+    all.iter()
+        .filter(|o| o.metadata.uid != snap.metadata.uid)
+        .filter(|o| o.namespace() == snap.namespace() && o.spec.vm_name == snap.spec.vm_name)
+        .filter(|o| rbd_name(o) == rbd_name(snap))
+        .filter(|o| o.status.as_ref().and_then(|s| s.phase) != Some(SnapshotPhase::Failed))
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .find(|o| key(o) < key(snap))
+        .map(|o| o.name_any())
+}
+
+/// Runs `f` on every image at once (one blocking task per image). `None` for every image when
+/// the VM's RBD namespace does not exist.
+pub(super) async fn per_image<T, F>(
+    ctx: &Ctx,
+    namespace: &str,
+    images: &[String],
+    f: F,
+) -> Result<Vec<Result<Option<T>, StorageError>>, StorageError>
+where
+    T: Send + 'static,
+    F: Fn(&crate::ceph::IoCtx, String) -> Result<Option<T>, StorageError> + Clone + Send + 'static,
+{
+    let rbd_namespace = ctx.storage.namespace_map.rbd_namespace(namespace);
+    let (cluster, pool) = (ctx.storage.cluster.clone(), ctx.storage.pool.clone());
+    let io = crate::controller::storage::blocking(move || rbd::io_context(&cluster, &pool, &rbd_namespace))
+        .await?;
+    let Some(io) = io else {
+        return Ok(images.iter().map(|_| Ok(None)).collect());
+    };
+    Ok(join_all(images.iter().map(|image| {
+        let (io, image, f) = (io.clone(), image.clone(), f.clone());
+        crate::controller::storage::blocking(move || f(&io, image))
+    }))
+    .await)
+}
+
+async fn storage_error(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+    e: StorageError,
+) -> Result<Action, Error> {
+    let phase = status.phase.unwrap_or(SnapshotPhase::Pending);
+    let message = e.to_string();
+    status.error = Some(OperationError {
+        time: Some(now()),
+        message: message.clone(),
+    });
+    writer.write(status, phase, e.reason(), &message).await?;
+    ctx.publish(snap, EventType::Warning, e.reason(), "Snapshot", message)
+        .await;
+    Err(e.into())
+}
+
+/// Marks the snapshot Failed (irreversible) and removes the part it took.
+async fn fail(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+    reason: &str,
+    message: &str,
+) -> Result<Action, Error> {
+    status.ready_to_use = false;
+    status.error = Some(OperationError {
+        time: Some(now()),
+        message: message.to_owned(),
+    });
+    let status = writer
+        .write(status, SnapshotPhase::Failed, reason, message)
+        .await?;
+    ctx.metrics.operation(KIND, "snapshot", "failed");
+    ctx.publish(snap, EventType::Warning, reason, "Snapshot", message.to_owned())
+        .await;
+    clean_failed(snap, ctx, writer, status).await?;
+    Ok(Action::await_change())
+}
+
+/// Removes the RBD snapshots a Failed object took (`status.disks` empty: nothing left).
+async fn clean_failed(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+) -> Result<(), Error> {
+    if status.disks.is_empty() {
+        return Ok(());
+    }
+    let removed = remove_own(snap, ctx, &status).await?;
+    status.disks.clear();
+    let reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::READY)
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default();
+    writer
+        .write(status, SnapshotPhase::Failed, &reason.0, &reason.1)
+        .await?;
+    if removed > 0 {
+        ctx.publish(
+            snap,
+            EventType::Normal,
+            "PartialSnapshotRemoved",
+            "Snapshot",
+            format!("removed the {removed} RBD snapshot(s) the failed snapshot had taken"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Removes this object's RBD snapshots from its images; returns how many were removed.
+async fn remove_own(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    status: &VirtualMachineSnapshotStatus,
+) -> Result<usize, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let name = status.snapshot_name.clone().unwrap_or_else(|| rbd_name(snap));
+    let intent = status.start_time.as_ref().map(to_system_time);
+    let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
+    let _guard = lock.lock().await;
+    let images: Vec<String> = status.disks.iter().map(|d| d.image.clone()).collect();
+    let ids: Vec<Option<u64>> = status
+        .disks
+        .iter()
+        .map(|d| d.snapshot_id.map(|i| i as u64))
+        .collect();
+    let namespace = &namespace;
+    let results = join_all(images.iter().zip(ids).map(|(image, id)| {
+        let name = name.clone();
+        async move {
+            per_image(ctx, namespace, std::slice::from_ref(image), move |io, image| {
+                rbd::remove(io, &image, &name, id, intent).map(Some)
+            })
+            .await?
+            .pop()
+            .expect("one result per image")
+        }
+    }))
+    .await;
+    let mut removed = 0;
+    for (image, result) in images.iter().zip(results) {
+        match result? {
+            Some(Removed::Removed) => {
+                removed += 1;
+                ctx.metrics.ceph_write("snap_remove");
+            }
+            Some(Removed::NotOwned) => {
+                ctx.publish(
+                    snap,
+                    EventType::Warning,
+                    "SnapshotNotOwned",
+                    "Delete",
+                    format!("RBD snapshot {image}@{name} was not taken by this object: left in place"),
+                )
+                .await;
+            }
+            Some(Removed::Absent) | None => {}
+        }
+    }
+    Ok(removed)
+}
+
+/// Ready: from time to time, check the RBD snapshots are all still there.
+async fn verify(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+) -> Result<Action, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let name = status.snapshot_name.clone().unwrap_or_else(|| rbd_name(snap));
+    let images: Vec<String> = status.disks.iter().map(|d| d.image.clone()).collect();
+    let found = per_image(ctx, &namespace, &images, {
+        let name = name.clone();
+        move |io, image| rbd::find(io, &image, &name)
+    })
+    .await?;
+    let mut missing = Vec::new();
+    for ((image, disk), result) in images.iter().zip(&status.disks).zip(found) {
+        match result? {
+            Some(Some(info)) if disk.snapshot_id.is_none_or(|id| id as u64 == info.id) => {}
+            _ => missing.push(image.clone()),
+        }
+    }
+    if missing.is_empty() {
+        status.ready_to_use = true;
+        let message = format!("snapshot '{name}' present on {} image(s)", images.len());
+        writer
+            .write(status, SnapshotPhase::Ready, "Ready", &message)
+            .await?;
+    } else {
+        status.ready_to_use = false;
+        let message = format!(
+            "RBD snapshot '{name}' is gone from image(s) {} (removed outside the operator, or the VM's disks were deleted)",
+            missing.join(", ")
+        );
+        if snap.status.as_ref().is_some_and(|s| s.ready_to_use) {
+            ctx.publish(
+                snap,
+                EventType::Warning,
+                "SnapshotMissing",
+                "Verify",
+                message.clone(),
+            )
+            .await;
+        }
+        writer
+            .write(status, SnapshotPhase::Ready, "SnapshotMissing", &message)
+            .await?;
+    }
+    Ok(Action::requeue(VERIFY_EVERY))
+}
+
+/// Deletion: wait for restores using it, then remove the RBD snapshots (unless Retain).
+async fn cleanup(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    api: &Api<VirtualMachineSnapshot>,
+) -> Result<Action, Error> {
+    let writer = Writer { api, snap };
+    let status = snap.status.clone().unwrap_or_default();
+    let namespace = snap.namespace();
+    if let Some(restore) = ctx.restores.state().iter().find(|r| {
+        r.namespace() == namespace && r.spec.snapshot == snap.name_any() && super::restore::is_active(r)
+    }) {
+        let message = format!(
+            "VirtualMachineRestore {} is rolling the VM back to this snapshot; deletion waits for it",
+            restore.name_any()
+        );
+        writer
+            .write(status, SnapshotPhase::Deleting, "InUseByRestore", &message)
+            .await?;
+        return Err(Error::Waiting(message));
+    }
+    if snap.spec.deletion_policy == SnapshotDeletionPolicy::Retain
+        && status.phase != Some(SnapshotPhase::Failed)
+    {
+        if status.phase == Some(SnapshotPhase::Ready) {
+            ctx.publish(
+                snap,
+                EventType::Normal,
+                "SnapshotRetained",
+                "Delete",
+                format!(
+                    "deletionPolicy Retain: RBD snapshot '{}' stays on every image",
+                    rbd_name(snap)
+                ),
+            )
+            .await;
+        }
+        return Ok(Action::await_change());
+    }
+    if status.disks.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let status = writer
+        .write(
+            status,
+            SnapshotPhase::Deleting,
+            "Deleting",
+            "removing the RBD snapshots",
+        )
+        .await?;
+    match remove_own(snap, ctx, &status).await {
+        Ok(removed) => {
+            ctx.metrics.operation(KIND, "delete", "ok");
+            ctx.publish(
+                snap,
+                EventType::Normal,
+                "SnapshotDeleted",
+                "Delete",
+                format!(
+                    "removed RBD snapshot '{}' from {removed} image(s)",
+                    rbd_name(snap)
+                ),
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+        Err(Error::Storage(e)) => {
+            ctx.metrics.operation(KIND, "delete", "error");
+            let message = format!("cannot delete: {e}");
+            writer
+                .write(status, SnapshotPhase::Deleting, e.reason(), &message)
+                .await?;
+            ctx.publish(snap, EventType::Warning, e.reason(), "Delete", message.clone())
+                .await;
+            // Clones are removed by people: check again soon, without a growing back-off.
+            if matches!(e, StorageError::HasDependentClones { .. }) {
+                return Err(Error::Waiting(message));
+            }
+            Err(Error::Storage(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::VirtualMachineSnapshotSpec;
+
+    fn snap(name: &str, vm: &str, rbd: Option<&str>, created: i64) -> Arc<VirtualMachineSnapshot> {
+        let mut s = VirtualMachineSnapshot::new(
+            name,
+            VirtualMachineSnapshotSpec {
+                vm_name: vm.into(),
+                snapshot_name: rbd.map(Into::into),
+                description: None,
+                deletion_policy: SnapshotDeletionPolicy::Delete,
+                failure_deadline: None,
+            },
+        );
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.uid = Some(format!("uid-{name}"));
+        s.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created).unwrap()));
+        Arc::new(s)
+    }
+
+    #[test]
+    fn duplicates_are_the_younger_objects() {
+        let a = snap("a", "vm1", Some("before"), 10);
+        let b = snap("b", "vm1", Some("before"), 20);
+        let c = snap("c", "vm2", Some("before"), 5);
+        let all = vec![a.clone(), b.clone(), c.clone()];
+        assert_eq!(duplicate_of(&a, &all), None);
+        assert_eq!(duplicate_of(&b, &all).as_deref(), Some("a"));
+        assert_eq!(duplicate_of(&c, &all), None);
+        // Object name as the RBD name.
+        let d = snap("before", "vm1", None, 30);
+        assert_eq!(duplicate_of(&d, &[a.clone(), d.clone()]).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn deadlines() {
+        let s = snap("a", "vm", None, 100);
+        assert_eq!(deadline(&s).unwrap(), Some(Timestamp::from_second(400).unwrap()));
+        let mut none = (*s).clone();
+        none.spec.failure_deadline = Some("0".into());
+        assert_eq!(deadline(&none).unwrap(), None);
+    }
+
+    #[test]
+    fn conditions_follow_the_phase() {
+        let ready = conditions_for(SnapshotPhase::Ready, "Ready", "");
+        assert!(ready.iter().any(|c| c.type_ == ct::READY && c.status));
+        assert!(!ready.iter().any(|c| c.type_ == ct::RECONCILING));
+        let failed = conditions_for(SnapshotPhase::Failed, "DeadlineExceeded", "x");
+        assert!(failed.iter().any(|c| c.type_ == ct::STALLED && c.status));
+        assert!(failed.iter().any(|c| c.type_ == ct::READY && !c.status));
+        let working = conditions_for(SnapshotPhase::InProgress, "InProgress", "");
+        assert!(working.iter().any(|c| c.type_ == ct::RECONCILING && c.status));
+    }
+}

@@ -1,0 +1,771 @@
+//! Snapshots, restores and schedules on the real test bed: the VM controller and two agents
+//! (libvirt test-driver node files) plus the snapshot controllers run in the test process; RBD
+//! is read and written directly through librbd to check what the operator did.
+//!
+//! Run with hack/test.sh, or `eval "$(hack/testbed.sh env)"` and `cargo test --test snapshot`.
+
+mod common;
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use seapath_operator::api::{
+    DesiredState, Phase, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
+    VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
+};
+use seapath_operator::ceph::{CloneFormat, ImageOptions};
+use serde_json::json;
+
+use common::snapshots::{
+    create_vm, rbd, read_marker, snap_names, snapshot_controllers, wait_for, wait_for_within, wait_gone,
+    write_marker,
+};
+
+struct Env {
+    namespace: String,
+    vms: Api<VirtualMachine>,
+    snaps: Api<VirtualMachineSnapshot>,
+    restores: Api<VirtualMachineRestore>,
+    schedules: Api<VirtualMachineSnapshotSchedule>,
+}
+
+async fn setup(prefix: &str) -> Env {
+    let client = common::admin_client().await;
+    common::install_crds(&client).await;
+    common::operator::operator("snap");
+    snapshot_controllers();
+    let namespace = common::fresh_namespace(&client, prefix).await;
+    Env {
+        vms: Api::namespaced(client.clone(), &namespace),
+        snaps: Api::namespaced(client.clone(), &namespace),
+        restores: Api::namespaced(client.clone(), &namespace),
+        schedules: Api::namespaced(client.clone(), &namespace),
+        namespace,
+    }
+}
+
+fn snapshot(name: &str, vm: &str, extra: serde_json::Value) -> VirtualMachineSnapshot {
+    let mut spec = json!({"vmName": vm});
+    spec.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineSnapshot",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("valid VirtualMachineSnapshot")
+}
+
+fn restore(name: &str, vm: &str, snapshot: &str) -> VirtualMachineRestore {
+    serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineRestore",
+        "metadata": {"name": name}, "spec": {"vmName": vm, "snapshot": snapshot}
+    }))
+    .expect("valid VirtualMachineRestore")
+}
+
+fn schedule(name: &str, spec: serde_json::Value) -> VirtualMachineSnapshotSchedule {
+    serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineSnapshotSchedule",
+        "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("valid VirtualMachineSnapshotSchedule")
+}
+
+fn snap_phase(s: &VirtualMachineSnapshot) -> Option<SnapshotPhase> {
+    s.status.as_ref().and_then(|st| st.phase)
+}
+
+fn restore_phase(r: &VirtualMachineRestore) -> Option<RestorePhase> {
+    r.status.as_ref().and_then(|st| st.phase)
+}
+
+fn ready(conditions: Option<&Vec<Condition>>) -> Option<&Condition> {
+    conditions?.iter().find(|c| c.type_ == "Ready")
+}
+
+fn snap_ready(s: &VirtualMachineSnapshot) -> Option<&Condition> {
+    ready(s.status.as_ref().map(|st| &st.conditions))
+}
+
+fn restore_ready(r: &VirtualMachineRestore) -> Option<&Condition> {
+    ready(r.status.as_ref().map(|st| &st.conditions))
+}
+
+async fn wait_snap_phase(env: &Env, name: &str, phase: SnapshotPhase) -> VirtualMachineSnapshot {
+    wait_for(&env.snaps, name, &format!("phase {phase:?}"), |s| {
+        snap_phase(s) == Some(phase)
+    })
+    .await
+}
+
+async fn wait_restore_phase(env: &Env, name: &str, phase: RestorePhase) -> VirtualMachineRestore {
+    wait_for(&env.restores, name, &format!("phase {phase:?}"), |r| {
+        restore_phase(r) == Some(phase)
+    })
+    .await
+}
+
+fn vm_phase(vm: &VirtualMachine) -> Option<Phase> {
+    vm.status.as_ref().and_then(|s| s.phase)
+}
+
+/// The SEAPATH update cycle: snapshot a running VM, change its disks, roll back, the change is
+/// gone and the VM is Started again; the snapshot stays and is removed with its object.
+#[tokio::test]
+async fn update_cycle_snapshot_change_restore() {
+    let env = setup("snap-cycle").await;
+    create_vm(&env.vms, "guest", 1, "Started", Phase::Started).await;
+    let io = rbd(&env.namespace);
+    write_marker(&io, "system_guest", b"BEFORE-UPDATE");
+    write_marker(&io, "data_guest_0", b"DATA-BEFORE");
+
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot(
+                "beforeupdate",
+                "guest",
+                json!({"description": "before the update"}),
+            ),
+        )
+        .await
+        .expect("create snapshot");
+    let snap = wait_snap_phase(&env, "beforeupdate", SnapshotPhase::Ready).await;
+    let status = snap.status.clone().unwrap();
+    assert!(status.ready_to_use);
+    assert_eq!(status.snapshot_name.as_deref(), Some("beforeupdate"));
+    assert_eq!(status.vm_state, Some(DesiredState::Started));
+    assert!(status.creation_time.is_some());
+    let images: Vec<&str> = status.disks.iter().map(|d| d.image.as_str()).collect();
+    assert_eq!(images, ["system_guest", "data_guest_0"]);
+    assert!(
+        status.disks.iter().all(|d| d.snapshot_id.is_some()),
+        "{status:#?}"
+    );
+    assert_eq!(status.disks[0].size_bytes, Some(16 << 20));
+    assert_eq!(status.disks[1].size_bytes, Some(8 << 20));
+    assert_eq!(snap_ready(&snap).unwrap().status, "True");
+    // vm_manager's layout: the same name on every image.
+    assert_eq!(snap_names(&io, "system_guest"), ["beforeupdate"]);
+    assert_eq!(snap_names(&io, "data_guest_0"), ["beforeupdate"]);
+
+    // The update: a change to both disks.
+    write_marker(&io, "system_guest", b"AFTER--UPDATE");
+    write_marker(&io, "data_guest_0", b"DATA-AFTER!");
+
+    env.restores
+        .create(
+            &PostParams::default(),
+            &restore("rollback", "guest", "beforeupdate"),
+        )
+        .await
+        .expect("create restore");
+    // The VM is disabled during the roll-back, by the restore's field manager.
+    let disabled = wait_for(&env.vms, "guest", "spec.state Disabled", |vm| {
+        vm.spec.state == DesiredState::Disabled
+    })
+    .await;
+    let managers: Vec<String> = disabled
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.iter().any(|m| m == "seapath-restore"), "{managers:?}");
+    let done = wait_restore_phase(&env, "rollback", RestorePhase::Succeeded).await;
+    let rs = done.status.clone().unwrap();
+    assert_eq!(rs.previous_state, Some(DesiredState::Started));
+    assert_eq!(rs.rolled_back, ["system_guest", "data_guest_0"]);
+    assert!(rs.completion_time.is_some());
+    assert_eq!(restore_ready(&done).unwrap().status, "True");
+
+    // The change is gone, the VM is Started again, the snapshot stays.
+    assert_eq!(read_marker(&io, "system_guest", 13), b"BEFORE-UPDATE");
+    assert_eq!(read_marker(&io, "data_guest_0", 11), b"DATA-BEFORE");
+    let vm = env.vms.get("guest").await.unwrap();
+    assert_eq!(vm.spec.state, DesiredState::Started);
+    assert_eq!(vm_phase(&vm), Some(Phase::Started));
+    assert_eq!(snap_names(&io, "system_guest"), ["beforeupdate"]);
+    assert!(snap_phase(&env.snaps.get("beforeupdate").await.unwrap()) == Some(SnapshotPhase::Ready));
+
+    // Deleting the snapshot object removes the RBD snapshots from every image.
+    env.snaps
+        .delete("beforeupdate", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "beforeupdate").await;
+    assert!(snap_names(&io, "system_guest").is_empty());
+    assert!(snap_names(&io, "data_guest_0").is_empty());
+
+    let metrics = snapshot_controllers();
+    assert!(metrics.operations("VirtualMachineSnapshot", "snapshot", "ok") >= 1);
+    assert!(metrics.operations("VirtualMachineRestore", "restore", "ok") >= 1);
+}
+
+/// A stopped VM is snapshotted and restored too, and stays Stopped; Retain keeps the RBD
+/// snapshots when the object goes.
+#[tokio::test]
+async fn stopped_vm_and_retain() {
+    let env = setup("snap-stopped").await;
+    create_vm(&env.vms, "quiet", 0, "Stopped", Phase::Stopped).await;
+    let io = rbd(&env.namespace);
+    write_marker(&io, "system_quiet", b"ONE");
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot(
+                "keep",
+                "quiet",
+                json!({"snapshotName": "Keep1", "deletionPolicy": "Retain"}),
+            ),
+        )
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "keep", SnapshotPhase::Ready).await;
+    write_marker(&io, "system_quiet", b"TWO");
+    env.restores
+        .create(&PostParams::default(), &restore("back", "quiet", "keep"))
+        .await
+        .unwrap();
+    let done = wait_restore_phase(&env, "back", RestorePhase::Succeeded).await;
+    assert_eq!(done.status.unwrap().previous_state, Some(DesiredState::Stopped));
+    assert_eq!(read_marker(&io, "system_quiet", 3), b"ONE");
+    let vm = env.vms.get("quiet").await.unwrap();
+    assert_eq!(
+        (vm.spec.state, vm_phase(&vm)),
+        (DesiredState::Stopped, Some(Phase::Stopped))
+    );
+
+    env.snaps.delete("keep", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env.snaps, "keep").await;
+    assert_eq!(
+        snap_names(&io, "system_quiet"),
+        ["Keep1"],
+        "Retain keeps the RBD snapshot"
+    );
+}
+
+/// Names SEAPATH cannot carry are refused by the API server.
+#[tokio::test]
+async fn bad_names_are_refused_at_admission() {
+    let env = setup("snap-admission").await;
+    let err = env
+        .snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("before-update", "vm", json!({})),
+        )
+        .await
+        .expect_err("a name with '-' cannot name an RBD snapshot");
+    assert!(err.to_string().contains("spec.snapshotName"), "{err}");
+    let err = env
+        .snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("ok", "vm", json!({"snapshotName": "bad_name"})),
+        )
+        .await
+        .expect_err("snapshotName with '_'");
+    assert!(err.to_string().contains("letters and digits"), "{err}");
+    let err = env
+        .snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("ok", "vm", json!({"failureDeadline": "soon"})),
+        )
+        .await
+        .expect_err("bad duration");
+    assert!(err.to_string().contains("failureDeadline"), "{err}");
+    let err = env
+        .schedules
+        .create(
+            &PostParams::default(),
+            &schedule("s", json!({"vmNames": ["vm"], "schedule": "every day"})),
+        )
+        .await
+        .expect_err("not a cron expression");
+    assert!(err.to_string().contains("cron"), "{err}");
+    let err = env
+        .schedules
+        .create(&PostParams::default(), &schedule("s", json!({"vmNames": ["vm"]})))
+        .await
+        .expect_err("neither schedule nor retention");
+    assert!(err.to_string().contains("spec.schedule"), "{err}");
+    // A restore's spec cannot change.
+    env.restores
+        .create(&PostParams::default(), &restore("r", "vm", "s"))
+        .await
+        .unwrap();
+    let err = env
+        .restores
+        .patch(
+            "r",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"snapshot": "other"}})),
+        )
+        .await
+        .expect_err("immutable spec");
+    assert!(err.to_string().contains("immutable"), "{err}");
+}
+
+/// A VM that does not exist: Pending with a condition, Failed at the deadline; a VM being
+/// deleted: Failed at once. A Failed snapshot is deleted at once.
+#[tokio::test]
+async fn missing_vm_and_deadline() {
+    let env = setup("snap-novm").await;
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("ghost", "nosuchvm", json!({"failureDeadline": "4s"})),
+        )
+        .await
+        .unwrap();
+    let pending = wait_for(&env.snaps, "ghost", "reason VmNotFound", |s| {
+        snap_ready(s).is_some_and(|c| c.reason == "VmNotFound")
+    })
+    .await;
+    assert_eq!(snap_phase(&pending), Some(SnapshotPhase::Pending));
+    let failed = wait_snap_phase(&env, "ghost", SnapshotPhase::Failed).await;
+    let cond = snap_ready(&failed).unwrap();
+    assert_eq!(cond.reason, "DeadlineExceeded");
+    assert!(
+        cond.message.contains("nosuchvm"),
+        "the last state is in the message: {}",
+        cond.message
+    );
+    assert!(failed.status.as_ref().unwrap().error.is_some());
+    env.snaps.delete("ghost", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env.snaps, "ghost").await;
+
+    // A VM being deleted (held by a finalizer of the test).
+    create_vm(&env.vms, "dying", 0, "Disabled", Phase::Disabled).await;
+    env.vms
+        .patch(
+            "dying",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": ["seapath.lfenergy.org/storage", "test/hold"]}})),
+        )
+        .await
+        .unwrap();
+    env.vms.delete("dying", &DeleteParams::default()).await.unwrap();
+    env.snaps
+        .create(&PostParams::default(), &snapshot("late", "dying", json!({})))
+        .await
+        .unwrap();
+    let failed = wait_snap_phase(&env, "late", SnapshotPhase::Failed).await;
+    assert_eq!(snap_ready(&failed).unwrap().reason, "VmBeingDeleted");
+    let finalizers: Vec<String> = env
+        .vms
+        .get("dying")
+        .await
+        .unwrap()
+        .finalizers()
+        .iter()
+        .filter(|f| *f != "test/hold")
+        .cloned()
+        .collect();
+    env.vms
+        .patch(
+            "dying",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await
+        .unwrap();
+    wait_gone(&env.vms, "dying").await;
+}
+
+/// Two snapshots of one name, and a name taken outside the operator: refused, and the
+/// snapshots that are not the object's are never removed.
+#[tokio::test]
+async fn duplicate_and_foreign_names() {
+    let env = setup("snap-dup").await;
+    create_vm(&env.vms, "dup", 1, "Started", Phase::Started).await;
+    let io = rbd(&env.namespace);
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("first", "dup", json!({"snapshotName": "same"})),
+        )
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "first", SnapshotPhase::Ready).await;
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("second", "dup", json!({"snapshotName": "same"})),
+        )
+        .await
+        .unwrap();
+    let second = wait_snap_phase(&env, "second", SnapshotPhase::Failed).await;
+    assert_eq!(snap_ready(&second).unwrap().reason, "DuplicateName");
+    assert!(snap_ready(&second).unwrap().message.contains("first"));
+    env.snaps
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "second").await;
+    assert_eq!(
+        snap_names(&io, "system_dup"),
+        ["same"],
+        "the first object's snapshot stays"
+    );
+
+    // Taken by rbd / vm_manager on one image only.
+    io.open_image("data_dup_0")
+        .unwrap()
+        .snap_create("manual")
+        .unwrap();
+    env.snaps
+        .create(&PostParams::default(), &snapshot("manual", "dup", json!({})))
+        .await
+        .unwrap();
+    let manual = wait_snap_phase(&env, "manual", SnapshotPhase::Failed).await;
+    assert_eq!(snap_ready(&manual).unwrap().reason, "AlreadyExists");
+    assert!(snap_ready(&manual).unwrap().message.contains("data_dup_0"));
+    env.snaps
+        .delete("manual", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "manual").await;
+    assert_eq!(
+        snap_names(&io, "data_dup_0"),
+        ["same", "manual"],
+        "the foreign snapshot stays"
+    );
+    assert_eq!(snap_names(&io, "system_dup"), ["same"], "nothing half-made");
+}
+
+/// Restores refused before anything stops: a snapshot of another VM, a snapshot missing on one
+/// disk, a second restore of the same VM.
+#[tokio::test]
+async fn restore_refusals() {
+    let env = setup("snap-refuse").await;
+    create_vm(&env.vms, "alpha", 1, "Started", Phase::Started).await;
+    create_vm(&env.vms, "beta", 0, "Started", Phase::Started).await;
+    let io = rbd(&env.namespace);
+    for (name, vm) in [
+        ("alphasnap", "alpha"),
+        ("betasnap", "beta"),
+        ("alphatwo", "alpha"),
+    ] {
+        env.snaps
+            .create(&PostParams::default(), &snapshot(name, vm, json!({})))
+            .await
+            .unwrap();
+    }
+    for name in ["alphasnap", "betasnap", "alphatwo"] {
+        wait_snap_phase(&env, name, SnapshotPhase::Ready).await;
+    }
+
+    env.restores
+        .create(&PostParams::default(), &restore("wrongvm", "alpha", "betasnap"))
+        .await
+        .unwrap();
+    let refused = wait_restore_phase(&env, "wrongvm", RestorePhase::Failed).await;
+    assert_eq!(restore_ready(&refused).unwrap().reason, "SnapshotOfAnotherVm");
+    assert!(
+        restore_ready(&refused)
+            .unwrap()
+            .message
+            .contains("nothing was stopped")
+    );
+
+    // Removed behind the operator's back from the data disk.
+    io.open_image("data_alpha_0")
+        .unwrap()
+        .snap_remove("alphatwo")
+        .unwrap();
+    env.restores
+        .create(&PostParams::default(), &restore("partial", "alpha", "alphatwo"))
+        .await
+        .unwrap();
+    let refused = wait_restore_phase(&env, "partial", RestorePhase::Failed).await;
+    assert_eq!(restore_ready(&refused).unwrap().reason, "SnapshotIncomplete");
+    assert!(restore_ready(&refused).unwrap().message.contains("data_alpha_0"));
+    let vm = env.vms.get("alpha").await.unwrap();
+    assert_eq!(vm.spec.state, DesiredState::Started, "nothing was stopped");
+    assert_eq!(vm_phase(&vm), Some(Phase::Started));
+    // The Ready snapshot notices its RBD snapshot is gone.
+    let gone = wait_for(&env.snaps, "alphatwo", "readyToUse false", |s| {
+        !s.status.as_ref().unwrap().ready_to_use
+    });
+    // (checked at the next verification; kick it with an annotation)
+    env.snaps
+        .patch(
+            "alphatwo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"kick": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let gone = gone.await;
+    assert_eq!(snap_ready(&gone).unwrap().reason, "SnapshotMissing");
+
+    // Two restores of one VM: the second is refused while the first runs.
+    env.restores
+        .create(&PostParams::default(), &restore("one", "alpha", "alphasnap"))
+        .await
+        .unwrap();
+    wait_for(&env.restores, "one", "started", |r| {
+        matches!(
+            restore_phase(r),
+            Some(RestorePhase::Stopping | RestorePhase::RollingBack | RestorePhase::Starting)
+        )
+    })
+    .await;
+    env.restores
+        .create(&PostParams::default(), &restore("two", "alpha", "alphasnap"))
+        .await
+        .unwrap();
+    let refused = wait_restore_phase(&env, "two", RestorePhase::Failed).await;
+    assert_eq!(restore_ready(&refused).unwrap().reason, "RestoreInProgress");
+    wait_restore_phase(&env, "one", RestorePhase::Succeeded).await;
+    assert_eq!(
+        vm_phase(&env.vms.get("alpha").await.unwrap()),
+        Some(Phase::Started)
+    );
+}
+
+/// Deleting a snapshot a clone depends on is refused with a condition until the clone goes.
+#[tokio::test]
+async fn deletion_waits_for_dependent_clones() {
+    let env = setup("snap-clone").await;
+    create_vm(&env.vms, "parent", 0, "Disabled", Phase::Disabled).await;
+    let io = rbd(&env.namespace);
+    env.snaps
+        .create(&PostParams::default(), &snapshot("golden", "parent", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "golden", SnapshotPhase::Ready).await;
+    let image = io.open_image("system_parent").unwrap();
+    image.snap_protect("golden").unwrap();
+    io.clone_image(
+        "system_parent",
+        "golden",
+        &io,
+        "child",
+        &ImageOptions {
+            clone_format: Some(CloneFormat::V1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    env.snaps
+        .delete("golden", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = wait_for(&env.snaps, "golden", "HasDependentClones", |s| {
+        snap_ready(s).is_some_and(|c| c.reason == "HasDependentClones")
+    })
+    .await;
+    assert_eq!(snap_phase(&held), Some(SnapshotPhase::Deleting));
+    assert!(
+        snap_ready(&held).unwrap().message.contains("child"),
+        "{:?}",
+        snap_ready(&held)
+    );
+    assert_eq!(snap_names(&io, "system_parent"), ["golden"]);
+    io.remove_image("child").unwrap();
+    wait_gone(&env.snaps, "golden").await;
+    assert!(
+        snap_names(&io, "system_parent").is_empty(),
+        "unprotected and removed"
+    );
+}
+
+fn owned_snapshot(name: &str, vm: &str, sched: &VirtualMachineSnapshotSchedule) -> VirtualMachineSnapshot {
+    let mut snap = snapshot(name, vm, json!({}));
+    snap.metadata.labels = Some(
+        [
+            ("seapath.lfenergy.org/schedule".to_string(), sched.name_any()),
+            (
+                "seapath.lfenergy.org/schedule-uid".to_string(),
+                sched.uid().unwrap(),
+            ),
+            ("seapath.lfenergy.org/vm".to_string(), vm.to_string()),
+        ]
+        .into(),
+    );
+    snap
+}
+
+fn sched_ready(s: &VirtualMachineSnapshotSchedule) -> Option<&Condition> {
+    ready(s.status.as_ref().map(|st| &st.conditions))
+}
+
+/// Retention keeps the last N of the snapshots the schedule owns and never touches the others.
+#[tokio::test]
+async fn retention_purges_only_what_the_schedule_owns() {
+    let env = setup("snap-retain").await;
+    create_vm(&env.vms, "purged", 0, "Disabled", Phase::Disabled).await;
+    let io = rbd(&env.namespace);
+    let sched = env
+        .schedules
+        .create(
+            &PostParams::default(),
+            &schedule(
+                "purge",
+                json!({"vmNames": ["purged"], "suspend": true, "retention": {"keepLast": 1}}),
+            ),
+        )
+        .await
+        .unwrap();
+    for name in ["old1", "old2", "new3"] {
+        env.snaps
+            .create(&PostParams::default(), &owned_snapshot(name, "purged", &sched))
+            .await
+            .unwrap();
+        wait_snap_phase(&env, name, SnapshotPhase::Ready).await;
+    }
+    env.snaps
+        .create(&PostParams::default(), &snapshot("mine", "purged", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "mine", SnapshotPhase::Ready).await;
+    // Suspended: nothing deleted.
+    wait_for(&env.schedules, "purge", "Suspended", |s| {
+        sched_ready(s).is_some_and(|c| c.reason == "Suspended")
+    })
+    .await;
+    assert_eq!(env.snaps.list(&Default::default()).await.unwrap().items.len(), 4);
+
+    env.schedules
+        .patch(
+            "purge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "old1").await;
+    wait_gone(&env.snaps, "old2").await;
+    let s = wait_for(&env.schedules, "purge", "purgedTotal 2", |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.purged_total == 2 && st.snapshots == ["new3"])
+    })
+    .await;
+    assert_eq!(sched_ready(&s).unwrap().status, "True");
+    let mut left = snap_names(&io, "system_purged");
+    left.sort();
+    assert_eq!(
+        left,
+        ["mine", "new3"],
+        "the unowned snapshot and the newest owned one stay"
+    );
+}
+
+/// A cron schedule takes snapshots named after itself and the time; a VM that cannot be
+/// snapshotted makes the run fail, and the schedule suspends itself after maxFailures.
+#[tokio::test]
+async fn cron_runs_and_auto_suspends() {
+    let env = setup("snap-cron").await;
+    create_vm(&env.vms, "tick", 0, "Disabled", Phase::Disabled).await;
+    let io = rbd(&env.namespace);
+    env.schedules
+        .create(
+            &PostParams::default(),
+            &schedule("minutely", json!({"vmNames": ["tick"], "schedule": "* * * * *", "timeZone": "Europe/Paris", "retention": {"keepLast": 5}})),
+        )
+        .await
+        .unwrap();
+    env.schedules
+        .create(
+            &PostParams::default(),
+            &schedule("broken", json!({"vmNames": ["nosuchvm"], "schedule": "* * * * *", "maxFailures": 1, "snapshotDeadline": "2s"})),
+        )
+        .await
+        .unwrap();
+    let s = wait_for(&env.schedules, "minutely", "nextScheduleTime", |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.next_schedule_time.is_some())
+    })
+    .await;
+    assert_eq!(sched_ready(&s).unwrap().reason, "Active");
+    let taken = wait_for_within(
+        &env.schedules,
+        "minutely",
+        "a run",
+        Duration::from_secs(90),
+        |s| {
+            s.status
+                .as_ref()
+                .is_some_and(|st| st.last_successful_time.is_some())
+        },
+    )
+    .await;
+    let st = taken.status.unwrap();
+    let name = st.snapshots.last().expect("an owned snapshot").clone();
+    assert!(name.starts_with("minutely-tick-"), "{name}");
+    let snap = env.snaps.get(&name).await.unwrap();
+    assert_eq!(snap.labels()["seapath.lfenergy.org/schedule"], "minutely");
+    let rbd_name = snap.status.unwrap().snapshot_name.unwrap();
+    assert!(
+        rbd_name.starts_with("minutely") && rbd_name.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{rbd_name}"
+    );
+    assert!(snap_names(&io, "system_tick").contains(&rbd_name));
+
+    let broken = wait_for_within(
+        &env.schedules,
+        "broken",
+        "AutoSuspended",
+        Duration::from_secs(90),
+        |s| sched_ready(s).is_some_and(|c| c.reason == "AutoSuspended"),
+    )
+    .await;
+    let st = broken.status.unwrap();
+    assert_eq!(st.consecutive_failures, 1);
+    assert!(st.next_schedule_time.is_none());
+}
+
+/// Cron expressions and time zones the API server cannot check end in a condition.
+#[tokio::test]
+async fn invalid_cron_and_time_zone() {
+    let env = setup("snap-badcron").await;
+    env.schedules
+        .create(
+            &PostParams::default(),
+            &schedule("minute61", json!({"vmNames": ["x"], "schedule": "61 * * * *"})),
+        )
+        .await
+        .expect("passes admission: 5 fields");
+    env.schedules
+        .create(
+            &PostParams::default(),
+            &schedule(
+                "mars",
+                json!({"vmNames": ["x"], "schedule": "@daily", "timeZone": "Mars/Olympus"}),
+            ),
+        )
+        .await
+        .unwrap();
+    let s = wait_for(&env.schedules, "minute61", "InvalidSchedule", |s| {
+        sched_ready(s).is_some_and(|c| c.reason == "InvalidSchedule")
+    })
+    .await;
+    assert!(
+        sched_ready(&s).unwrap().message.contains("minute"),
+        "{:?}",
+        sched_ready(&s)
+    );
+    let s = wait_for(&env.schedules, "mars", "InvalidTimeZone", |s| {
+        sched_ready(s).is_some_and(|c| c.reason == "InvalidTimeZone")
+    })
+    .await;
+    assert!(sched_ready(&s).unwrap().message.contains("Mars/Olympus"));
+    assert!(
+        s.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.status == "True")
+    );
+}
