@@ -423,13 +423,35 @@ impl Bench {
         let mon = if self.tb.slow_mon { " [slow mon]" } else { "" };
         let mut t = Table::new(
             format!("1. apply -> Started, blank 16 MiB system disk{mon} (ms; from apply to phase Started)"),
-            &["case", "n", "p50", "p95", "max", "floor p50", "ratio p50", "target <=1.5x"],
+            &[
+                "case",
+                "n",
+                "p50",
+                "p95",
+                "max",
+                "floor p50",
+                "ratio p50",
+                "target <=1.5x",
+            ],
         );
         let floor_row = |t: &mut Table, case: String, fl: &[i64]| {
             let [p50, p95, max] = spread(fl);
-            t.row(vec![case, fl.len().to_string(), p50, p95, max, "".into(), "".into(), "".into()]);
+            t.row(vec![
+                case,
+                fl.len().to_string(),
+                p50,
+                p95,
+                max,
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
         };
-        let add = |t: &mut Table, targets: &mut Vec<(String, bool)>, case: &str, op: &[i64], floor_p50: Option<i64>| {
+        let add = |t: &mut Table,
+                   targets: &mut Vec<(String, bool)>,
+                   case: &str,
+                   op: &[i64],
+                   floor_p50: Option<i64>| {
             let r = ratio(percentile(op, 50.0), floor_p50);
             let met = r.is_some_and(|r| r <= 1.5);
             let [p50, p95, max] = spread(op);
@@ -443,7 +465,10 @@ impl Bench {
                 r.map_or("-".into(), |r| format!("{r:.1}x")),
                 verdict(met).to_owned(),
             ]);
-            targets.push((format!("apply->Started {case}{mon}: p50 within 1.5x of the floor"), met));
+            targets.push((
+                format!("apply->Started {case}{mon}: p50 within 1.5x of the floor"),
+                met,
+            ));
         };
         add(
             &mut t,
@@ -455,10 +480,13 @@ impl Bench {
         floor_row(&mut t, "floor, 1 VM".into(), &floor1.latency);
         if let Some((stages, serial, parallel, _)) = &burst {
             // The floor is the better of the two ways to make the VMs.
-            let best = [percentile(&serial.latency, 50.0), percentile(&parallel.latency, 50.0)]
-                .into_iter()
-                .flatten()
-                .min();
+            let best = [
+                percentile(&serial.latency, 50.0),
+                percentile(&parallel.latency, 50.0),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             add(
                 &mut t,
                 &mut self.targets,
@@ -466,8 +494,16 @@ impl Bench {
                 &stages.total,
                 best,
             );
-            floor_row(&mut t, format!("floor, {} VMs one at a time", self.opts.burst), &serial.latency);
-            floor_row(&mut t, format!("floor, {} VMs 16 threads", self.opts.burst), &parallel.latency);
+            floor_row(
+                &mut t,
+                format!("floor, {} VMs one at a time", self.opts.burst),
+                &serial.latency,
+            );
+            floor_row(
+                &mut t,
+                format!("floor, {} VMs 16 threads", self.opts.burst),
+                &parallel.latency,
+            );
         }
         let per_vm = samples as f64;
         t.note(format!(
@@ -927,7 +963,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     install_crds(&client).await?;
     let _watch = timeline::start_watch(client.clone(), timelines.clone()).await?;
     let agents = Agents::start(&client, &tb)?;
-    let mut controller = ControllerProcess::spawn(&tb, &workdir.join("controller-1.log"), &workdir.join("import"))?;
+    let mut controller =
+        ControllerProcess::spawn(&tb, &workdir.join("controller-1.log"), &workdir.join("import"))?;
     controller.wait_http().await?;
     wait_hypervisors(&client, 2).await?;
     let floor = {

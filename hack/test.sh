@@ -16,6 +16,8 @@ apt_ensure libclang-dev clang pkg-config librbd-dev librados-dev libvirt-dev
 
 instance="test-$$"
 started=$(date +%s)
+# helm (built once with go install) and lua5.1, for the chart and Argo CD health checks.
+hack/chart.sh tools
 hack/testbed.sh install --with-qemu
 trap 'hack/testbed.sh down --instance "$instance"' EXIT
 hack/testbed.sh up --instance "$instance" --with-qemu --hypervisors 2
@@ -29,4 +31,6 @@ log "checking crds/ against the Rust types"
 cargo run --quiet -- crdgen --out-dir crds --check
 log "cargo test"
 cargo test "$@"
+log "building the container image"
+hack/image.sh
 log "test suite finished in $(( $(date +%s) - started )) s"

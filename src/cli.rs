@@ -126,7 +126,7 @@ pub struct ControllerArgs {
     pub libvirt_user: String,
     /// Directories from which `path` disk sources may be imported (comma separated); a path
     /// source outside them is refused.
-    #[arg(long, env = "SEAPATH_IMPORT_DIRS", default_value = "", value_delimiter = ',')]
+    #[arg(long, env = "SEAPATH_IMPORT_DIRS", value_delimiter = ',')]
     pub import_dirs: Vec<PathBuf>,
     /// Run the snapshot, restore and schedule controllers too (off: another process runs them).
     #[arg(long, env = "SEAPATH_SNAPSHOTS", default_value_t = true, action = clap::ArgAction::Set)]

@@ -121,6 +121,7 @@ async fn vm_json(api: &Api<VirtualMachine>, name: &str) -> Value {
 }
 
 async fn wait_for(
+    operator: &ChartOperator,
     api: &Api<VirtualMachine>,
     name: &str,
     what: &str,
@@ -138,7 +139,10 @@ async fn wait_for(
         Ok(vm) => vm,
         Err(_) => {
             let vm = vm_json(api, name).await;
-            panic!("timed out waiting for {name}: {what}; last seen:\n{vm:#}")
+            panic!(
+                "timed out waiting for {name}: {what}; last seen:\n{vm:#}\noperator logs:\n{}",
+                operator.logs()
+            )
         }
     }
 }
@@ -191,7 +195,7 @@ async fn health_checks_and_kstatus_on_real_status_objects() {
     assert_eq!(argo_health("VirtualMachine.lua", &created).0, "Progressing");
 
     // Started and Ready: Healthy, kstatus Current, observedGeneration up to date.
-    let started = wait_for(&vms, &good, "Started and Ready", |vm| {
+    let started = wait_for(&operator, &vms, &good, "Started and Ready", |vm| {
         vm["status"]["phase"] == "Started" && condition(vm, "Ready").is_some_and(|c| c["status"] == "True")
     })
     .await;
@@ -238,7 +242,7 @@ async fn health_checks_and_kstatus_on_real_status_objects() {
         assert_eq!(argo_health("VirtualMachine.lua", &patched).0, "Progressing");
     }
     // Stopped as desired: Ready, and Suspended for Argo CD.
-    let stopped = wait_for(&vms, &good, "Stopped and Ready", |vm| {
+    let stopped = wait_for(&operator, &vms, &good, "Stopped and Ready", |vm| {
         vm["status"]["phase"] == "Stopped"
             && vm["status"]["observedGeneration"] == vm["metadata"]["generation"]
             && condition(vm, "Ready").is_some_and(|c| c["status"] == "True")
@@ -253,7 +257,7 @@ async fn health_checks_and_kstatus_on_real_status_objects() {
     let manifest: VirtualMachine =
         serde_json::from_value(vm_manifest(&waiting, &ns, Some("no-such-hypervisor"), "")).unwrap();
     vms.create(&PostParams::default(), &manifest).await.expect("VM");
-    let unschedulable = wait_for(&vms, &waiting, "Scheduled=False", |vm| {
+    let unschedulable = wait_for(&operator, &vms, &waiting, "Scheduled=False", |vm| {
         condition(vm, "Scheduled").is_some_and(|c| c["status"] == "False")
             && vm["status"]["observedGeneration"] == vm["metadata"]["generation"]
     })
@@ -281,7 +285,7 @@ async fn health_checks_and_kstatus_on_real_status_objects() {
     ))
     .unwrap();
     vms.create(&PostParams::default(), &manifest).await.expect("VM");
-    let stalled = wait_for(&vms, &bad, "Stalled=True", |vm| {
+    let stalled = wait_for(&operator, &vms, &bad, "Stalled=True", |vm| {
         condition(vm, "Stalled").is_some_and(|c| c["status"] == "True")
     })
     .await;

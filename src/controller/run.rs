@@ -155,7 +155,12 @@ pub async fn run(
         config.ceph_client.clone(),
     );
     let snapshots = config.snapshots.then(|| {
-        tokio::spawn(crate::controller::snapshot::run(client.clone(), storage.clone(), metrics.clone(), shutdown.clone()))
+        tokio::spawn(crate::controller::snapshot::run(
+            client.clone(),
+            storage.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ))
     });
 
     let reporter = Reporter {

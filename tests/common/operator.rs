@@ -131,7 +131,10 @@ pub fn operator(prefix: &str) -> &'static Operator {
 async fn forget_other_hypervisors(client: &kube::Client, ours: &[String; 2]) {
     use kube::ResourceExt;
     let hypervisors: kube::Api<seapath_operator::api::Hypervisor> = kube::Api::all(client.clone());
-    let list = hypervisors.list(&Default::default()).await.expect("listing hypervisors");
+    let list = hypervisors
+        .list(&Default::default())
+        .await
+        .expect("listing hypervisors");
     for hv in list.items.iter().filter(|hv| !ours.contains(&hv.name_any())) {
         hypervisors.delete(&hv.name_any(), &Default::default()).await.ok();
     }
