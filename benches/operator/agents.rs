@@ -17,9 +17,12 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::testbed::Testbed;
 use crate::timeline::{Timelines, first, now_us};
 
+/// A running agent: the sender that stops it and its task.
+type RunningAgent = (oneshot::Sender<()>, JoinHandle<Result<(), AgentError>>);
+
 pub struct Agents {
     pub stats: Vec<Arc<AgentStats>>,
-    running: Vec<(oneshot::Sender<()>, JoinHandle<Result<(), AgentError>>)>,
+    running: Vec<RunningAgent>,
 }
 
 impl Agents {

@@ -158,7 +158,7 @@ pub struct LogLine {
 
 fn parse_time(text: &str) -> Option<Micros> {
     let ts: k8s_openapi::jiff::Timestamp = text.parse().ok()?;
-    Some(ts.as_microsecond() as i64)
+    Some(ts.as_microsecond())
 }
 
 pub fn read_log(path: &Path) -> anyhow::Result<Vec<LogLine>> {

@@ -52,7 +52,7 @@ pub fn make_qcow2(dir: &Path, size: u64) -> anyhow::Result<SourceImage> {
     let (mut written, mut data_bytes) = (0u64, 0u64);
     while written < size {
         let run = (1 + rng.next() % 8).min((size - written) / MIB as u64);
-        let zero = rng.next() % 2 == 0;
+        let zero = rng.next().is_multiple_of(2);
         for _ in 0..run {
             if zero {
                 buf.fill(0);
