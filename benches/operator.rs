@@ -680,7 +680,7 @@ impl Bench {
         ]);
         t.row(vec![
             "  Ceph read ops during it (OSD op_r)".into(),
-            osd.reads.to_string(),
+            format!("{} ({:.0} per VM)", osd.reads, osd.reads as f64 / target as f64),
             "".into(),
             "".into(),
         ]);
@@ -698,7 +698,10 @@ impl Bench {
         ]);
         t.row(vec![
             "controller CPU used by the resync".into(),
-            format!("{:.2} s", resync_cpu),
+            format!(
+                "{resync_cpu:.2} s ({:.1} ms per VM)",
+                resync_cpu * 1000.0 / target as f64
+            ),
             "".into(),
             "".into(),
         ]);
@@ -1020,6 +1023,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         workdir.display()
     ));
     print!("{out}");
+    bench.timelines.write_tsv(&workdir.join("stages.tsv"))?;
+    std::fs::write(workdir.join("report.txt"), &out)?;
     Ok(())
 }
 

@@ -156,6 +156,7 @@ async fn update_cycle_snapshot_change_restore() {
     write_marker(&io, "system_guest", b"AFTER--UPDATE");
     write_marker(&io, "data_guest_0", b"DATA-AFTER!");
 
+    let generation_before = env.vms.get("guest").await.unwrap().metadata.generation.unwrap();
     env.restores
         .create(
             &PostParams::default(),
@@ -163,19 +164,6 @@ async fn update_cycle_snapshot_change_restore() {
         )
         .await
         .expect("create restore");
-    // The VM is disabled during the roll-back, by the restore's field manager.
-    let disabled = wait_for(&env.vms, "guest", "spec.state Disabled", |vm| {
-        vm.spec.state == DesiredState::Disabled
-    })
-    .await;
-    let managers: Vec<String> = disabled
-        .metadata
-        .managed_fields
-        .iter()
-        .flatten()
-        .filter_map(|m| m.manager.clone())
-        .collect();
-    assert!(managers.iter().any(|m| m == "seapath-restore"), "{managers:?}");
     let done = wait_restore_phase(&env, "rollback", RestorePhase::Succeeded).await;
     let rs = done.status.clone().unwrap();
     assert_eq!(rs.previous_state, Some(DesiredState::Started));
@@ -188,6 +176,20 @@ async fn update_cycle_snapshot_change_restore() {
     assert_eq!(read_marker(&io, "data_guest_0", 11), b"DATA-BEFORE");
     let vm = env.vms.get("guest").await.unwrap();
     assert_eq!(vm.spec.state, DesiredState::Started);
+    // The VM was disabled and re-enabled by the restore's field manager (on the test driver
+    // this takes milliseconds, too fast to watch the Disabled spec go by).
+    assert!(
+        vm.metadata.generation.unwrap() >= generation_before + 2,
+        "the restore changed spec.state twice"
+    );
+    let managers: Vec<String> = vm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(managers.iter().any(|m| m == "seapath-restore"), "{managers:?}");
     assert_eq!(vm_phase(&vm), Some(Phase::Started));
     assert_eq!(snap_names(&io, "system_guest"), ["beforeupdate"]);
     assert!(snap_phase(&env.snaps.get("beforeupdate").await.unwrap()) == Some(SnapshotPhase::Ready));

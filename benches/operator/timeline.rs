@@ -80,6 +80,42 @@ impl Timelines {
             .unwrap_or_default()
     }
 
+    /// Writes every VM's stages, in ms after its apply, as tab-separated values.
+    pub fn write_tsv(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let map = self.0.lock().expect("timelines");
+        let mut keys: Vec<&String> = map.keys().collect();
+        keys.sort();
+        let mut out = String::from(
+            "vm\tfinalizer\tstorage_done\tlabelled\tstorage_ready\tagent_acting\tagent_defined\t\
+             agent_started\tagent_reported\tdomain_running\tstarted\n",
+        );
+        for k in keys {
+            let t = &map[k];
+            out.push_str(k);
+            for at in [
+                t.finalizer,
+                t.storage_done,
+                t.labelled,
+                t.storage_ready,
+                t.agent_acting,
+                t.agent_defined,
+                t.agent_started,
+                t.agent_reported,
+                t.domain_running,
+                t.started,
+            ] {
+                match (at, t.applied) {
+                    (Some(at), Some(applied)) => {
+                        out.push_str(&format!("\t{:.1}", (at - applied) as f64 / 1000.0))
+                    }
+                    _ => out.push_str("\t-"),
+                }
+            }
+            out.push('\n');
+        }
+        std::fs::write(path, out)
+    }
+
     /// How many of `keys` satisfy `done`.
     pub fn count(&self, keys: &[String], done: impl Fn(&Timeline) -> bool) -> usize {
         let map = self.0.lock().expect("timelines");

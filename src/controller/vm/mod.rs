@@ -410,9 +410,17 @@ fn schedule(
         .iter()
         .map(|hv| candidate(hv, now, ctx))
         .collect();
-    let current = vm.status.as_ref().and_then(|s| s.node.as_deref());
+    // The cache may not show our own last placement yet: remember it, so a reconcile on a stale
+    // copy does not place the VM a second time, elsewhere.
+    let remembered = ctx.placements.get(&vm.metadata.uid.clone().unwrap_or_default());
+    let current = vm
+        .status
+        .as_ref()
+        .and_then(|s| s.node.clone())
+        .or_else(|| vm.labels().get(NODE_LABEL).cloned())
+        .or(remembered);
     match placement::place(
-        current,
+        current.as_deref(),
         vm.spec.placement.as_ref(),
         memory_mib,
         &candidates,
