@@ -160,6 +160,17 @@ pub async fn reconcile(
     let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %schedule.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer(KIND);
+        // The status carries counters (purgedTotal, failures) that each run adds to: start from
+        // the object as the API server has it, not from a cache that may miss the last write.
+        let api: Api<VirtualMachineSnapshotSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
+        let schedule = match api.get_opt(&schedule.name_any()).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            Ok(None) => return Ok(Action::await_change()),
+            Err(e) => {
+                timer.error("KubernetesApiError");
+                return Err(e.into());
+            }
+        };
         let result = if schedule.metadata.deletion_timestamp.is_some() {
             Ok(Action::await_change())
         } else {
