@@ -176,7 +176,8 @@ async fn killed_controller_resumes_snapshots_and_restores() {
     );
     assert!(st.disks[1].snapshot_id.is_some());
     assert_eq!(snap_names(&io, "system_crashvm"), ["midway"]);
-    assert_eq!(snap_names(&io, "data_crashvm_0"), ["midway"]);
+    // "toolate" made part of its snapshot on this image too; it is removed below.
+    assert!(snap_names(&io, "data_crashvm_0").contains(&"midway".to_string()));
 
     let toolate = wait_for(&snaps, "toolate", "Failed and cleaned", |s| {
         s.status
