@@ -274,6 +274,8 @@ struct Stages {
     pickup: Vec<i64>,
     libvirt: Vec<i64>,
     report: Vec<i64>,
+    /// admit + publish + report: the API stages.
+    api: Vec<i64>,
 }
 
 impl Stages {
@@ -293,6 +295,14 @@ impl Stages {
             push(&mut s.pickup, diff(t.agent_acting, t.storage_ready));
             push(&mut s.libvirt, diff(t.agent_started, t.agent_acting));
             push(&mut s.report, diff(t.started, t.agent_started));
+            let api = [
+                diff(t.finalizer, t.applied),
+                diff(t.storage_ready, t.storage_done),
+                diff(t.started, t.agent_started),
+            ];
+            if api.iter().all(Option::is_some) {
+                s.api.push(api.iter().flatten().sum());
+            }
         }
         s
     }
@@ -307,6 +317,7 @@ impl Stages {
             p(&self.pickup),
             p(&self.libvirt),
             p(&self.report),
+            p(&self.api),
             p(&self.total),
         ]
     }
@@ -347,7 +358,7 @@ impl Bench {
         };
         ensure_namespace(&self.client, ns).await?;
         let samples = self.opts.samples;
-        progress(format!("1-VM latency: 1 warm-up + {samples} samples ({label})"));
+        progress(format!("1-VM latency ({label}): warm-up"));
         let warm = create_vms(
             &self.client,
             &self.timelines,
@@ -361,10 +372,20 @@ impl Bench {
                 t.started.is_some()
             })
             .await?;
+        let tag = if self.tb.slow_mon { "s" } else { "" };
+        self.floor_run(&format!("fw{tag}"), 1, 1).await?;
+        // Operator and floor samples alternate, so that both see the same machine load (other
+        // work on the machine varies over a run); the OSD counts the ops of each sample.
+        progress(format!(
+            "1-VM samples: {samples} operator VMs and {samples} floor VMs, alternating"
+        ));
         let api_before = testbed::api_requests(&self.client).await?;
-        let osd_before = testbed::osd_ops(&self.tb).await?;
+        let mut osd = testbed::OsdOps::default();
+        let mut floor_osd = testbed::OsdOps::default();
+        let mut floor1 = floor::FloorRun::default();
         let mut keys = Vec::new();
         for i in 0..samples {
+            let before = testbed::osd_ops(&self.tb).await?;
             let k = create_vms(
                 &self.client,
                 &self.timelines,
@@ -377,24 +398,19 @@ impl Bench {
                 .wait_all(&k, Duration::from_secs(60), "VM Started", |t| t.started.is_some())
                 .await?;
             keys.extend(k);
-        }
-        let api = testbed::api_requests(&self.client).await?.since(&api_before);
-        let osd = testbed::osd_ops(&self.tb).await?.since(&osd_before);
-        let problems = merge_controller_log(self.controller(), &self.timelines)?;
-        let single = Stages::of(&self.timelines, &keys);
-
-        progress(format!("floor: 1 warm-up + {samples} single VMs"));
-        let tag = if self.tb.slow_mon { "s" } else { "" };
-        self.floor_run(&format!("fw{tag}"), 1, 1).await?;
-        let floor_osd_before = testbed::osd_ops(&self.tb).await?;
-        let mut floor1 = floor::FloorRun::default();
-        for i in 0..samples {
+            // The reconciles that follow Started (agents re-read the XML) are the operator's.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let middle = testbed::osd_ops(&self.tb).await?;
+            osd += middle.since(&before);
             let r = self.floor_run(&format!("f{tag}{i}x"), 1, 1).await?;
+            floor_osd += testbed::osd_ops(&self.tb).await?.since(&middle);
             floor1.latency.extend(r.latency);
             floor1.ceph.extend(r.ceph);
             floor1.libvirt.extend(r.libvirt);
         }
-        let floor_osd = testbed::osd_ops(&self.tb).await?.since(&floor_osd_before);
+        let api = testbed::api_requests(&self.client).await?.since(&api_before);
+        let problems = merge_controller_log(self.controller(), &self.timelines)?;
+        let single = Stages::of(&self.timelines, &keys);
 
         let mut burst = None;
         if with_burst {
@@ -554,12 +570,37 @@ impl Bench {
                 "agent pickup",
                 "define+start",
                 "report",
+                "API stages",
                 "total",
             ],
         );
         s.row(single.p50_row("operator, 1 VM"));
-        if let Some((stages, _, _, _)) = &burst {
+        let floor_stages = |label: String, fl: &floor::FloorRun| {
+            let p = |v: &Vec<i64>| ms(percentile(v, 50.0));
+            let none = || "-".to_owned();
+            vec![
+                label,
+                none(),
+                p(&fl.ceph),
+                none(),
+                none(),
+                p(&fl.libvirt),
+                none(),
+                none(),
+                p(&fl.latency),
+            ]
+        };
+        s.row(floor_stages("floor, 1 VM".into(), &floor1));
+        if let Some((stages, serial, parallel, _)) = &burst {
             s.row(stages.p50_row(&format!("operator, {} VMs", self.opts.burst)));
+            s.row(floor_stages(
+                format!("floor, {} VMs one at a time", self.opts.burst),
+                serial,
+            ));
+            s.row(floor_stages(
+                format!("floor, {} VMs 16 threads", self.opts.burst),
+                parallel,
+            ));
         }
         s.note("admit (API): create -> the controller's finalizer visible in a watch");
         s.note("storage (Ceph): finalizer visible -> the controller logs its storage changes (plan + all librbd calls)");
@@ -569,6 +610,9 @@ impl Bench {
         s.note("agent pickup (API watch + Ceph read + libvirt read): StorageReady visible -> the agent decides to act (XML read from RBD)");
         s.note("define+start (libvirt): the agent's define and start calls (test driver, in-process)");
         s.note("report (API): domain started -> phase Started visible (agent status patch, controller status patch)");
+        s.note(
+            "API stages: admit + publish + report of each VM; stage p50s need not add up to the total's p50",
+        );
         self.tables.push(s);
         Ok(())
     }
