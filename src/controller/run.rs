@@ -191,6 +191,19 @@ pub async fn run(
         memory_mib: Default::default(),
     });
 
+    // Counting phases walks every VM: once every few seconds, not after every reconcile (a
+    // resync of N VMs would otherwise walk N x N).
+    let phase_counter = {
+        let (vms, metrics) = (vms.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                count_phases(&vms, &metrics);
+            }
+        })
+    };
+
     controller
         .graceful_shutdown_on(shutdown)
         .run(vm::reconcile, vm::error_policy, context)
@@ -199,11 +212,11 @@ pub async fn run(
                 Ok((object, _)) => tracing::debug!(vm = %object.name, "reconciled"),
                 Err(err) => warn!(error = %err, "controller"),
             }
-            count_phases(&vms, &metrics);
             async {}
         })
         .await;
     hv_cache.abort();
+    phase_counter.abort();
     if let Some(snapshots) = snapshots {
         snapshots.await.ok();
     }
