@@ -16,6 +16,7 @@ use seapath_operator::api::{
     VirtualMachineRestore, VirtualMachineSnapshot,
 };
 use serde_json::json;
+use std::time::Duration;
 
 use common::snapshots::{
     create_vm, rbd, read_marker, snap_names, snapshot_controllers, wait_for, write_marker,
@@ -86,7 +87,7 @@ async fn killed_controller_resumes_snapshots_and_restores() {
         "metadata": {"name": "toolate"}, "spec": {"vmName": "crashvm", "failureDeadline": "1s"}
     }))
     .unwrap();
-    snaps.create(&PostParams::default(), &late).await.unwrap();
+    let late = snaps.create(&PostParams::default(), &late).await.unwrap();
     snaps
         .patch_status(
             "toolate",
@@ -161,7 +162,15 @@ async fn killed_controller_resumes_snapshots_and_restores() {
     .await
     .unwrap();
 
-    // The controller comes back.
+    // The controller comes back, after the late snapshot's deadline (seeding can be faster
+    // than its one second).
+    let late_deadline = seapath_operator::controller::snapshot::vmsnapshot::deadline(&late)
+        .unwrap()
+        .expect("a deadline");
+    let left = late_deadline.duration_since(Timestamp::now());
+    if left.is_positive() {
+        tokio::time::sleep(left.unsigned_abs() + Duration::from_millis(100)).await;
+    }
     snapshot_controllers();
 
     let midway = wait_for(&snaps, "midway", "Ready", |s| {

@@ -91,7 +91,7 @@ impl From<finalizer::Error<Error>> for Error {
 }
 
 /// Serialises the Ceph work on one VM's disks.
-type VmLock = Arc<tokio::sync::Mutex<()>>;
+pub(super) type VmLock = Arc<tokio::sync::Mutex<()>>;
 
 /// What the three controllers share.
 pub struct Ctx {

@@ -15,7 +15,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use tracing::{Instrument, info, info_span};
 
 use super::rbd::{self, Removed};
-use super::{Ctx, Error, cron, now, reset_failures, write_status};
+use super::{Ctx, Error, VmLock, cron, now, reset_failures, write_status};
 use crate::api::{
     OperationError, SNAPSHOT_FINALIZER, SnapshotDeletionPolicy, SnapshotDiskStatus, SnapshotPhase,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
@@ -173,16 +173,7 @@ async fn apply(
                 };
                 return fail(snap, ctx, &writer, status, "DeadlineExceeded", &message).await;
             }
-            let remaining = deadline.map(|d| d.duration_since(Timestamp::now()).unsigned_abs());
-            let work = take(snap, ctx, &writer, status);
-            match remaining {
-                None => work.await,
-                Some(left) => match tokio::time::timeout(left, work).await {
-                    Ok(result) => result,
-                    // The deadline check of the next run marks it Failed and cleans up.
-                    Err(_) => Ok(Action::requeue(Duration::from_millis(100))),
-                },
-            }
+            take(snap, ctx, &writer, status, deadline).await
         }
     }
 }
@@ -193,9 +184,12 @@ async fn take(
     ctx: &Ctx,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
+    deadline: Option<Timestamp>,
 ) -> Result<Action, Error> {
     let namespace = snap.namespace().unwrap_or_default();
     let name = rbd_name(snap);
+    // The next run past the deadline marks the snapshot Failed and cleans up.
+    let past_deadline = Action::requeue(Duration::from_millis(100));
     let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
     let pending = status.phase.unwrap_or(SnapshotPhase::Pending) == SnapshotPhase::Pending;
     let wait = Action::requeue(Duration::from_secs(3));
@@ -237,7 +231,9 @@ async fn take(
             .vm_names(&namespace, &snap.spec.vm_name)
             .images(vm.spec.data_disks.len());
         let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
-        let _guard = lock.lock().await;
+        let Some(_guard) = lock_until(&lock, deadline).await else {
+            return Ok(past_deadline);
+        };
         // Before recording the intent: a snapshot of that name must not exist on any image.
         let found = per_image(ctx, &namespace, &images, {
             let name = name.clone();
@@ -290,9 +286,13 @@ async fn take(
         drop(_guard);
     }
 
-    // InProgress: take what is missing, on every image at once.
+    // InProgress: take what is missing, on every image at once. Once started, the Ceph calls
+    // are awaited to the end even past the deadline (bounded by the rados op timeout): a call
+    // abandoned in its thread could take a snapshot after the cleanup removed the others.
     let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
-    let _guard = lock.lock().await;
+    let Some(_guard) = lock_until(&lock, deadline).await else {
+        return Ok(past_deadline);
+    };
     let intent = status.start_time.as_ref().map(to_system_time);
     let todo: Vec<(usize, String)> = status
         .disks
@@ -375,6 +375,18 @@ async fn take(
     ctx.publish(snap, EventType::Normal, "SnapshotReady", "Snapshot", message)
         .await;
     Ok(Action::requeue(VERIFY_EVERY))
+}
+
+/// The VM's lock, unless the deadline passes first.
+async fn lock_until(lock: &VmLock, deadline: Option<Timestamp>) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    let Some(deadline) = deadline else {
+        return Some(lock.lock().await);
+    };
+    let left = deadline.duration_since(Timestamp::now());
+    if left.is_negative() {
+        return None;
+    }
+    tokio::time::timeout(left.unsigned_abs(), lock.lock()).await.ok()
 }
 
 /// Another live object of the same VM claiming the same RBD name first (older, or same age and
