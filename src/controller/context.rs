@@ -1,7 +1,7 @@
 //! What every reconcile of the controller shares: configuration, clients, caches.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::Client;
@@ -9,7 +9,7 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use crate::api::{Hypervisor, VirtualMachine};
-use crate::controller::storage::StorageContext;
+use crate::controller::storage::{StorageContext, StorageError};
 use crate::domain_xml::{CephAccess, DevicePolicy};
 use crate::metrics::Metrics;
 
@@ -65,11 +65,55 @@ impl StorageChecks {
         checked.insert(uid.to_owned(), (generation, Instant::now()));
     }
 
+    /// Whether this process checked the VM's storage at least once.
+    pub fn seen(&self, uid: &str) -> bool {
+        self.checked
+            .lock()
+            .expect("storage check cache poisoned")
+            .contains_key(uid)
+    }
+
     pub fn forget(&self, uid: &str) {
         self.checked
             .lock()
             .expect("storage check cache poisoned")
             .remove(uid);
+    }
+}
+
+/// When a namespace's images were listed, and their names.
+type Listing = (Instant, Arc<BTreeSet<String>>);
+
+/// Image names per Kubernetes namespace, read once for many VMs: after a restart each VM's
+/// recorded storage is checked against one listing instead of opening its images.
+pub struct ImageListings {
+    max_age: Duration,
+    // Held across the listing so that concurrent reconciles wait for one read, not make many.
+    listings: tokio::sync::Mutex<HashMap<String, Listing>>,
+}
+
+impl ImageListings {
+    pub fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            listings: Default::default(),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        storage: &StorageContext,
+        kube_namespace: &str,
+    ) -> Result<Arc<BTreeSet<String>>, StorageError> {
+        let mut listings = self.listings.lock().await;
+        if let Some((at, names)) = listings.get(kube_namespace)
+            && at.elapsed() < self.max_age
+        {
+            return Ok(names.clone());
+        }
+        let names = Arc::new(crate::controller::storage::image_names(storage, kube_namespace).await?);
+        listings.insert(kube_namespace.to_owned(), (Instant::now(), names.clone()));
+        Ok(names)
     }
 }
 
@@ -125,6 +169,7 @@ pub struct Context {
     pub vms: Store<VirtualMachine>,
     pub hypervisors: Store<Hypervisor>,
     pub storage_checks: StorageChecks,
+    pub image_listings: ImageListings,
     pub failures: FailureCounter,
     pub placements: Placements,
     /// Memory in MiB of each VM by UID: the XML is immutable, so it is parsed once.

@@ -17,12 +17,17 @@ use tracing::{info, warn};
 
 use crate::api::{Hypervisor, VirtualMachine};
 use crate::ceph::{Cluster, ClusterConfig};
-use crate::controller::context::{Context, ControllerSettings, PolicyConfig};
+use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
 use crate::controller::storage::{self, StorageContext};
 use crate::controller::vm;
 use crate::domain_xml::{CephAccess, CephAuthRef};
 use crate::metrics::Metrics;
 use crate::naming::NamespaceMap;
+
+/// How long one listing of a namespace's images stands for many VMs after a restart: long
+/// enough for a resync burst to share it, short enough that a VM made since is not missed
+/// (a VM not in the listing is simply checked in full).
+const IMAGE_LISTING_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Everything the controller is configured with.
 #[derive(Clone, Debug)]
@@ -186,6 +191,7 @@ pub async fn run(
         vms: vms.clone(),
         hypervisors,
         storage_checks: Default::default(),
+        image_listings: ImageListings::new(IMAGE_LISTING_MAX_AGE),
         failures: Default::default(),
         placements: Default::default(),
         memory_mib: Default::default(),

@@ -59,7 +59,7 @@ mod plan;
 mod quantity;
 mod rbd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -328,6 +328,7 @@ async fn ensure_inner(
     let mut warnings = Vec::new();
 
     let final_names = names.images(req.disks.len() - 1);
+    let existing = prepared.existing.clone();
     let disks = req.disks.iter().enumerate().map(|(index, disk)| {
         ensure_disk(
             ctx,
@@ -336,7 +337,7 @@ async fn ensure_inner(
                 index,
                 disk,
                 final_name: &final_names[index],
-                existing: prepared.existing[index].clone(),
+                existing: existing[index].clone(),
                 uid_key: &uid_key,
                 req: shared.clone(),
             },
@@ -345,11 +346,26 @@ async fn ensure_inner(
         )
     });
     let mut first_error = None;
+    let mut known = rbd::Known {
+        group: prepared.group,
+        created: Vec::new(),
+        system_metadata: prepared.system_metadata,
+        observed: prepared.existing,
+    };
     for (index, outcome) in join_all(disks).await.into_iter().enumerate() {
         match outcome {
             Ok(done) => {
                 changes.extend(done.changes);
                 warnings.extend(done.warning);
+                if let Some(created) = done.created {
+                    known.created.push(created.observation.name.clone());
+                    if index == 0 {
+                        known.system_metadata = Some(created.metadata);
+                    }
+                    known.observed[index] = Some(created.observation);
+                } else if let (Some(size), Some(seen)) = (done.grown_to, known.observed[index].as_mut()) {
+                    seen.size_bytes = size;
+                }
             }
             Err(e) => {
                 tracing::warn!(vm = %req.name, disk = index, error = %e, "disk not ready");
@@ -363,7 +379,7 @@ async fn ensure_inner(
 
     let finalized = {
         let (io, names, req) = (prepared.io.clone(), names.clone(), shared.clone());
-        blocking(move || rbd::finalize(&io, &names, &req)).await?
+        blocking(move || rbd::finalize(&io, &names, &req, known)).await?
     };
     changes.extend(finalized.changes);
     warnings.extend(finalized.warnings);
@@ -394,6 +410,10 @@ struct DiskJob<'a> {
 struct DiskDone {
     changes: Vec<String>,
     warning: Option<String>,
+    /// The image this call built and renamed into place.
+    created: Option<rbd::FinishedTemp>,
+    /// The new size of an existing image this call grew.
+    grown_to: Option<u64>,
 }
 
 /// One disk: grow it if it exists, else build it under its temporary name and rename it.
@@ -409,10 +429,14 @@ async fn ensure_disk(
             plan::SizeAction::Keep => Ok(DiskDone {
                 changes: Vec::new(),
                 warning: None,
+                created: None,
+                grown_to: None,
             }),
             plan::SizeAction::TooSmall { requested, actual } => Ok(DiskDone {
                 changes: Vec::new(),
                 warning: Some(plan::too_small_warning(job.final_name, requested, actual)),
+                created: None,
+                grown_to: None,
             }),
             plan::SizeAction::Grow(to) => {
                 let (io, name) = (io.clone(), job.final_name.to_string());
@@ -420,6 +444,8 @@ async fn ensure_disk(
                 Ok(DiskDone {
                     changes: vec![format!("grew {} to {to} bytes", job.final_name)],
                     warning: None,
+                    created: None,
+                    grown_to: Some(to),
                 })
             }
         };
@@ -430,16 +456,23 @@ async fn ensure_disk(
     let finished = match built {
         Ok(how) => {
             let (io, tmp, final_name) = (io.clone(), tmp.clone(), job.final_name.to_string());
-            let owner_kv = plan::owner_metadata(&job.req).to_vec();
+            // The system image gets all of the VM's metadata before it appears under its name.
+            let metadata = if job.index == 0 {
+                plan::desired_metadata(&job.req)
+            } else {
+                plan::owner_metadata(&job.req).to_vec()
+            };
             let size = job.disk.size_bytes;
-            blocking(move || rbd::finish_temp(&io, &tmp, &final_name, &owner_kv, size))
+            blocking(move || rbd::finish_temp(&io, &tmp, &final_name, &metadata, size))
                 .await
-                .map(|(observed, warning)| DiskDone {
+                .map(|mut finished| DiskDone {
                     changes: vec![format!(
                         "created {} ({how}, {} bytes)",
-                        job.final_name, observed.size_bytes
+                        job.final_name, finished.observation.size_bytes
                     )],
-                    warning,
+                    warning: finished.warning.take(),
+                    created: Some(finished),
+                    grown_to: None,
                 })
         }
         Err(e) => Err(e),
@@ -594,6 +627,25 @@ pub async fn dependent_clones(ctx: &StorageContext, kube_namespace: &str, name: 
         ctx.vm_names(kube_namespace, name),
     );
     blocking(move || rbd::vm_dependent_clones(&cluster, &pool, &names)).await
+}
+
+/// The names of every image in the RBD namespace of a Kubernetes namespace (empty when the
+/// RBD namespace does not exist): one read for all the VMs of the namespace. Read-only.
+pub async fn image_names(ctx: &StorageContext, kube_namespace: &str) -> Result<BTreeSet<String>> {
+    let (cluster, pool, ns) = (
+        ctx.cluster.clone(),
+        ctx.pool.clone(),
+        ctx.namespace_map.rbd_namespace(kube_namespace),
+    );
+    blocking(move || {
+        let Some(io) = rbd::open_namespace(&cluster, &pool, &ns, false)? else {
+            return Ok(BTreeSet::new());
+        };
+        io.list_images()
+            .map(|names| names.into_iter().collect())
+            .map_err(|e| StorageError::from_ceph(format!("listing images of {}", io.location()), e))
+    })
+    .await
 }
 
 /// The metadata of the VM's system image (empty when it does not exist). Read-only.

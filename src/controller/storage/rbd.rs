@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::error::{Result, StorageError};
 use super::plan::{self, ExistingState, ImageFacts, Ownership, SizeAction};
 use super::{DeleteOutcome, ImageObservation, StorageObservation, VmStorageRequest};
-use crate::ceph::{CephError, CloneFormat, Cluster, GroupImageState, Image, ImageOptions, IoCtx};
+use crate::ceph::{CephError, CloneFormat, Cluster, GroupImage, GroupImageState, Image, ImageOptions, IoCtx};
 use crate::naming::{META_OWNER, META_OWNER_UID, META_VM_NAME, VmNames};
 
 /// Adds a context to a Ceph result.
@@ -70,23 +70,44 @@ pub(crate) fn open_namespace(cluster: &Cluster, pool: &str, ns: &str, create: bo
     Ok(Some(pool_io))
 }
 
-fn meta_opt(image: &Image, key: &str) -> Result<Option<String>> {
-    optional(image.metadata_get(key)).ctx(|| format!("reading metadata {key} of {}", image.spec()))
+/// One existing image read in a single read-only open: its metadata (owner keys, vm_name and,
+/// for the system image, what `finalize` compares) and its size and parent.
+pub(crate) struct Inspected {
+    pub facts: ImageFacts,
+    pub observation: ImageObservation,
+    pub metadata: BTreeMap<String, String>,
 }
 
-/// Owner keys and vm_name of an image; `None` if it does not exist.
-fn image_facts(io: &IoCtx, name: &str) -> Result<Option<ImageFacts>> {
+/// `None` if the image does not exist.
+fn inspect(io: &IoCtx, name: &str) -> Result<Option<Inspected>> {
     let Some(image) =
         optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
     else {
         return Ok(None);
     };
-    Ok(Some(ImageFacts {
-        name: name.to_string(),
-        owner_uid: meta_opt(&image, META_OWNER_UID)?,
-        owner: meta_opt(&image, META_OWNER)?,
-        vm_name: meta_opt(&image, META_VM_NAME)?,
+    let metadata = image
+        .metadata_list()
+        .ctx(|| format!("reading the metadata of {}", io.spec(name)))?;
+    let observation = observe_open(&image)?.expect("an open image is observed");
+    Ok(Some(Inspected {
+        facts: ImageFacts {
+            name: name.to_string(),
+            owner_uid: metadata.get(META_OWNER_UID).cloned(),
+            owner: metadata.get(META_OWNER).cloned(),
+            vm_name: metadata.get(META_VM_NAME).cloned(),
+        },
+        observation,
+        metadata,
     }))
+}
+
+/// Owner keys and vm_name of an image; `None` if it does not exist.
+fn image_facts(io: &IoCtx, name: &str) -> Result<Option<ImageFacts>> {
+    Ok(inspect(io, name)?.map(|i| i.facts))
+}
+
+fn meta_opt(image: &Image, key: &str) -> Result<Option<String>> {
+    optional(image.metadata_get(key)).ctx(|| format!("reading metadata {key} of {}", image.spec()))
 }
 
 /// Size and parent of an image as observed (opened read-only: no watch, no lock, no write).
@@ -127,12 +148,16 @@ pub(crate) fn remove_temp(io: &IoCtx, name: &str) -> Result<()> {
     }
 }
 
-/// What `prepare` found and did.
+/// What `prepare` found and did; `finalize` starts from it instead of reading Ceph again.
 pub(crate) struct Prepared {
     pub io: IoCtx,
     pub ownership: Ownership,
     /// Per requested disk: the final image if it exists already.
     pub existing: Vec<Option<ImageObservation>>,
+    /// The group's members as listed (`None`: no group yet).
+    pub group: Option<Vec<GroupImage>>,
+    /// The system image's metadata (after adoption's owner keys), if it exists.
+    pub system_metadata: Option<BTreeMap<String, String>>,
     pub changes: Vec<String>,
 }
 
@@ -150,42 +175,44 @@ pub(crate) fn prepare(
     let loc = location(pool, ns);
     let wanted = names.images(req.disks.len() - 1);
     let images = io.list_images().ctx(|| format!("listing images of {loc}"))?;
-    let group = names.group();
+    let group_name = names.group();
     let group_exists = io
         .group_list()
         .ctx(|| format!("listing groups of {loc}"))?
-        .contains(&group);
+        .contains(&group_name);
     let pool_id = io.pool_id();
-    let group_members: Vec<String> = if group_exists {
-        io.group_image_list(&group)
-            .ctx(|| format!("listing the images of group {}", io.spec(&group)))?
-            .into_iter()
-            .filter(|m| m.pool_id == pool_id)
-            .map(|m| m.name)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let system_name = names.system_image();
-    let system = if images.contains(&system_name) {
-        image_facts(&io, &system_name)?
+    let group = if group_exists {
+        Some(
+            io.group_image_list(&group_name)
+                .ctx(|| format!("listing the images of group {}", io.spec(&group_name)))?,
+        )
     } else {
         None
     };
-    let mut others = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for name in wanted.iter().skip(1).chain(group_members.iter()) {
-        if name != &system_name
-            && images.contains(name)
-            && seen.insert(name.clone())
-            && let Some(f) = image_facts(&io, name)?
+    let group_members: Vec<String> = group
+        .iter()
+        .flatten()
+        .filter(|m| m.pool_id == pool_id)
+        .map(|m| m.name.clone())
+        .collect();
+    // Each existing image of interest is opened once.
+    let mut inspected: BTreeMap<String, Inspected> = BTreeMap::new();
+    for name in wanted.iter().chain(group_members.iter()) {
+        if images.contains(name)
+            && !inspected.contains_key(name)
+            && let Some(found) = inspect(&io, name)?
         {
-            others.push(f);
+            inspected.insert(name.clone(), found);
         }
     }
+    let system_name = names.system_image();
     let state = ExistingState {
-        system,
-        others,
+        system: inspected.get(&system_name).map(|i| i.facts.clone()),
+        others: inspected
+            .iter()
+            .filter(|(name, _)| **name != system_name)
+            .map(|(_, i)| i.facts.clone())
+            .collect(),
         group_exists,
         group_members,
     };
@@ -212,6 +239,9 @@ pub(crate) fn prepare(
             image
                 .metadata_set(k, v)
                 .ctx(|| format!("writing owner key {k} on {}", io.spec(name)))?;
+            if let Some(found) = inspected.get_mut(name) {
+                found.metadata.insert(k.clone(), v.clone());
+            }
         }
         changes.push(format!("adopted {name} (wrote owner keys, data untouched)"));
     }
@@ -221,18 +251,15 @@ pub(crate) fn prepare(
 
     let existing = wanted
         .iter()
-        .map(|name| {
-            if images.contains(name) {
-                observe_image(&io, name)
-            } else {
-                Ok(None)
-            }
-        })
-        .collect::<Result<Vec<_>>>()?;
+        .map(|name| inspected.get(name).map(|i| i.observation.clone()))
+        .collect();
+    let system_metadata = inspected.remove(&system_name).map(|i| i.metadata);
     Ok(Prepared {
         io,
         ownership,
         existing,
+        group,
+        system_metadata,
         changes,
     })
 }
@@ -336,31 +363,34 @@ fn io_spec(pool: &str, ns: &str, image: &str) -> String {
     format!("{}/{image}", location(pool, ns))
 }
 
-/// Makes a built temporary image the VM's: drops metadata inherited from a source, writes the
-/// owner keys, grows it to the requested size, and renames it to its final name (atomic).
-/// Returns the observation and a warning when the requested size was too small.
+/// Finishes a disk built under a temporary name: strips the metadata it inherited from its
+/// source (but librbd's `conf_*`), writes `metadata` (the owner keys first; for the system
+/// image all of the VM's metadata, so the image appears complete), grows it to the requested
+/// size, and renames it to its final name (atomic). Returns the observation, the image's
+/// metadata as left, and a warning when the requested size was too small.
 pub(crate) fn finish_temp(
     io: &IoCtx,
     tmp: &str,
     final_name: &str,
-    owner_kv: &[(String, String)],
+    metadata: &[(String, String)],
     requested: Option<u64>,
-) -> Result<(ImageObservation, Option<String>)> {
+) -> Result<FinishedTemp> {
     let mut warning = None;
-    {
+    let (mut observation, mut kept) = {
         let mut image = io.open_image(tmp).ctx(|| format!("opening {}", io.spec(tmp)))?;
-        let inherited = image
+        let mut kept = image
             .metadata_list()
             .ctx(|| format!("listing metadata of {}", io.spec(tmp)))?;
-        for key in plan::inherited_keys_to_strip(&inherited) {
+        for key in plan::inherited_keys_to_strip(&kept) {
             image
                 .metadata_remove(&key)
                 .ctx(|| format!("removing copied metadata {key} of {}", io.spec(tmp)))?;
+            kept.remove(&key);
         }
-        for (k, v) in owner_kv {
+        for (k, v) in metadata {
             image
                 .metadata_set(k, v)
-                .ctx(|| format!("writing owner key {k} on {}", io.spec(tmp)))?;
+                .ctx(|| format!("writing metadata {k} on {}", io.spec(tmp)))?;
         }
         let size = image
             .size()
@@ -373,7 +403,9 @@ pub(crate) fn finish_temp(
             SizeAction::Keep => {}
         }
         image.flush().ctx(|| format!("flushing {}", io.spec(tmp)))?;
-    }
+        let observation = observe_open(&image)?.expect("an open image is observed");
+        (observation, kept)
+    };
     match io.rename_image(tmp, final_name) {
         Ok(()) => {}
         Err(e) if e.is_exists() => {
@@ -391,9 +423,20 @@ pub(crate) fn finish_temp(
             ));
         }
     }
-    let observed =
-        observe_image(io, final_name)?.ok_or_else(|| StorageError::internal("renamed image vanished"))?;
-    Ok((observed, warning))
+    observation.name = final_name.to_string();
+    kept.extend(metadata.iter().cloned());
+    Ok(FinishedTemp {
+        observation,
+        metadata: kept,
+        warning,
+    })
+}
+
+/// What `finish_temp` left.
+pub(crate) struct FinishedTemp {
+    pub observation: ImageObservation,
+    pub metadata: BTreeMap<String, String>,
+    pub warning: Option<String>,
 }
 
 /// Result of `finalize`.
@@ -403,35 +446,48 @@ pub(crate) struct Finalized {
     pub warnings: Vec<String>,
 }
 
+/// What the call knows already when it finalizes, so that only what it does not know is read.
+pub(crate) struct Known {
+    /// The group's members as `prepare` listed them (`None`: there was no group).
+    pub group: Option<Vec<GroupImage>>,
+    /// Images this call created: in no group yet.
+    pub created: Vec<String>,
+    /// The system image's metadata as last read or written by this call.
+    pub system_metadata: Option<BTreeMap<String, String>>,
+    /// Per requested disk, the image as this call last saw it.
+    pub observed: Vec<Option<ImageObservation>>,
+}
+
 /// Puts every image in the VM's group (creating it) and writes the system image's metadata;
 /// only what differs is written.
-pub(crate) fn finalize(io: &IoCtx, names: &VmNames, req: &VmStorageRequest) -> Result<Finalized> {
+pub(crate) fn finalize(
+    io: &IoCtx,
+    names: &VmNames,
+    req: &VmStorageRequest,
+    known: Known,
+) -> Result<Finalized> {
     let group = names.group();
     let wanted = names.images(req.disks.len() - 1);
     let mut changes = Vec::new();
     let mut warnings = Vec::new();
-    let loc = io.location();
 
-    let group_exists = io
-        .group_list()
-        .ctx(|| format!("listing groups of {loc}"))?
-        .contains(&group);
-    if !group_exists {
-        match io.group_create(&group) {
-            Ok(()) => changes.push(format!("created group {group}")),
-            Err(e) if e.is_exists() => {}
-            Err(e) => {
-                return Err(StorageError::from_ceph(
-                    format!("creating group {}", io.spec(&group)),
-                    e,
-                ));
+    let members = match known.group {
+        Some(members) => members,
+        None => {
+            match io.group_create(&group) {
+                Ok(()) => changes.push(format!("created group {group}")),
+                Err(e) if e.is_exists() => {}
+                Err(e) => {
+                    return Err(StorageError::from_ceph(
+                        format!("creating group {}", io.spec(&group)),
+                        e,
+                    ));
+                }
             }
+            Vec::new()
         }
-    }
+    };
     let pool_id = io.pool_id();
-    let members = io
-        .group_image_list(&group)
-        .ctx(|| format!("listing the images of group {}", io.spec(&group)))?;
     for name in &wanted {
         let member = members.iter().find(|m| &m.name == name && m.pool_id == pool_id);
         match member.map(|m| m.state) {
@@ -441,6 +497,7 @@ pub(crate) fn finalize(io: &IoCtx, names: &VmNames, req: &VmStorageRequest) -> R
                 io.group_image_remove(&group, io, name)
                     .ctx(|| format!("repairing the half-added {name} in group {}", io.spec(&group)))?;
             }
+            None if known.created.contains(name) => {}
             None => {
                 let image = io
                     .open_image_read_only(name, None)
@@ -471,12 +528,15 @@ pub(crate) fn finalize(io: &IoCtx, names: &VmNames, req: &VmStorageRequest) -> R
         ));
     }
 
-    // Metadata on the system image: compare read-only, open read-write only to write.
+    // Metadata on the system image: compare, open read-write only to write.
     let system = names.system_image();
-    let current = io
-        .open_image_read_only(&system, None)
-        .and_then(|i| i.metadata_list())
-        .ctx(|| format!("reading the metadata of {}", io.spec(&system)))?;
+    let current = match known.system_metadata {
+        Some(current) => current,
+        None => io
+            .open_image_read_only(&system, None)
+            .and_then(|i| i.metadata_list())
+            .ctx(|| format!("reading the metadata of {}", io.spec(&system)))?,
+    };
     let plan = plan::plan_metadata(&current, &plan::desired_metadata(req));
     if !plan.is_empty() {
         let image = io
@@ -510,7 +570,11 @@ pub(crate) fn finalize(io: &IoCtx, names: &VmNames, req: &VmStorageRequest) -> R
 
     let images = wanted
         .iter()
-        .map(|n| observe_image(io, n)?.ok_or_else(|| StorageError::internal(format!("{n} vanished"))))
+        .zip(known.observed)
+        .map(|(n, seen)| match seen {
+            Some(seen) => Ok(seen),
+            None => observe_image(io, n)?.ok_or_else(|| StorageError::internal(format!("{n} vanished"))),
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Finalized {
         images,

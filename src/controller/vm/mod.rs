@@ -103,14 +103,9 @@ pub fn error_policy(vm: Arc<VirtualMachine>, err: &ReconcileError, ctx: Arc<Cont
     Action::requeue(delay)
 }
 
-async fn publish(
-    ctx: &Context,
-    vm: &VirtualMachine,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
+/// Publishes an Event without waiting for it: Events tell people what happened and are never
+/// what the next step waits for, so they stay off the path from apply to Started.
+fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, action: &str, note: String) {
     let event = Event {
         type_,
         reason: reason.into(),
@@ -118,9 +113,15 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(err) = ctx.recorder.publish(&event, &vm.object_ref(&())).await {
-        warn!(error = %err, "publishing event failed");
-    }
+    let (recorder, reference) = (ctx.recorder.clone(), vm.object_ref(&()));
+    tokio::spawn(
+        async move {
+            if let Err(err) = recorder.publish(&event, &reference).await {
+                warn!(error = %err, "publishing event failed");
+            }
+        }
+        .in_current_span(),
+    );
 }
 
 async fn apply(
@@ -169,8 +170,7 @@ async fn apply(
                 err.reason(),
                 "Validate",
                 err.to_string(),
-            )
-            .await;
+            );
             if err.is_retryable() {
                 return Err(err.into());
             }
@@ -182,8 +182,13 @@ async fn apply(
                 && ctx
                     .storage_checks
                     .fresh(&uid, generation, ctx.settings.storage_recheck);
-            if fresh {
-                StorageOutcome::Ready(previous.storage.clone().expect("checked above"))
+            let recorded = if fresh {
+                previous.storage.clone()
+            } else {
+                still_present(vm, ctx, &plan.request).await
+            };
+            if let Some(recorded) = recorded {
+                StorageOutcome::Ready(recorded)
             } else {
                 let (progress, reporter) = import_progress_reporter(api.clone(), vm.name_any());
                 let ensured = storage::ensure_storage(&ctx.storage, &plan.request, move |p| {
@@ -207,7 +212,7 @@ async fn apply(
                                     observation.images.len()
                                 )
                             };
-                            publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note).await;
+                            publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note);
                         }
                         for warning in &observation.warnings {
                             publish(
@@ -217,8 +222,7 @@ async fn apply(
                                 "StorageWarning",
                                 "CreateStorage",
                                 warning.clone(),
-                            )
-                            .await;
+                            );
                         }
                         StorageOutcome::Ready(observation.to_status())
                     }
@@ -243,8 +247,7 @@ async fn apply(
                             err.reason(),
                             "CreateStorage",
                             err.to_string(),
-                        )
-                        .await;
+                        );
                         if err.is_retryable() {
                             return Err(err.into());
                         }
@@ -262,13 +265,58 @@ async fn apply(
     } else {
         schedule(vm, ctx, plan.memory_mib, &others)
     };
-    if let Scheduling::Placed(node) = &scheduling {
-        ctx.placements.set(&uid, node);
-        hand_over(vm, ctx, api, node).await?;
-    }
+    // The agent follows the label alone, so the label and the status are written at once.
+    let label = async {
+        match &scheduling {
+            Scheduling::Placed(node) => {
+                ctx.placements.set(&uid, node);
+                hand_over(vm, ctx, api, node).await
+            }
+            _ => Ok(()),
+        }
+    };
     ctx.failures.reset(&uid);
-    write_status(vm, api, &storage_outcome, &scheduling, Some(plan.uuid)).await?;
+    let status = write_status(vm, api, &storage_outcome, &scheduling, Some(plan.uuid));
+    tokio::try_join!(label, status)?;
     Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// The storage recorded in the status by an earlier run (another process, before a restart or
+/// a leader change) for this generation, when every image of it is still listed in Ceph; the
+/// VM's check is then counted as done. `None`: check Ceph in full.
+async fn still_present(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    request: &storage::VmStorageRequest,
+) -> Option<crate::api::StorageStatus> {
+    if ctx
+        .storage_checks
+        .seen(&vm.metadata.uid.clone().unwrap_or_default())
+    {
+        return None;
+    }
+    let names = ctx.storage.vm_names(&request.kube_namespace, &request.name);
+    let expected = names.images(request.disks.len() - 1);
+    let recorded = status::recorded_storage(vm, &ctx.storage.pool, &names.rbd_namespace, &expected)?;
+    let listing = match ctx
+        .image_listings
+        .get(&ctx.storage, &request.kube_namespace)
+        .await
+    {
+        Ok(listing) => listing,
+        Err(err) => {
+            warn!(error = %err, "listing the namespace's images failed; checking the VM's storage in full");
+            return None;
+        }
+    };
+    if !expected.iter().all(|image| listing.contains(image)) {
+        return None;
+    }
+    ctx.storage_checks.record(
+        &vm.metadata.uid.clone().unwrap_or_default(),
+        vm.metadata.generation.unwrap_or_default(),
+    );
+    Some(recorded.clone())
 }
 
 /// Field manager of `status.import`, separate from the controller's so that progress patches
@@ -350,8 +398,7 @@ async fn hand_over(
             "Scheduled",
             "Place",
             format!("placed on hypervisor {node}"),
-        )
-        .await;
+        );
     }
     Ok(())
 }
@@ -526,8 +573,7 @@ async fn cleanup(
                     ctx.storage.pool,
                     names.rbd_namespace
                 ),
-            )
-            .await;
+            );
         }
         DeletionPolicy::Delete => {
             match storage::delete_storage(&ctx.storage, &namespace, &vm.name_any(), &uid).await {
@@ -539,8 +585,7 @@ async fn cleanup(
                         "StorageDeleted",
                         "Delete",
                         "RBD snapshots, images and group removed".into(),
-                    )
-                    .await;
+                    );
                 }
                 Err(err) => {
                     let outcome = StorageOutcome::Failing {
@@ -556,8 +601,7 @@ async fn cleanup(
                         err.reason(),
                         "Delete",
                         err.to_string(),
-                    )
-                    .await;
+                    );
                     return Err(err.into());
                 }
             }

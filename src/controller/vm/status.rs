@@ -190,3 +190,89 @@ pub fn differs(vm: &VirtualMachine, new: &VirtualMachineStatus) -> bool {
         || old.storage != new.storage
         || old.conditions != new.conditions
 }
+
+/// The storage a previous run recorded as ready for this very generation, if it matches the
+/// layout the plan expects: after a restart it is trusted once every image is found in one
+/// listing of the namespace, instead of reading each VM's images again (the full check comes
+/// back after the storage recheck interval).
+pub fn recorded_storage<'a>(
+    vm: &'a VirtualMachine,
+    pool: &str,
+    rbd_namespace: &str,
+    expected_images: &[String],
+) -> Option<&'a StorageStatus> {
+    let status = vm.status.as_ref()?;
+    let storage = status.storage.as_ref()?;
+    let ready = conditions::find(&status.conditions, ct::STORAGE_READY)?;
+    let same_generation =
+        ready.observed_generation.is_some() && ready.observed_generation == vm.metadata.generation;
+    let same_layout = storage.pool == pool
+        && storage.namespace == rbd_namespace
+        && storage.images.len() == expected_images.len()
+        && storage
+            .images
+            .iter()
+            .zip(expected_images)
+            .all(|(i, e)| &i.name == e);
+    (ready.status == "True" && same_generation && same_layout).then_some(storage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ImageStatus;
+
+    fn vm(generation: i64, ready: bool, observed: i64, images: &[&str]) -> VirtualMachine {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "vm", "namespace": "ns", "generation": generation},
+            "spec": {"xml": "<domain/>", "systemDisk": {"size": "1Mi", "source": {"blank": {}}}}
+        }))
+        .unwrap();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let condition = conditions::merge(
+            &[],
+            &[Desired::new(ct::STORAGE_READY, ready, "R", "m")],
+            Some(observed),
+            &now,
+        );
+        vm.status = Some(VirtualMachineStatus {
+            storage: Some(StorageStatus {
+                pool: "rbd".into(),
+                namespace: "ns".into(),
+                group: "vm".into(),
+                images: images
+                    .iter()
+                    .map(|n| ImageStatus {
+                        name: n.to_string(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            conditions: condition,
+            ..Default::default()
+        });
+        vm
+    }
+
+    #[test]
+    fn recorded_storage_is_trusted_only_for_the_same_generation_and_layout() {
+        let expected = ["system_vm".to_string()];
+        assert!(recorded_storage(&vm(3, true, 3, &["system_vm"]), "rbd", "ns", &expected).is_some());
+        // The spec changed since: read Ceph.
+        assert!(recorded_storage(&vm(4, true, 3, &["system_vm"]), "rbd", "ns", &expected).is_none());
+        assert!(recorded_storage(&vm(3, false, 3, &["system_vm"]), "rbd", "ns", &expected).is_none());
+        // Another pool, namespace or set of images than the plan's.
+        assert!(recorded_storage(&vm(3, true, 3, &["system_vm"]), "other", "ns", &expected).is_none());
+        assert!(recorded_storage(&vm(3, true, 3, &["system_vm"]), "rbd", "", &expected).is_none());
+        assert!(
+            recorded_storage(
+                &vm(3, true, 3, &["system_vm", "data_vm_0"]),
+                "rbd",
+                "ns",
+                &expected
+            )
+            .is_none()
+        );
+    }
+}
