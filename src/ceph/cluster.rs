@@ -99,6 +99,7 @@ impl Cluster {
         }
         // SAFETY: `raw` is a configured, unconnected handle.
         check(OP, &target, unsafe { rados::rados_connect(raw) })?;
+        super::process_exit::end_process_before_ceph_teardown();
         Ok(Cluster {
             inner: Arc::new(handle),
         })

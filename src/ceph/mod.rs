@@ -28,7 +28,9 @@
 //!   [`Cluster::blocklist_list`];
 //! - a read at or past the end is `EINVAL` in librbd: [`Image::read_at`] returns 0 there;
 //! - a null string passed where librbd builds a `std::string` throws a C++ exception that
-//!   aborts the process: every string argument here is a real C string.
+//!   aborts the process: every string argument here is a real C string;
+//! - librados's threads outlive `main` and crash on the library's static destructors: once a
+//!   cluster is connected, the process ends with `_exit` (see `process_exit.rs`).
 //!
 //! Every `unsafe` block of the crate's Ceph access lives in this module's files, each with the
 //! reason it is sound; handles are freed on drop and every librbd list is released with its
@@ -42,6 +44,7 @@ mod group;
 mod image;
 mod lock;
 mod metadata;
+mod process_exit;
 mod snapshot;
 
 pub use clone::{LinkedImage, ParentInfo};

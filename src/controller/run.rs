@@ -15,8 +15,9 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::api::{Hypervisor, VirtualMachine};
+use crate::api::{DesiredState, Hypervisor, VirtualMachine, condition_types as ct};
 use crate::ceph::{Cluster, ClusterConfig};
+use crate::controller::conditions;
 use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
 use crate::controller::storage::{self, StorageContext};
 use crate::controller::vm;
@@ -87,16 +88,23 @@ async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerEr
         })
 }
 
-/// VMs that wait for a hypervisor: not placed yet (a hypervisor becoming Ready may take them),
-/// or moving (the old node's heartbeat may show it let go).
+/// VMs that wait for a hypervisor: storage ready but not placed yet (a hypervisor becoming
+/// Ready may take them), or moving (the old node's heartbeat may show it let go). A VM whose
+/// storage is failing is not one of them: its retries keep their back-off instead of following
+/// every heartbeat.
 fn waiting_for_a_hypervisor(vms: &reflector::Store<VirtualMachine>) -> Vec<ObjectRef<VirtualMachine>> {
     vms.state()
         .iter()
         .filter(|vm| {
-            let status = vm.status.as_ref();
-            let node = status.and_then(|s| s.node.as_ref());
-            let reported_from = status.and_then(|s| s.domain.as_ref()).map(|d| &d.node);
-            node.is_none() || reported_from.is_some_and(|from| Some(from) != node)
+            let Some(status) = vm.status.as_ref() else {
+                return false;
+            };
+            let node = status.node.as_ref();
+            let reported_from = status.domain.as_ref().map(|d| &d.node);
+            let unplaced = node.is_none()
+                && vm.spec.state != DesiredState::Disabled
+                && conditions::is_true(&status.conditions, ct::STORAGE_READY);
+            unplaced || reported_from.is_some_and(|from| Some(from) != node)
         })
         .map(|vm| ObjectRef::from_obj(vm.as_ref()))
         .collect()

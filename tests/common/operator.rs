@@ -47,8 +47,22 @@ fn node_files() -> Vec<String> {
         .collect()
 }
 
+/// What a test binary may change in the operator it runs.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Run the snapshot, restore and schedule controllers in the controller too.
+    pub snapshots: bool,
+    /// librados options of the controller (after its own, so they override them).
+    pub ceph_options: Vec<(String, String)>,
+}
+
 /// Starts the controller and two agents the first time it is called.
 pub fn operator(prefix: &str) -> &'static Operator {
+    operator_with(prefix, Options::default())
+}
+
+/// [`operator`] with options (those of the first call of the binary apply).
+pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let ceph_conf = testbed_env("CEPH_CONF");
         let pool = testbed_env("SEAPATH_CEPH_POOL");
@@ -63,7 +77,7 @@ pub fn operator(prefix: &str) -> &'static Operator {
         let controller_config = ControllerConfig {
             ceph_conf: ceph_conf.clone().into(),
             ceph_client: client_id.clone(),
-            ceph_options: vec![],
+            ceph_options: options.ceph_options.clone(),
             pool: pool.clone(),
             namespace_map: NamespaceMap::default(),
             policy: PolicyConfig {
@@ -76,8 +90,9 @@ pub fn operator(prefix: &str) -> &'static Operator {
             heartbeat_timeout: Duration::from_secs(8),
             resync: Duration::from_secs(300),
             import_dirs: vec![import_dir()],
-            // Tests of snapshots start those controllers themselves, at the moment they choose.
-            snapshots: false,
+            // Tests of snapshots mostly start those controllers themselves, at the moment they
+            // choose.
+            snapshots: options.snapshots,
             instance: format!("{prefix}-controller"),
         };
         let agents: Vec<AgentConfig> = nodes
