@@ -89,9 +89,10 @@ async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let client = kube_client(args.common.kubeconfig.as_ref()).await?;
     let ready = Readiness::new();
     let stop = shutdown_channel();
-    serve_http(&args.common, Metrics::new(), ready.clone(), stop.clone()).await?;
+    let config = args.config();
+    serve_http(&args.common, config.metrics.clone(), ready.clone(), stop.clone()).await?;
     ready.set_ready(true, "running");
-    seapath_operator::agent::run(client, args.config(), wait_for(stop)).await?;
+    seapath_operator::agent::run(client, config, wait_for(stop)).await?;
     Ok(())
 }
 

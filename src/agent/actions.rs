@@ -107,7 +107,7 @@ pub fn observe(
 
 /// Defines (or redefines in place) the domain from prepared XML.
 pub fn define(hv: &Hypervisor, stats: &AgentStats, context: &str, xml: &str) -> Result<Uuid, AgentError> {
-    stats.libvirt_write();
+    stats.libvirt_write("define");
     let domain = hv
         .define_domain(xml, DefineOptions::default())
         .map_err(lv(context))?;
@@ -118,7 +118,7 @@ pub fn define(hv: &Hypervisor, stats: &AgentStats, context: &str, xml: &str) -> 
 /// Starts the domain `name`.
 pub fn start(hv: &Hypervisor, stats: &AgentStats, context: &str, name: &str) -> Result<(), AgentError> {
     let domain = hv.lookup_domain(name).map_err(lv(context))?;
-    stats.libvirt_write();
+    stats.libvirt_write("start");
     domain.start().map_err(lv(context))
 }
 
@@ -134,7 +134,7 @@ pub fn stop(
     let Some(domain) = hv.find_domain(name).map_err(lv(context))? else {
         return Ok(ShutdownOutcome::AlreadyOff);
     };
-    stats.libvirt_write();
+    stats.libvirt_write("shutdown");
     domain.shutdown_with_timeout(timeout).map_err(lv(context))
 }
 
@@ -143,7 +143,7 @@ pub fn destroy(hv: &Hypervisor, stats: &AgentStats, context: &str, name: &str) -
     let Some(domain) = hv.find_domain(name).map_err(lv(context))? else {
         return Ok(());
     };
-    stats.libvirt_write();
+    stats.libvirt_write("destroy");
     match domain.destroy() {
         Ok(()) => Ok(()),
         Err(e) if e.is_operation_invalid() && !domain.state().map_err(lv(context))?.state.is_active() => {
@@ -158,7 +158,7 @@ pub fn undefine(hv: &Hypervisor, stats: &AgentStats, context: &str, name: &str) 
     let Some(domain) = hv.find_domain(name).map_err(lv(context))? else {
         return Ok(());
     };
-    stats.libvirt_write();
+    stats.libvirt_write("undefine");
     match domain.undefine(undefine_options(hv)) {
         Ok(()) => Ok(()),
         Err(e) if e.is_no_domain() => Ok(()),

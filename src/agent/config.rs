@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::backoff::RestartPolicy;
 use super::error::AgentError;
+use crate::metrics::Metrics;
 use crate::naming::NamespaceMap;
 
 /// Default interval between two `Hypervisor` heartbeats.
@@ -102,6 +103,8 @@ pub struct AgentConfig {
     pub stable_period: Option<Duration>,
     /// Graceful shutdown time for domains whose VirtualMachine is gone.
     pub default_stop_timeout: Duration,
+    /// Where the agent counts its libvirt writes (the registry its `/metrics` serves).
+    pub metrics: Metrics,
 }
 
 impl AgentConfig {
@@ -119,6 +122,7 @@ impl AgentConfig {
             max_consecutive_failures: DEFAULT_MAX_CONSECUTIVE_FAILURES,
             stable_period: None,
             default_stop_timeout: DEFAULT_STOP_TIMEOUT,
+            metrics: Metrics::new(),
         }
     }
 

@@ -11,11 +11,14 @@ use super::config::{CephConfig, CephSecretConfig};
 use super::error::AgentError;
 use crate::ceph::{CephError, Cluster, ClusterConfig};
 use crate::libvirt::{CephSecretSpec, Hypervisor};
+use crate::metrics::Metrics;
 use crate::naming::META_XML;
 
-/// Counters of what the agent did; shared with [`super::Agent::stats`].
+/// Counters of what the agent did; shared with [`super::Agent::stats`]. libvirt writes are
+/// also counted, by operation, in the agent's `/metrics`.
 #[derive(Debug, Default)]
 pub struct AgentStats {
+    metrics: Option<Metrics>,
     libvirt_writes: AtomicU64,
     vm_status_writes: AtomicU64,
     hypervisor_status_writes: AtomicU64,
@@ -50,8 +53,19 @@ impl AgentStats {
         }
     }
 
-    pub(crate) fn libvirt_write(&self) {
+    /// Counters that also feed `metrics`.
+    pub(crate) fn with_metrics(metrics: Metrics) -> Self {
+        AgentStats {
+            metrics: Some(metrics),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn libvirt_write(&self, op: &str) {
         self.libvirt_writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            metrics.libvirt_write(op);
+        }
     }
 
     pub(crate) fn vm_status_write(&self) {
@@ -181,7 +195,7 @@ impl Libvirt {
             let spec = CephSecretSpec::new(secret.usage_name.clone())
                 .with_uuid(secret.uuid)
                 .with_description("Ceph key of the SEAPATH operator's VMs");
-            stats.libvirt_write();
+            stats.libvirt_write("define_secret");
             hv.ensure_ceph_secret(&spec, &secret.key_base64)
                 .map_err(|e| AgentError::libvirt("Ceph secret", e))?;
             Ok(true)

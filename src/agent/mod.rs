@@ -133,11 +133,12 @@ impl Agent {
     /// Checks the configuration.
     pub fn new(client: Client, config: AgentConfig) -> Result<Self, AgentError> {
         config.validate()?;
+        let stats = Arc::new(AgentStats::with_metrics(config.metrics.clone()));
         Ok(Agent {
             client,
             config,
             connection: None,
-            stats: Arc::default(),
+            stats,
         })
     }
 
