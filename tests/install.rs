@@ -250,7 +250,7 @@ fn roles_grant_exactly_what_the_operator_uses() {
         expected(&[
             (
                 &format!("{g}/virtualmachines"),
-                &["get", "list", "watch", "patch"]
+                &["get", "list", "watch", "create", "patch"]
             ),
             (&format!("{g}/virtualmachines/status"), &["patch"]),
             (&format!("{g}/hypervisors"), &["get", "list", "watch"]),

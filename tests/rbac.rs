@@ -256,13 +256,27 @@ async fn what_the_operator_must_not_do_is_forbidden() {
                 .await,
             &format!("{who} listing ConfigMaps"),
         );
-        // VMs: no create, no delete.
+        // VMs: no create (the controller: only a restore's copy, below), no delete.
         let other: VirtualMachine =
             serde_json::from_value(vm_manifest("intruder", &vm_namespace, None, "")).unwrap();
         let client_vms: Api<VirtualMachine> = Api::namespaced(client.clone(), &vm_namespace);
         refused(
             client_vms.create(&PostParams::default(), &other).await,
             &format!("{who} creating a VM"),
+        );
+        // Marked as a restore's, but with a disk that is not a copy of a snapshot.
+        let mut marked = other.clone();
+        marked.metadata.name = Some("intrudertwo".into());
+        marked.metadata.annotations = Some(
+            [(
+                seapath_operator::api::RESTORE_UID_ANNOTATION.to_string(),
+                "uid".to_string(),
+            )]
+            .into(),
+        );
+        refused(
+            client_vms.create(&PostParams::default(), &marked).await,
+            &format!("{who} creating a VM marked as a restore's with a blank disk"),
         );
         refused(
             client_vms.delete(&vm_name, &DeleteParams::default()).await,
@@ -351,6 +365,20 @@ async fn what_the_operator_must_not_do_is_forbidden() {
             .await
             .unwrap_or_else(|e| panic!("an administrator may change spec.{field}: {e}"));
     }
+    // The one VM the controller may create: a restore's copy, every disk from a snapshot.
+    let mut copy = vm_manifest("restored", &vm_namespace, None, "");
+    copy["metadata"]["annotations"] =
+        json!({seapath_operator::api::RESTORE_UID_ANNOTATION: "uid-of-a-restore"});
+    copy["spec"]["systemDisk"] = json!({"source": {"vm": {"name": vm_name, "snapshot": "before"}}});
+    let copy: VirtualMachine = serde_json::from_value(copy).unwrap();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    controller_vms
+        .create(&dry_run, &copy)
+        .await
+        .expect("the controller may create the new VM of a restore");
     // The agent may not patch a VM at all (status only).
     let agent_vms: Api<VirtualMachine> = Api::namespaced(agent.clone(), &vm_namespace);
     refused(

@@ -771,3 +771,242 @@ async fn invalid_cron_and_time_zone() {
             .any(|c| c.type_ == "Stalled" && c.status == "True")
     );
 }
+
+fn unmanaged(vm: &VirtualMachine) -> Vec<(String, Vec<String>)> {
+    vm.status
+        .iter()
+        .flat_map(|s| &s.unmanaged_snapshots)
+        .map(|u| (u.name.clone(), u.images.clone()))
+        .collect()
+}
+
+fn pair(name: &str, images: &[&str]) -> (String, Vec<String>) {
+    (name.to_string(), images.iter().map(|i| i.to_string()).collect())
+}
+
+/// Snapshots taken with rbd (as vm_manager does) show on the VM's status; one on every image
+/// is adopted (its ids recorded, owned from then on: deleting the object removes it); one
+/// missing on an image is refused and left alone.
+#[tokio::test]
+async fn snapshots_taken_outside_are_listed_and_adopted() {
+    let env = setup("snap-adopt").await;
+    create_vm(&env.vms, "guest", 1, "Started", Phase::Started).await;
+    let io = rbd(&env.namespace);
+    for image in ["system_guest", "data_guest_0"] {
+        io.open_image(image).unwrap().snap_create("manual").unwrap();
+    }
+    io.open_image("system_guest")
+        .unwrap()
+        .snap_create("partial")
+        .unwrap();
+    let id_of = |image: &str, name: &str| {
+        io.open_image(image)
+            .unwrap()
+            .snap_list()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map(|s| s.id as i64)
+            .expect("snapshot taken")
+    };
+    let manual_ids = [id_of("system_guest", "manual"), id_of("data_guest_0", "manual")];
+    let partial_id = id_of("system_guest", "partial");
+
+    // A snapshot of the operator's own is not listed.
+    env.snaps
+        .create(&PostParams::default(), &snapshot("ours", "guest", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "ours", SnapshotPhase::Ready).await;
+    let expected = vec![
+        pair("manual", &["system_guest", "data_guest_0"]),
+        pair("partial", &["system_guest"]),
+    ];
+    // Refreshed on changes of the VM's snapshot objects, and every minute.
+    let vm = wait_for_within(
+        &env.vms,
+        "guest",
+        "the unmanaged snapshots listed",
+        Duration::from_secs(150),
+        |vm| unmanaged(vm) == expected,
+    )
+    .await;
+    let listed = &vm.status.as_ref().unwrap().unmanaged_snapshots;
+    assert!(listed.iter().all(|u| u.creation_time.is_some()), "{listed:#?}");
+    let managers: Vec<String> = vm
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        managers.iter().any(|m| m == "seapath-snapshot-inventory"),
+        "{managers:?}"
+    );
+
+    // Adopt the complete one.
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot(
+                "adopted",
+                "guest",
+                json!({"snapshotName": "manual", "adopt": true}),
+            ),
+        )
+        .await
+        .unwrap();
+    let adopted = wait_snap_phase(&env, "adopted", SnapshotPhase::Ready).await;
+    let st = adopted.status.clone().unwrap();
+    assert!(st.ready_to_use);
+    assert_eq!(st.snapshot_name.as_deref(), Some("manual"));
+    assert!(st.creation_time.is_some());
+    let ids: Vec<Option<i64>> = st.disks.iter().map(|d| d.snapshot_id).collect();
+    assert_eq!(ids, [Some(manual_ids[0]), Some(manual_ids[1])]);
+    assert_eq!(st.disks[0].size_bytes, Some(16 << 20));
+    assert_eq!(snap_ready(&adopted).unwrap().status, "True");
+    wait_for_within(
+        &env.vms,
+        "guest",
+        "the adopted snapshot out of the list",
+        Duration::from_secs(150),
+        |vm| unmanaged(vm) == [pair("partial", &["system_guest"])],
+    )
+    .await;
+
+    // The incomplete one: refused, nothing touched.
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot(
+                "incomplete",
+                "guest",
+                json!({"snapshotName": "partial", "adopt": true}),
+            ),
+        )
+        .await
+        .unwrap();
+    let refused = wait_snap_phase(&env, "incomplete", SnapshotPhase::Failed).await;
+    let reason = snap_ready(&refused).unwrap();
+    assert_eq!(reason.reason, "SnapshotIncomplete");
+    assert!(reason.message.contains("data_guest_0"), "{}", reason.message);
+    assert!(refused.status.unwrap().disks.is_empty());
+    let mut system = snap_names(&io, "system_guest");
+    system.sort();
+    assert_eq!(system, ["manual", "ours", "partial"]);
+    let mut data = snap_names(&io, "data_guest_0");
+    data.sort();
+    assert_eq!(data, ["manual", "ours"]);
+    env.snaps
+        .delete("incomplete", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "incomplete").await;
+    assert!(snap_names(&io, "system_guest").contains(&"partial".to_string()));
+
+    // Owned from now on: deleting the object removes the adopted snapshot from every image.
+    env.snaps
+        .delete("adopted", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "adopted").await;
+    assert!(!snap_names(&io, "system_guest").contains(&"manual".to_string()));
+    assert!(!snap_names(&io, "data_guest_0").contains(&"manual".to_string()));
+    assert_eq!(
+        id_of("system_guest", "partial"),
+        partial_id,
+        "the unadopted one is untouched"
+    );
+}
+
+/// A restore with a target makes a new VM from the snapshot; the source keeps its current
+/// content and keeps running. A target name already taken is refused.
+#[tokio::test]
+async fn restore_into_a_new_vm() {
+    let env = setup("snap-newvm").await;
+    let source = create_vm(&env.vms, "src", 1, "Started", Phase::Started).await;
+    let io = rbd(&env.namespace);
+    write_marker(&io, "system_src", b"GOOD");
+    write_marker(&io, "data_src_0", b"DATA");
+    env.snaps
+        .create(&PostParams::default(), &snapshot("before", "src", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "before", SnapshotPhase::Ready).await;
+    write_marker(&io, "system_src", b"BAD!");
+
+    let into = |name: &str, target: &str| -> VirtualMachineRestore {
+        serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineRestore",
+            "metadata": {"name": name},
+            "spec": {"vmName": "src", "snapshot": "before", "target": {"name": target}}
+        }))
+        .unwrap()
+    };
+    // Checked at admission: a VM name, not the source's.
+    for bad in ["Copy", "copy-1", "src"] {
+        let err = env
+            .restores
+            .create(&PostParams::default(), &into("bad", bad))
+            .await
+            .expect_err("invalid target name");
+        assert!(err.to_string().contains("target.name"), "{bad}: {err}");
+    }
+
+    // A VM that already has the name is not this restore's: refused, left alone.
+    let taken = create_vm(&env.vms, "taken", 0, "Stopped", Phase::Stopped).await;
+    env.restores
+        .create(&PostParams::default(), &into("clash", "taken"))
+        .await
+        .unwrap();
+    let clash = wait_restore_phase(&env, "clash", RestorePhase::Failed).await;
+    assert_eq!(restore_ready(&clash).unwrap().reason, "TargetExists");
+    let after = env.vms.get("taken").await.unwrap();
+    assert_eq!(after.metadata.generation, taken.metadata.generation);
+    assert!(after.spec.system_disk.source.blank.is_some());
+
+    env.restores
+        .create(&PostParams::default(), &into("tonew", "copy"))
+        .await
+        .unwrap();
+    let done = wait_for_within(
+        &env.restores,
+        "tonew",
+        "Succeeded",
+        Duration::from_secs(120),
+        |r| restore_phase(r) == Some(RestorePhase::Succeeded),
+    )
+    .await;
+    let rs = done.status.clone().unwrap();
+    assert_eq!(rs.target_vm.as_deref(), Some("copy"));
+    assert_eq!(rs.snapshot_name.as_deref(), Some("before"));
+    assert!(rs.rolled_back.is_empty());
+    assert_eq!(restore_ready(&done).unwrap().status, "True");
+
+    let copy = env.vms.get("copy").await.unwrap();
+    assert_eq!(
+        copy.labels()
+            .get("seapath.lfenergy.org/restore")
+            .map(String::as_str),
+        Some("tonew")
+    );
+    assert_eq!(copy.spec.state, DesiredState::Started);
+    assert_eq!(read_marker(&io, "system_copy", 4), b"GOOD");
+    assert_eq!(read_marker(&io, "data_copy_0", 4), b"DATA");
+    // The new VM runs beside the source, with a UUID of its own.
+    let copy = wait_for(&env.vms, "copy", "phase Started", |vm| {
+        vm_phase(vm) == Some(Phase::Started)
+    })
+    .await;
+    let uuid = |vm: &VirtualMachine| vm.status.as_ref().and_then(|s| s.domain_uuid.clone());
+    assert!(uuid(&copy).is_some());
+    assert_ne!(uuid(&copy), uuid(&source));
+
+    // The source: its current content, still Started, never disabled.
+    assert_eq!(read_marker(&io, "system_src", 4), b"BAD!");
+    let src = env.vms.get("src").await.unwrap();
+    assert_eq!(src.spec.state, DesiredState::Started);
+    assert_eq!(vm_phase(&src), Some(Phase::Started));
+    assert_eq!(src.metadata.generation, source.metadata.generation);
+}

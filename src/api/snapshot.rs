@@ -26,6 +26,11 @@ pub const SCHEDULED_TIME_ANNOTATION: &str = "seapath.lfenergy.org/scheduled-time
 pub const SNAPSHOT_FINALIZER: &str = "seapath.lfenergy.org/snapshot";
 /// Finalizer of restores: a restore deleted half-way brings the VM back first.
 pub const RESTORE_FINALIZER: &str = "seapath.lfenergy.org/restore";
+/// Label on a VirtualMachine a restore created: the restore's name.
+pub const RESTORE_LABEL: &str = "seapath.lfenergy.org/restore";
+/// Annotation on a VirtualMachine a restore created: the restore's UID (what tells the VM the
+/// restore made from one that happens to have the target name).
+pub const RESTORE_UID_ANNOTATION: &str = "seapath.lfenergy.org/restore-uid";
 
 /// A Kubernetes-style duration: `30s`, `5m`, `1h30m`, `7d`, or `0`.
 const DURATION_RULE: &str = "self == '0' || self.matches('^([0-9]+(ms|s|m|h|d))+$')";
@@ -53,6 +58,7 @@ const DURATION_RULE: &str = "self == '0' || self.matches('^([0-9]+(ms|s|m|h|d))+
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name.matches('^[a-z0-9]+$')").message("the object name names the RBD snapshot, and SEAPATH allows only letters and digits there: use such a name or set spec.snapshotName"),
 )]
+#[x_kube(validation = Rule::new("(has(self.adopt) && self.adopt) == (has(oldSelf.adopt) && oldSelf.adopt)").message("spec.adopt is immutable"))]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineSnapshotSpec {
     /// The VirtualMachine (same namespace) to snapshot. Immutable.
@@ -84,6 +90,13 @@ pub struct VirtualMachineSnapshotSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("failureDeadline must be a duration such as 30s, 5m or 1h (0 for none)"))]
     pub failure_deadline: Option<String>,
+
+    /// Take over an RBD snapshot of that name that already exists on every image of the VM
+    /// (taken by `rbd snap create` or vm_manager) instead of taking one: the object records
+    /// its ids and owns it from then on (deleting the object removes it unless Retain). A
+    /// snapshot missing on any image fails the object, touching nothing. Immutable.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
 }
 
 /// What happens to the RBD snapshots when the object is deleted.
@@ -193,6 +206,7 @@ pub struct OperationError {
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.spec == oldSelf.spec").message("a VirtualMachineRestore's spec is immutable: create a new one"),
+    validation = Rule::new("!has(self.spec.target) || self.spec.target.name != self.spec.vmName").message("spec.target.name must differ from spec.vmName (omit target to roll the VM back in place)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineRestoreSpec {
@@ -202,6 +216,22 @@ pub struct VirtualMachineRestoreSpec {
     /// The VirtualMachineSnapshot (same namespace) to roll back to; it must be of this VM.
     #[schemars(length(min = 1, max = 253))]
     pub snapshot: String,
+    /// Restore into a new VirtualMachine instead of rolling `vmName` back: the new VM (same
+    /// namespace) gets the source's XML (without its `<uuid>`: it gets its own), metadata,
+    /// placement and desired state, and disks copied from the snapshot. The source VM is not
+    /// touched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RestoreTarget>,
+}
+
+/// The new VirtualMachine a restore creates.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreTarget {
+    /// Name of the new VirtualMachine; it must not exist yet. Same rules as VM names.
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]+$')").message("target.name must be a VirtualMachine name: lowercase letters and digits only"))]
+    pub name: String,
 }
 
 /// Steps of a restore.
@@ -216,6 +246,8 @@ pub enum RestorePhase {
     RollingBack,
     /// Disks rolled back; the VM's desired state is set back, waiting for it to be reached.
     Starting,
+    /// Restore into a new VM: the new VirtualMachine is created, waiting for its disks.
+    Creating,
     /// Done.
     Succeeded,
     /// Refused or failed (nothing was stopped when refused).
@@ -228,9 +260,13 @@ pub enum RestorePhase {
 pub struct VirtualMachineRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<RestorePhase>,
-    /// The VM's desired state before the restore, brought back at the end.
+    /// The VM's desired state before the restore, brought back at the end (restore into a new
+    /// VM: the desired state the new VM was given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_state: Option<DesiredState>,
+    /// Restore into a new VM: the VirtualMachine created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vm: Option<String>,
     /// The VM's `metadata.generation` once disabled (the agent's report must be at least it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_generation: Option<i64>,

@@ -314,6 +314,24 @@ pub struct VirtualMachineStatus {
     /// The libvirt domain as the node agent last observed it (written by the node agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<DomainStatus>,
+    /// User RBD snapshots on the VM's images that no VirtualMachineSnapshot claims (taken by
+    /// `rbd snap create` or vm_manager); a VirtualMachineSnapshot with `adopt: true` takes one
+    /// over. Written by the snapshot controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmanaged_snapshots: Vec<UnmanagedSnapshot>,
+}
+
+/// An RBD snapshot name found on the VM's images and claimed by no VirtualMachineSnapshot.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnmanagedSnapshot {
+    /// RBD snapshot name.
+    pub name: String,
+    /// The images that have it, system image first (all of the VM's images: adoptable).
+    pub images: Vec<String>,
+    /// When the last of them was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_time: Option<Time>,
 }
 
 /// The libvirt domain of a VM as observed by the agent of the node it is placed on.

@@ -418,6 +418,16 @@ pub fn extract_uuid(xml: &str) -> Result<Option<Uuid>, DomainXmlError> {
     domain_uuid(&doc.root)
 }
 
+/// `xml` without its `<uuid>`: the base XML of a copy of a VM, which must get a UUID of its own
+/// (two domains with one UUID cannot both be defined).
+pub fn without_uuid(xml: &str) -> Result<String, DomainXmlError> {
+    let mut doc = tree::parse(xml)?;
+    doc.root
+        .children
+        .retain(|c| !matches!(c, Node::Element(e) if e.is_plain("uuid")));
+    Ok(write::write_document(&doc))
+}
+
 /// The memory of a domain XML in KiB, as libvirt computes it: `<memory>` in its `unit`
 /// (default KiB, rounded up to whole KiB), or the sum of the NUMA cells when there are some.
 pub fn extract_memory_kib(xml: &str) -> Result<u64, DomainXmlError> {

@@ -1233,3 +1233,15 @@ fn policy_checks_report_parse_errors_as_such() {
         })
     );
 }
+
+#[test]
+fn copies_lose_only_their_uuid() {
+    let base = "<domain type='kvm'><name>a</name><uuid>6c0d3ef2-5b55-4a49-9c1c-6e2f5d0c8a11</uuid><memory unit='MiB'>64</memory><devices><serial type='pty'/></devices></domain>";
+    let copy = without_uuid(base).unwrap();
+    assert_eq!(extract_uuid(&copy).unwrap(), None);
+    assert!(copy.contains("<name>a</name>"));
+    assert!(copy.contains("<serial type='pty'/>"));
+    assert_eq!(extract_memory_kib(&copy).unwrap(), 64 * 1024);
+    // Without a <uuid>: unchanged apart from the layout.
+    assert_eq!(extract_uuid(&without_uuid(&copy).unwrap()).unwrap(), None);
+}

@@ -7,6 +7,8 @@
 //!   disable the VM, wait for the agent to report the domain gone, roll every disk back, set
 //!   the desired state back, wait for the VM to reach it.
 //! - [`schedule`]: `VirtualMachineSnapshotSchedule` -> cron-driven snapshots and retention.
+//! - [`inventory`]: `VirtualMachine` -> `status.unmanagedSnapshots`, the RBD snapshots of its
+//!   images that no VirtualMachineSnapshot claims (adoptable).
 //!
 //! # Crash safety
 //! Each step records its intent in the object's status before it acts, and every action is
@@ -21,6 +23,7 @@
 //! under the operator's leader election, so one process acts at a time.
 
 pub mod cron;
+pub mod inventory;
 pub mod rbd;
 pub mod restore;
 pub mod schedule;
@@ -103,6 +106,7 @@ pub struct Ctx {
     pub restores: Store<VirtualMachineRestore>,
     failures: FailureCounter,
     vm_locks: Mutex<HashMap<(String, String), VmLock>>,
+    inventory: inventory::Seen,
 }
 
 impl Ctx {
@@ -176,7 +180,7 @@ fn reset_failures<K: Resource>(ctx: &Ctx, obj: &K) {
     ctx.failures.reset(&obj.meta().uid.clone().unwrap_or_default());
 }
 
-/// Runs the snapshot, restore and schedule controllers until `shutdown` completes.
+/// Runs the snapshot, restore, schedule and inventory controllers until `shutdown` completes.
 pub async fn run(
     client: Client,
     storage: StorageContext,
@@ -212,6 +216,7 @@ pub async fn run(
         restores: restores.clone(),
         failures: FailureCounter::default(),
         vm_locks: Mutex::new(HashMap::new()),
+        inventory: inventory::Seen::default(),
     });
 
     // A VM's changes wake the snapshots and restores of that VM that are still at work.
@@ -245,7 +250,12 @@ pub async fn run(
                 restores_of_vm
                     .state()
                     .iter()
-                    .filter(|r| r.namespace() == ns && r.spec.vm_name == vm.name_any())
+                    .filter(|r| {
+                        let name = vm.name_any();
+                        r.namespace() == ns
+                            && (r.spec.vm_name == name
+                                || r.spec.target.as_ref().is_some_and(|t| t.name == name))
+                    })
                     .filter(|r| restore::is_active(r))
                     .map(|r| ObjectRef::from_obj(r.as_ref()))
                     .collect::<Vec<_>>()
@@ -268,11 +278,40 @@ pub async fn run(
                 })
             },
         )
-        .graceful_shutdown_on(shutdown)
-        .run(schedule::reconcile, error_policy, ctx)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(schedule::reconcile, error_policy, ctx.clone())
         .for_each(|_| async {});
 
-    tracing::info!("snapshot, restore and schedule controllers started");
-    futures::join!(snapshot_controller, restore_controller, schedule_controller);
-    tracing::info!("snapshot, restore and schedule controllers stopped");
+    // The unmanaged snapshots of each VM: on changes of its storage or of its snapshot
+    // objects, and every minute (snapshots taken or removed by hand leave no trace here).
+    // The debounce lets the snapshot controller's cache (which says what is claimed) catch up
+    // with the change that triggered the reconcile: it comes through another watch.
+    let inventory_controller = Controller::new(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
+    .watches(
+        Api::<VirtualMachineSnapshot>::all(client.clone()),
+        watcher::Config::default(),
+        |snap: VirtualMachineSnapshot| {
+            let ns = snap.namespace();
+            Some(
+                ObjectRef::<VirtualMachine>::new(&snap.spec.vm_name)
+                    .within(ns.as_deref().unwrap_or_default()),
+            )
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(inventory::reconcile, error_policy, ctx)
+    .for_each(|_| async {});
+
+    tracing::info!("snapshot, restore, schedule and inventory controllers started");
+    futures::join!(
+        snapshot_controller,
+        restore_controller,
+        schedule_controller,
+        inventory_controller
+    );
+    tracing::info!("snapshot, restore, schedule and inventory controllers stopped");
 }

@@ -12,15 +12,22 @@
 //! 4. `Starting`: sets `spec.state` back to `previousState`, waits for the VM to reach it.
 //! 5. `Succeeded`. The snapshot stays.
 //!
+//! With `spec.target`, the restore goes into a new VM instead, and the source VM is not
+//! touched: after the same checks, `Pending` creates the VirtualMachine `target.name` (marked
+//! with the restore's UID, so that a VM of that name it did not create is refused, and one it
+//! created before a crash is recognised), whose disks the VM controller copies from the
+//! source's at the snapshot; `Creating` waits for its StorageReady condition; `Succeeded`.
+//!
 //! Deleting a restore half-way: before the roll-back it just gives the VM its state back;
 //! during it, it finishes the roll-back first (a VM is never left with half its disks rolled
 //! back), then gives the VM its state back.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
@@ -30,9 +37,9 @@ use tracing::{Instrument, info, info_span};
 use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, RESTORE_FIELD_MANAGER, now, rbd, reset_failures, write_status};
 use crate::api::{
-    DesiredState, DomainState, OperationError, Phase, RESTORE_FINALIZER, RestorePhase, SnapshotPhase,
-    VirtualMachine, VirtualMachineRestore, VirtualMachineRestoreStatus, VirtualMachineSnapshot,
-    condition_types as ct,
+    DesiredState, Disk, DiskSource, DomainState, OperationError, Phase, RESTORE_FINALIZER, RESTORE_LABEL,
+    RESTORE_UID_ANNOTATION, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
+    VirtualMachineRestoreStatus, VirtualMachineSnapshot, VirtualMachineSpec, VmSource, condition_types as ct,
 };
 use crate::controller::conditions::{Desired, merge};
 use crate::controller::phase;
@@ -49,8 +56,68 @@ pub fn is_active(restore: &VirtualMachineRestore) -> bool {
                 | RestorePhase::Stopping
                 | RestorePhase::RollingBack
                 | RestorePhase::Starting
+                | RestorePhase::Creating
         )
     )
+}
+
+/// Whether `vm` is the one `restore` created (its UID annotation), not one that merely has
+/// the target name.
+pub fn created_by(vm: &VirtualMachine, restore: &VirtualMachineRestore) -> bool {
+    restore.metadata.uid.is_some()
+        && vm.annotations().get(RESTORE_UID_ANNOTATION) == restore.metadata.uid.as_ref()
+}
+
+/// The VirtualMachine a restore into a new VM creates: the source's configuration (its XML
+/// without `<uuid>`, so the copy gets a UUID of its own), each disk copied from the source's
+/// same disk at RBD snapshot `snapshot`. No owner reference: deleting the restore must never
+/// take the new VM's disks with it.
+pub fn target_vm(
+    restore: &VirtualMachineRestore,
+    source: &VirtualMachine,
+    target: &str,
+    snapshot: &str,
+) -> Result<VirtualMachine, crate::domain_xml::DomainXmlError> {
+    let copy = |disk: &Disk| Disk {
+        source: DiskSource {
+            http: None,
+            path: None,
+            rbd: None,
+            vm: Some(VmSource {
+                name: source.name_any(),
+                snapshot: Some(snapshot.to_owned()),
+            }),
+            golden: None,
+            blank: None,
+        },
+        // The copy has the size the disk had at the snapshot.
+        size: None,
+        bus: disk.bus,
+    };
+    let spec = &source.spec;
+    Ok(VirtualMachine {
+        metadata: ObjectMeta {
+            name: Some(target.to_owned()),
+            namespace: source.namespace(),
+            labels: Some(BTreeMap::from([(RESTORE_LABEL.to_owned(), restore.name_any())])),
+            annotations: Some(BTreeMap::from([(
+                RESTORE_UID_ANNOTATION.to_owned(),
+                restore.metadata.uid.clone().unwrap_or_default(),
+            )])),
+            ..Default::default()
+        },
+        spec: VirtualMachineSpec {
+            state: spec.state,
+            xml: crate::domain_xml::without_uuid(&spec.xml)?,
+            system_disk: copy(&spec.system_disk),
+            data_disks: spec.data_disks.iter().map(copy).collect(),
+            metadata: spec.metadata.clone(),
+            placement: spec.placement.clone(),
+            stop_timeout_seconds: spec.stop_timeout_seconds,
+            deletion_policy: spec.deletion_policy,
+        },
+        status: None,
+    })
 }
 
 /// Whether the agent confirmed that no domain of the VM is defined any more, for the VM's
@@ -78,6 +145,8 @@ pub fn competing(restore: &VirtualMachineRestore, all: &[Arc<VirtualMachineResto
     all.iter()
         .filter(|o| o.metadata.uid != restore.metadata.uid)
         .filter(|o| o.namespace() == restore.namespace() && o.spec.vm_name == restore.spec.vm_name)
+        // A restore into a new VM does not touch the source: it competes with none.
+        .filter(|o| o.spec.target.is_none())
         .filter(|o| is_active(o))
         .find(|o| {
             let phase = o.status.as_ref().and_then(|s| s.phase);
@@ -227,6 +296,7 @@ async fn apply(step: &Step<'_>) -> Result<Action, Error> {
         RestorePhase::Stopping => stopping(step, status).await,
         RestorePhase::RollingBack => rolling_back(step, status).await,
         RestorePhase::Starting => starting(step, status).await,
+        RestorePhase::Creating => creating(step, status).await,
     }
 }
 
@@ -303,7 +373,9 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
             )
             .await;
     }
-    if let Some(other) = competing(step.restore, &step.ctx.restores.state()) {
+    if spec.target.is_none()
+        && let Some(other) = competing(step.restore, &step.ctx.restores.state())
+    {
         return step
             .refuse(
                 status,
@@ -352,6 +424,9 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
             )
             .await;
     }
+    if let Some(target) = &spec.target {
+        return create_target(step, status, &vm, &target.name, &name).await;
+    }
     // Record the intent, then act.
     status.previous_state = Some(vm.spec.state);
     status.snapshot_name = Some(name.clone());
@@ -373,6 +448,156 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
         )
         .await;
     stopping(step, status).await
+}
+
+/// Restore into a new VM: creates it (or finds the one this restore created before a crash),
+/// then waits for its disks.
+async fn create_target(
+    step: &Step<'_>,
+    mut status: VirtualMachineRestoreStatus,
+    source: &VirtualMachine,
+    target: &str,
+    snapshot: &str,
+) -> Result<Action, Error> {
+    let existing = match step.vms.get_opt(target).await? {
+        Some(vm) => Some(vm),
+        None => {
+            let new = match target_vm(step.restore, source, target, snapshot) {
+                Ok(vm) => vm,
+                Err(e) => {
+                    return step
+                        .refuse(
+                            status,
+                            "InvalidSourceXml",
+                            format!(
+                                "the XML of VirtualMachine {} cannot be copied: {e}",
+                                source.name_any()
+                            ),
+                        )
+                        .await;
+                }
+            };
+            match step.vms.create(&PostParams::default(), &new).await {
+                Ok(_) => {
+                    info!(target, snapshot, "new VirtualMachine created from the snapshot");
+                    None
+                }
+                // Created meanwhile (by whom is checked below).
+                Err(kube::Error::Api(e)) if e.code == 409 => step.vms.get_opt(target).await?,
+                Err(kube::Error::Api(e)) if e.code == 422 => {
+                    return step
+                        .refuse(
+                            status,
+                            "TargetRejected",
+                            format!("VirtualMachine {target} cannot be created: {}", e.message),
+                        )
+                        .await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if let Some(vm) = existing
+        && !created_by(&vm, step.restore)
+    {
+        return step
+            .refuse(
+                status,
+                "TargetExists",
+                format!(
+                    "VirtualMachine {target} already exists and was not created by this restore; choose another target name"
+                ),
+            )
+            .await;
+    }
+    status.previous_state = Some(source.spec.state);
+    status.snapshot_name = Some(snapshot.to_owned());
+    status.target_vm = Some(target.to_owned());
+    status.start_time.get_or_insert_with(now);
+    let message = format!(
+        "VirtualMachine {target} created with the disks of {} at '{snapshot}'; waiting for its storage",
+        source.name_any()
+    );
+    let status = step
+        .write(status, RestorePhase::Creating, "Creating", &message)
+        .await?;
+    step.ctx
+        .publish(
+            step.restore,
+            EventType::Normal,
+            "TargetCreated",
+            "Restore",
+            message,
+        )
+        .await;
+    creating(step, status).await
+}
+
+/// Restore into a new VM: waits for the new VM's StorageReady.
+async fn creating(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let target = status
+        .target_vm
+        .clone()
+        .or_else(|| step.restore.spec.target.as_ref().map(|t| t.name.clone()))
+        .unwrap_or_default();
+    let vm = match step.vms.get_opt(&target).await? {
+        Some(vm) if created_by(&vm, step.restore) => vm,
+        Some(_) => {
+            return fail(
+                step,
+                status,
+                "TargetExists",
+                format!("VirtualMachine {target} was replaced by one this restore did not create"),
+            )
+            .await;
+        }
+        None => {
+            return fail(
+                step,
+                status,
+                "TargetDeleted",
+                format!("VirtualMachine {target} was deleted before its disks were ready"),
+            )
+            .await;
+        }
+    };
+    let conditions = vm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if !crate::controller::conditions::is_true(conditions, ct::STORAGE_READY) {
+        let detail = conditions
+            .iter()
+            .find(|c| c.type_ == ct::STORAGE_READY)
+            .map(|c| format!(" ({}: {})", c.reason, c.message))
+            .unwrap_or_default();
+        let message = format!("waiting for the disks of VirtualMachine {target}{detail}");
+        step.write(status, RestorePhase::Creating, "WaitingForStorage", &message)
+            .await?;
+        return Ok(Action::requeue(POLL));
+    }
+    status.completion_time = Some(now());
+    status.error = None;
+    let message = format!(
+        "VirtualMachine {target} has the disks of {} at '{}'",
+        step.restore.spec.vm_name,
+        status.snapshot_name.clone().unwrap_or_default()
+    );
+    step.write(status, RestorePhase::Succeeded, "Succeeded", &message)
+        .await?;
+    reset_failures(step.ctx, step.restore);
+    step.ctx.metrics.operation(KIND, "restore", "ok");
+    step.ctx
+        .publish(
+            step.restore,
+            EventType::Normal,
+            "RestoreSucceeded",
+            "Restore",
+            message,
+        )
+        .await;
+    Ok(Action::await_change())
 }
 
 async fn stopping(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
@@ -694,6 +919,7 @@ mod tests {
             VirtualMachineRestoreSpec {
                 vm_name: "vm1".into(),
                 snapshot: "s".into(),
+                target: None,
             },
         );
         r.metadata.namespace = Some("ns".into());
@@ -704,6 +930,47 @@ mod tests {
             ..Default::default()
         });
         Arc::new(r)
+    }
+
+    #[test]
+    fn the_new_vm_copies_the_source_at_the_snapshot() {
+        let mut source = vm(None, Some("hv1"), Some(Phase::Started), 1);
+        source.spec.xml = "<domain type='kvm'><name>vm1</name><uuid>6c0d3ef2-5b55-4a49-9c1c-6e2f5d0c8a11</uuid><memory unit='MiB'>64</memory></domain>".into();
+        source.spec.state = DesiredState::Stopped;
+        source.spec.data_disks = vec![source.spec.system_disk.clone()];
+        source.spec.data_disks[0].bus = crate::api::DiskBus::Scsi;
+        source.spec.metadata = BTreeMap::from([("site".to_string(), "a".to_string())]);
+        source
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert(crate::api::NODE_LABEL.into(), "hv1".into());
+        let mut r = (*restore("r", 1, None)).clone();
+        r.metadata.uid = Some("uid-r".into());
+        let new = target_vm(&r, &source, "copy", "before").unwrap();
+        assert_eq!(new.metadata.name.as_deref(), Some("copy"));
+        assert_eq!(new.metadata.namespace.as_deref(), Some("ns"));
+        assert!(created_by(&new, &r));
+        assert!(
+            !new.labels().contains_key(crate::api::NODE_LABEL),
+            "placement is the controller's"
+        );
+        assert_eq!(crate::domain_xml::extract_uuid(&new.spec.xml).unwrap(), None);
+        assert_eq!(new.spec.state, DesiredState::Stopped);
+        assert_eq!(new.spec.metadata, source.spec.metadata);
+        for disk in std::iter::once(&new.spec.system_disk).chain(&new.spec.data_disks) {
+            let from = disk.source.vm.as_ref().unwrap();
+            assert_eq!(
+                (from.name.as_str(), from.snapshot.as_deref()),
+                ("vm1", Some("before"))
+            );
+            assert!(disk.source.blank.is_none() && disk.size.is_none());
+        }
+        assert_eq!(new.spec.data_disks[0].bus, crate::api::DiskBus::Scsi);
+        // A VM of that name this restore did not create.
+        let mut other = new.clone();
+        other.metadata.annotations = None;
+        assert!(!created_by(&other, &r));
     }
 
     #[test]

@@ -366,6 +366,7 @@ async fn apply(
                         description: Some(format!("taken by schedule {}", schedule.name_any())),
                         deletion_policy: Default::default(),
                         failure_deadline: schedule.spec.snapshot_deadline.clone(),
+                        adopt: false,
                     },
                     status: None,
                 };

@@ -244,9 +244,11 @@ async fn take(
             Ok(found) => found,
             Err(e) => return storage_error(snap, ctx, writer, status, e).await,
         };
+        let mut existing = Vec::with_capacity(images.len());
         for (image, result) in images.iter().zip(found) {
             match result {
                 Err(e) => return storage_error(snap, ctx, writer, status, e).await,
+                Ok(Some(found)) if snap.spec.adopt => existing.push(found),
                 Ok(None) => {
                     let message = format!(
                         "waiting for image {image} of VirtualMachine {}",
@@ -266,6 +268,20 @@ async fn take(
                 }
                 Ok(Some(None)) => {}
             }
+        }
+        if snap.spec.adopt {
+            return match adoption(&images, &existing) {
+                Ok(disks) => adopt(snap, ctx, writer, status, &vm, &name, disks).await,
+                Err(missing) => {
+                    let message = format!(
+                        "RBD snapshot '{name}' is missing on image(s) {} of VirtualMachine {}: \
+                         only a snapshot present on every image can be adopted; nothing was touched",
+                        missing.join(", "),
+                        snap.spec.vm_name
+                    );
+                    fail(snap, ctx, writer, status, "SnapshotIncomplete", &message).await
+                }
+            };
         }
         status.snapshot_name = Some(name.clone());
         status.vm_uid = vm.metadata.uid.clone();
@@ -373,6 +389,72 @@ async fn take(
     reset_failures(ctx, snap);
     ctx.metrics.operation(KIND, "snapshot", "ok");
     ctx.publish(snap, EventType::Normal, "SnapshotReady", "Snapshot", message)
+        .await;
+    Ok(Action::requeue(VERIFY_EVERY))
+}
+
+/// The disks an adoption records (ids, sizes), or the images the snapshot is missing on.
+pub fn adoption(
+    images: &[String],
+    found: &[Option<crate::ceph::SnapInfo>],
+) -> Result<Vec<(SnapshotDiskStatus, SystemTime)>, Vec<String>> {
+    let missing: Vec<String> = images
+        .iter()
+        .zip(found)
+        .filter(|(_, f)| f.is_none())
+        .map(|(image, _)| image.clone())
+        .collect();
+    if !missing.is_empty() || images.len() != found.len() {
+        return Err(missing);
+    }
+    Ok(images
+        .iter()
+        .zip(found.iter().flatten())
+        .map(|(image, info)| {
+            (
+                SnapshotDiskStatus {
+                    image: image.clone(),
+                    snapshot_id: Some(info.id as i64),
+                    size_bytes: Some(i64::try_from(info.size).unwrap_or(i64::MAX)),
+                },
+                info.timestamp,
+            )
+        })
+        .collect())
+}
+
+/// Takes over a snapshot present on every image: its ids are recorded in one write, so from
+/// then on the object owns exactly those snapshots (a snapshot of that name made later, after
+/// a removal by hand, is not its own).
+#[allow(clippy::too_many_arguments)]
+async fn adopt(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+    vm: &VirtualMachine,
+    name: &str,
+    disks: Vec<(SnapshotDiskStatus, SystemTime)>,
+) -> Result<Action, Error> {
+    let taken = disks.iter().map(|(_, t)| *t).max();
+    status.snapshot_name = Some(name.to_owned());
+    status.vm_uid = vm.metadata.uid.clone();
+    status.vm_state = Some(vm.spec.state);
+    status.start_time = Some(now());
+    status.creation_time = taken.map(timestamp_of);
+    status.disks = disks.into_iter().map(|(d, _)| d).collect();
+    status.ready_to_use = true;
+    status.error = None;
+    let message = format!(
+        "adopted RBD snapshot '{name}' of {} image(s), taken outside the operator",
+        status.disks.len()
+    );
+    writer
+        .write(status, SnapshotPhase::Ready, "Ready", &message)
+        .await?;
+    reset_failures(ctx, snap);
+    ctx.metrics.operation(KIND, "adopt", "ok");
+    ctx.publish(snap, EventType::Normal, "SnapshotAdopted", "Adopt", message)
         .await;
     Ok(Action::requeue(VERIFY_EVERY))
 }
@@ -708,6 +790,7 @@ mod tests {
                 description: None,
                 deletion_policy: SnapshotDeletionPolicy::Delete,
                 failure_deadline: None,
+                adopt: false,
             },
         );
         s.metadata.namespace = Some("ns".into());
@@ -728,6 +811,27 @@ mod tests {
         // Object name as the RBD name.
         let d = snap("before", "vm1", None, 30);
         assert_eq!(duplicate_of(&d, &[a.clone(), d.clone()]).as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn adoption_needs_every_image() {
+        use crate::ceph::{SnapInfo, SnapNamespace};
+        let info = |id| SnapInfo {
+            id,
+            name: "manual".into(),
+            size: 42,
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_secs(id * 10),
+            namespace: SnapNamespace::User,
+        };
+        let images = vec!["system_vm".to_string(), "data_vm_0".to_string()];
+        let disks = adoption(&images, &[Some(info(4)), Some(info(9))]).unwrap();
+        assert_eq!(disks[0].0.snapshot_id, Some(4));
+        assert_eq!(disks[1].0.snapshot_id, Some(9));
+        assert_eq!(disks[1].0.size_bytes, Some(42));
+        assert_eq!(
+            adoption(&images, &[Some(info(4)), None]).unwrap_err(),
+            ["data_vm_0"]
+        );
     }
 
     #[test]

@@ -176,6 +176,8 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         // Written by the agents; the controller's apply patch leaves them out.
         restarts: None,
         domain: None,
+        // Written by the snapshot controller (its own field manager).
+        unmanaged_snapshots: Vec::new(),
     }
 }
 
