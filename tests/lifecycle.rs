@@ -319,6 +319,20 @@ async fn a_clone_waits_for_its_source_then_copies_it() {
         golden.status.unwrap().domain_uuid,
         "a clone gets a fresh UUID"
     );
+
+    // The copy owes nothing to its source: it lives on when the source is deleted.
+    env.vms.delete("golden", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env, "golden").await;
+    set_state(&env, "copy", "Stopped").await;
+    let stopped = wait_phase(&env, "copy", Phase::Stopped).await;
+    let ready = stopped
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "StorageReady")
+        .unwrap();
+    assert_eq!(ready.status, "True", "{}", ready.message);
 }
 
 #[tokio::test]

@@ -147,6 +147,12 @@ pub enum ResolvedSource {
         image: String,
         snapshot: Option<String>,
     },
+    /// A disk built earlier whose source is not available any more (a clone's source VM was
+    /// deleted): fine while the image exists; if it is gone it cannot be rebuilt.
+    Built {
+        /// Why the source cannot be used.
+        unavailable: String,
+    },
 }
 
 /// One disk of the request.
@@ -550,6 +556,10 @@ async fn build_temp(
                 None => format!("copy of {pool}/{namespace}/{image}"),
             })
         }
+        ResolvedSource::Built { unavailable } => Err(StorageError::SourceNotFound {
+            what: format!("image {}", job.final_name),
+            detail: format!("the disk is gone and cannot be rebuilt: {unavailable}"),
+        }),
         ResolvedSource::Path { path, format } => {
             let target = import::Target {
                 ctx,

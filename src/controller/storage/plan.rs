@@ -132,6 +132,7 @@ fn validate_disk(index: usize, disk: &DiskRequest) -> Result<()> {
                 return invalid(format!("URL '{url}' must start with http:// or https://"));
             }
         }
+        ResolvedSource::Built { .. } => {}
         ResolvedSource::Path { path, .. } => {
             if !path.is_absolute() {
                 return invalid(format!("path '{}' must be absolute", path.display()));

@@ -236,6 +236,14 @@ fn resolve_source(
     Ok(ResolvedSource::Blank)
 }
 
+/// Whether the VM's status records `image` as built: it exists whatever became of its source.
+fn built_already(vm: &VirtualMachine, image: &str) -> bool {
+    vm.status
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .is_some_and(|storage| storage.images.iter().any(|i| i.name == image))
+}
+
 /// Vm_manager's internal metadata keys that follow from the spec.
 fn internal_metadata(vm: &VirtualMachine) -> BTreeMap<String, String> {
     let spec = &vm.spec;
@@ -300,7 +308,7 @@ pub fn plan(
                 disk: index,
                 message: e.to_string(),
             })?;
-        let source = resolve_source(
+        let resolved = resolve_source(
             index,
             &disk.source,
             vm,
@@ -309,7 +317,15 @@ pub fn plan(
             namespace_map,
             others,
             &settings.import_dirs,
-        )?;
+        );
+        let source = match resolved {
+            Ok(source) => source,
+            // A clone's source may go away once the copy exists: the copy does not need it.
+            Err(err) if built_already(vm, image) => ResolvedSource::Built {
+                unavailable: err.to_string(),
+            },
+            Err(err) => return Err(err),
+        };
         disks.push(DiskRequest { source, size_bytes });
         disk_specs.push(DiskSpec {
             pool: pool.to_owned(),
