@@ -28,8 +28,9 @@ use crate::ceph::SnapInfo;
 /// Field manager of `status.unmanagedSnapshots`.
 pub const FIELD_MANAGER: &str = "seapath-snapshot-inventory";
 /// How often the list is refreshed without any change seen on the objects (snapshots taken
-/// or removed by hand leave no trace in Kubernetes).
-pub const REFRESH: Duration = Duration::from_secs(60);
+/// or removed by hand leave no trace in Kubernetes). Each refresh opens every image of the VM,
+/// so with hundreds of VMs a shorter period is a constant load on the OSDs.
+pub const REFRESH: Duration = Duration::from_secs(300);
 const KIND: &str = "VirtualMachineInventory";
 
 /// The RBD snapshot names claimed by VirtualMachineSnapshots of `vm`: every object but a
@@ -95,10 +96,32 @@ pub fn inputs_key(
 
 /// The inputs of each VM's last refresh and when it was made: a reconcile woken by a change
 /// this list does not depend on (the agents' reports, conditions) lists nothing in Ceph.
-#[derive(Default)]
-pub struct Seen(Mutex<HashMap<String, (u64, Instant)>>);
+pub struct Seen(Mutex<HashMap<String, (u64, Instant)>>, Timestamp);
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen(Mutex::default(), Timestamp::now())
+    }
+}
 
 impl Seen {
+    /// A VM that existed before this process started is listed after a delay taken from its
+    /// UID within the refresh period: after a restart the listings of hundreds of VMs are
+    /// spread out instead of opening every image at once. VMs made since are listed at once.
+    fn startup_delay(&self, uid: &str, created: Option<Timestamp>) -> Option<Duration> {
+        let started = self.1;
+        if created.is_none_or(|c| c >= started)
+            || self.0.lock().unwrap_or_else(|p| p.into_inner()).contains_key(uid)
+        {
+            return None;
+        }
+        let mut hasher = DefaultHasher::new();
+        uid.hash(&mut hasher);
+        let due = Duration::from_millis(hasher.finish() % REFRESH.as_millis() as u64);
+        let since_start = Timestamp::now().duration_since(started).unsigned_abs();
+        due.checked_sub(since_start).filter(|left| !left.is_zero())
+    }
+
     /// How long the last refresh with these inputs stays good (`None`: refresh now).
     fn fresh_for(&self, uid: &str, key: u64) -> Option<Duration> {
         let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,6 +175,10 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
         .as_ref()
         .map(|s| s.unmanaged_snapshots.clone())
         .unwrap_or_default();
+    let created = vm.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    if let Some(delay) = ctx.inventory.startup_delay(&uid, created) {
+        return Ok(Action::requeue(delay));
+    }
     let claimed = claimed(namespace, &vm.name_any(), &ctx.snapshots.state());
     if let Some(left) = ctx
         .inventory
@@ -307,5 +334,30 @@ mod tests {
         assert_eq!(seen.fresh_for("vm", key), None, "period over");
         seen.forget("vm");
         assert_eq!(seen.fresh_for("vm", key), None);
+    }
+
+    #[test]
+    fn after_a_restart_older_vms_are_listed_spread_over_the_period() {
+        let seen = Seen::default();
+        let before = Timestamp::now() - jiff::SignedDuration::from_secs(3600);
+        let delays: Vec<_> = (0..50)
+            .filter_map(|i| seen.startup_delay(&format!("uid-{i}"), Some(before)))
+            .collect();
+        assert!(delays.len() > 40, "most wait: {}", delays.len());
+        assert!(delays.iter().all(|d| *d < REFRESH));
+        let spread = delays
+            .iter()
+            .max()
+            .unwrap()
+            .saturating_sub(*delays.iter().min().unwrap());
+        assert!(spread > REFRESH / 2, "spread over the period: {spread:?}");
+        // A VM made after the start, or already listed by this process, waits for nothing.
+        assert_eq!(
+            seen.startup_delay("new", Some(Timestamp::now() + jiff::SignedDuration::from_secs(1))),
+            None
+        );
+        assert_eq!(seen.startup_delay("new", None), None);
+        seen.record("uid-1", 7);
+        assert_eq!(seen.startup_delay("uid-1", Some(before)), None);
     }
 }
