@@ -47,6 +47,9 @@ impl ControllerProcess {
             .env("CEPH_CONF", &tb.ceph_conf)
             .env("SEAPATH_CEPH_CLIENT", &tb.ceph_client)
             .env("SEAPATH_CEPH_POOL", &tb.pool)
+            // The snapshot, restore and schedule controllers run in this process (the default,
+            // set here so that the caller's environment cannot turn them off).
+            .env("SEAPATH_SNAPSHOTS", "true")
             // Where measurement 3 puts its qcow2 (`path` sources must be under an allowed dir).
             .env("SEAPATH_IMPORT_DIRS", import_dir)
             .stdin(Stdio::null())
