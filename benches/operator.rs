@@ -580,6 +580,7 @@ impl Bench {
         let last_first = firsts.values().copied().max();
         let resync_time = diff(last_first, Some(c.spawned));
         let problems = controller::problems(&lines);
+        let problem_summary = controller::problem_summary(&lines);
 
         progress(format!("resync: idle CPU over {} s", self.opts.idle_seconds));
         let cpu0 = testbed::cpu_seconds(c.pid)?;
@@ -662,9 +663,7 @@ impl Bench {
             "".into(),
         ]);
         if problems > 0 {
-            t.note(format!(
-                "the restarted controller logged {problems} warnings/errors"
-            ));
+            t.note(format!("the restarted controller logged {problem_summary}"));
         }
         t.note("Ceph writes are counted at the OSD (the only Ceph client writing could be the controller; the agents only read)");
         self.targets

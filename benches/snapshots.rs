@@ -257,6 +257,12 @@ impl Measured {
     }
 }
 
+/// Wall time x operations in flight / operations: the mean time one operation took at that
+/// concurrency, µs.
+fn wall_per_op(m: &Measured, in_flight: usize) -> Option<i64> {
+    (m.n() > 0).then(|| m.run.wall * in_flight as i64 / m.n() as i64)
+}
+
 /// One operation on every path.
 struct Comparison {
     operation: &'static str,
@@ -265,6 +271,11 @@ struct Comparison {
     step: Option<(&'static str, Vec<i64>)>,
     librbd: Measured,
     cli: Option<Measured>,
+    /// Operations in flight on every path (lanes with work).
+    in_flight: usize,
+    /// Whether the operator's latencies are one operation's own (false for the purge: the
+    /// objects are all deleted at once and queue behind their VM's other deletions).
+    per_op: bool,
 }
 
 struct Bench {
@@ -375,6 +386,13 @@ impl Bench {
             .await?;
         let (cluster, pool, images) = (self.cluster.clone(), self.tb.pool.clone(), self.images());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            // A second run on one test bed would find the first one's images, snapshots and
+            // purge schedule: it wants a fresh test bed.
+            anyhow::ensure!(
+                !cluster.io_context(&pool, "")?.namespace_exists(LIBRBD_NS)?,
+                "RBD namespace {LIBRBD_NS} exists: a previous run used this test bed; bring up a fresh one \
+                 (hack/testbed.sh down --instance NAME; hack/testbed.sh up --instance NAME --hypervisors 2)"
+            );
             for ns in [LIBRBD_NS, CLI_NS] {
                 direct::make_images(&cluster, &pool, ns, &images, DISK_BYTES)?;
             }
@@ -459,6 +477,8 @@ impl Bench {
             step: None,
             librbd,
             cli,
+            in_flight: lanes.iter().filter(|l| !l.is_empty()).count(),
+            per_op: true,
         });
         Ok(())
     }
@@ -523,6 +543,8 @@ impl Bench {
             step: Some(("  operator, roll-back step", rollback)),
             librbd,
             cli,
+            in_flight: lanes.iter().filter(|l| !l.is_empty()).count(),
+            per_op: true,
         });
         Ok(())
     }
@@ -583,6 +605,8 @@ impl Bench {
             step: None,
             librbd,
             cli,
+            in_flight: lanes.iter().filter(|l| !l.is_empty()).count(),
+            per_op: false,
         });
         Ok(())
     }
@@ -603,11 +627,12 @@ impl Bench {
                 "max",
                 "wall",
                 "ops/s",
+                "wall/op",
                 "OSD ops/op",
                 "API writes/op",
             ],
         );
-        let row = |op: &str, path: &str, m: &Measured| -> Vec<String> {
+        let row = |op: &str, path: &str, m: &Measured, lanes: usize| -> Vec<String> {
             let [p50, p95, max] = spread(&m.run.latency);
             let n = m.n().max(1) as f64;
             let secs = m.run.wall as f64 / 1e6;
@@ -624,12 +649,13 @@ impl Bench {
                 } else {
                     "-".into()
                 },
+                ms(wall_per_op(m, lanes)),
                 format!("{:.1}", m.osd.ops as f64 / n),
                 m.api.map_or("".into(), |a| format!("{:.1}", a.writes / n)),
             ]
         };
         for c in &self.comparisons {
-            t.row(row(c.operation, "operator", &c.operator));
+            t.row(row(c.operation, "operator", &c.operator, c.in_flight));
             if let Some((label, step)) = &c.step {
                 let [p50, p95, max] = spread(step);
                 t.row(vec![
@@ -643,16 +669,18 @@ impl Bench {
                     "".into(),
                     "".into(),
                     "".into(),
+                    "".into(),
                 ]);
             }
-            t.row(row("", "librbd", &c.librbd));
+            t.row(row("", "librbd", &c.librbd, c.in_flight));
             if let Some(cli) = &c.cli {
-                t.row(row("", "rbd CLI", cli));
+                t.row(row("", "rbd CLI", cli, c.in_flight));
             }
         }
         t.note("create: object created -> Ready seen; restore: created -> Succeeded (the VM is stopped and started again); purge: deletion requested -> object gone (its RBD snapshot removed)");
         t.note("librbd: open + snap_create / snap_rollback / snap_remove per operation, in this process; rbd CLI: one `rbd snap create|rollback|rm` process per operation");
-        t.note("wall: first request -> last operation done; for the operator's purge from the schedule's creation");
+        t.note("wall: first request -> last operation done; for the operator's purge from the schedule's creation; wall/op: wall x operations in flight / n");
+        t.note("the operator's purge latencies are queueing (every object is deleted at once, each waits for its VM's other deletions): its wall time is what compares");
         t.note("OSD ops: all client ops the OSD served during the run (the agents' reads included for the operator); API writes on snapshots, restores, schedules, VMs and events");
         for n in &self.notes {
             t.note(n.clone());
@@ -674,11 +702,9 @@ impl Bench {
         let x = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}x"));
         let wall = |m: &Measured| Some(m.run.wall);
         for c in &self.comparisons {
-            let mut cases = vec![(
-                c.operation.to_owned(),
-                c.operator.p50(),
-                Some(c.operator.run.wall),
-            )];
+            // The purge's latencies are queueing: only its wall time compares.
+            let op_p50 = if c.per_op { c.operator.p50() } else { None };
+            let mut cases = vec![(c.operation.to_owned(), op_p50, Some(c.operator.run.wall))];
             if let Some((label, step)) = &c.step {
                 cases.push((
                     format!("{} ({})", c.operation, label.trim()),
@@ -730,6 +756,7 @@ impl Bench {
                 }
             }
         }
+        v.note("purge: no p50 verdict, its operator latencies include the queue (see table 1); the wall-time ratio is also the ratio of wall/op");
         v.note("the restore compares the whole restore (stop, roll back, start) and its roll-back step alone with a bare roll-back");
         self.tables.insert(1, v);
     }
@@ -794,10 +821,12 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     operator.controller.stop().await?;
     operator.agents.stop().await;
     result?;
-    let problems = controller::problems(&controller::read_log(&log)?);
+    let lines = controller::read_log(&log)?;
+    let problems = controller::problems(&lines);
     if problems > 0 {
         bench.notes.push(format!(
-            "the controller logged {problems} warnings/errors (retries): see {}",
+            "the controller logged {}: see {}",
+            controller::problem_summary(&lines),
             log.display()
         ));
     }
