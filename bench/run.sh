@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# The benchmark harness: builds `cargo bench --bench operator` (benches/operator.rs), brings up
-# its own test bed, runs the measurements against it, takes it down, and prints the tables.
+# The benchmark harness: builds the benchmark programs (benches/operator.rs,
+# benches/snapshots.rs), brings up a test bed for each phase, runs the measurements against it,
+# takes it down, and prints the tables.
 #
-#   bench/run.sh [--no-slow-mon] [harness options, e.g. --quick; see --help]
+#   bench/run.sh [--no-slow-mon] [--snapshots-only | --no-snapshots] [options, e.g. --quick]
 #
 # 1. test bed "bench" (mon with a 0.05 s paxos interval, as every test bed): apply -> Started
 #    latency (1 VM, 100 VMs) against the floor, the no-op resync of 500 VMs, idle CPU and RSS,
 #    the qcow2 import and the golden clones;
 # 2. test bed "bench-slowmon" (SEAPATH_CEPH_SLOW_MON=1: Ceph's default 1 s paxos interval): the
-#    1-VM latency and its floor again. Skip it with --no-slow-mon.
+#    1-VM latency and its floor again. Skip it with --no-slow-mon;
+# 3. test bed "bench-snap": snapshot create, restore and purge (1000 snapshots) through the
+#    operator against librbd and the rbd CLI. Skip it with --no-snapshots; only it with
+#    --snapshots-only. Its options --snapshots N, --vms N, --restores N, --skip-cli go to it.
 #
+# --quick goes to every phase; other options to phases 1 and 2 (see cargo bench --bench
+# operator -- --help and cargo bench --bench snapshots -- --help).
 # The report is printed and kept in target/bench/report-DATE.txt, the logs of each phase
 # (controller JSON logs, the harness's own log) in target/bench/logs-*/.
 # Environment: SEAPATH_BENCH_INSTANCE (default bench) names the test beds.
@@ -20,21 +26,36 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source hack/lib/common.sh
 
 slow_mon=1
+operator=1
+snapshots=1
 args=()
-for arg in "$@"; do
-  case $arg in
+snap_args=()
+while [ $# -gt 0 ]; do
+  case $1 in
     --no-slow-mon) slow_mon=0 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) args+=("$arg") ;;
+    --no-snapshots) snapshots=0 ;;
+    --snapshots-only) operator=0; slow_mon=0 ;;
+    --snapshots|--vms|--restores)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      snap_args+=("$1" "$2"); shift ;;
+    --skip-cli) snap_args+=("$1") ;;
+    --quick) args+=("$1"); snap_args+=("$1") ;;
+    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
+[ "$operator" = 1 ] || [ "$snapshots" = 1 ] || die "--snapshots-only and --no-snapshots leave nothing to run"
 
 instance=${SEAPATH_BENCH_INSTANCE:-bench}
 command -v cargo >/dev/null || die "cargo is not installed: install Rust 1.89 or newer with rustup (https://rustup.rs) and rerun"
 apt_ensure libclang-dev clang pkg-config librbd-dev librados-dev libvirt-dev qemu-utils qemu-block-extra
 
+benches=()
+[ "$operator" = 1 ] && benches+=(--bench operator)
+[ "$snapshots" = 1 ] && benches+=(--bench snapshots)
 log "building the harness and the controller (release)"
-cargo bench --bench operator --no-run --quiet
+cargo bench "${benches[@]}" --no-run --quiet
 
 out=target/bench
 mkdir -p "$out"
@@ -43,11 +64,12 @@ report="$out/report-$stamp.txt"
 : >"$report"
 started=$(date +%s)
 
-# Brings up test bed $1, runs phase $2 of the harness against it, takes it down.
+# Brings up test bed $1, runs benchmark program $2 against it with the remaining arguments
+# (logs in logs-DATE-$3), takes it down.
 run_phase() {
-  local name=$1 phase=$2
-  shift 2
-  local logs="$PWD/$out/logs-$stamp-$phase"
+  local name=$1 bench=$2 tag=$3
+  shift 3
+  local logs="$PWD/$out/logs-$stamp-$tag"
   mkdir -p "$logs"
   # The memstore OSD keeps what is written in RAM; the import and clones write about 1.5 GiB.
   SEAPATH_CEPH_MEMSTORE_BYTES=${SEAPATH_CEPH_MEMSTORE_BYTES:-8589934592} \
@@ -56,14 +78,16 @@ run_phase() {
   local rc=0
   (
     eval "$(hack/testbed.sh env --instance "$name")"
-    cargo bench --bench operator --quiet -- --phase "$phase" --workdir "$logs" "$@"
+    cargo bench --bench "$bench" --quiet -- --workdir "$logs" "$@"
   ) | tee -a "$report" || rc=$?
   hack/testbed.sh down --instance "$name"
   trap - EXIT
   return "$rc"
 }
 
-run_phase "$instance" main "${args[@]}"
+if [ "$operator" = 1 ]; then
+  run_phase "$instance" operator main --phase main "${args[@]}"
+fi
 if [ "$slow_mon" = 1 ]; then
   echo >>"$report"
   # Only the sample count matters to the slow-mon phase; other options are the main phase's.
@@ -71,6 +95,10 @@ if [ "$slow_mon" = 1 ]; then
   for a in "${args[@]}"; do
     [ "$a" = --quick ] && slow_args+=(--samples 3)
   done
-  SEAPATH_CEPH_SLOW_MON=1 run_phase "$instance-slowmon" slow-mon "${slow_args[@]}"
+  SEAPATH_CEPH_SLOW_MON=1 run_phase "$instance-slowmon" operator slow-mon --phase slow-mon "${slow_args[@]}"
+fi
+if [ "$snapshots" = 1 ]; then
+  [ -s "$report" ] && echo >>"$report"
+  run_phase "$instance-snap" snapshots snapshots "${snap_args[@]}"
 fi
 log "benchmark finished in $(( $(date +%s) - started )) s; report: $report"

@@ -24,6 +24,8 @@ mod controller;
 mod floor;
 #[path = "operator/report.rs"]
 mod report;
+#[path = "operator/setup.rs"]
+mod setup;
 #[path = "operator/storage.rs"]
 mod storage;
 #[path = "operator/testbed.rs"]
@@ -31,26 +33,20 @@ mod testbed;
 #[path = "operator/timeline.rs"]
 mod timeline;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
-use seapath_operator::api::{Hypervisor, VirtualMachine};
+use seapath_operator::api::VirtualMachine;
 use serde_json::json;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{EnvFilter, Targets};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
-use agents::{AgentRecorder, Agents};
+use agents::Agents;
 use controller::ControllerProcess;
 use floor::Floor;
 use report::{Table, ms, percentile, ratio, spread, verdict};
+use setup::{ensure_namespace, progress};
 use testbed::Testbed;
 use timeline::{Micros, Timeline, Timelines, blank_vm, create_vms, key, now_us, vm_object};
 
@@ -98,25 +94,18 @@ fn parse_options() -> anyhow::Result<Options> {
         skip_storage: false,
         workdir: None,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .ok_or_else(|| anyhow::anyhow!("{name} needs a value\n\n{USAGE}"))
-        };
-        match arg.as_str() {
-            // cargo bench passes --bench to harness-less targets.
-            "--bench" => {}
-            "--phase" => o.phase = value("--phase")?,
-            "--samples" => o.samples = value("--samples")?.parse()?,
-            "--burst" => o.burst = value("--burst")?.parse()?,
-            "--resync-vms" => o.resync_vms = value("--resync-vms")?.parse()?,
-            "--idle-seconds" => o.idle_seconds = value("--idle-seconds")?.parse()?,
-            "--import-mib" => o.import_mib = value("--import-mib")?.parse()?,
-            "--rounds" => o.rounds = value("--rounds")?.parse()?,
-            "--clones" => o.clones = value("--clones")?.parse()?,
+    setup::parse_args(USAGE, |arg, value| {
+        match arg {
+            "--phase" => o.phase = value()?,
+            "--samples" => o.samples = value()?.parse()?,
+            "--burst" => o.burst = value()?.parse()?,
+            "--resync-vms" => o.resync_vms = value()?.parse()?,
+            "--idle-seconds" => o.idle_seconds = value()?.parse()?,
+            "--import-mib" => o.import_mib = value()?.parse()?,
+            "--rounds" => o.rounds = value()?.parse()?,
+            "--clones" => o.clones = value()?.parse()?,
             "--skip-storage" => o.skip_storage = true,
-            "--workdir" => o.workdir = Some(value("--workdir")?.into()),
+            "--workdir" => o.workdir = Some(value()?.into()),
             "--quick" => {
                 o.samples = 3;
                 o.burst = 10;
@@ -126,13 +115,10 @@ fn parse_options() -> anyhow::Result<Options> {
                 o.rounds = 1;
                 o.clones = 1;
             }
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => anyhow::bail!("unknown argument '{other}'\n\n{USAGE}"),
+            _ => return Ok(false),
         }
-    }
+        Ok(true)
+    })?;
     anyhow::ensure!(
         matches!(o.phase.as_str(), "main" | "slow-mon"),
         "--phase is main or slow-mon, not '{}'",
@@ -143,98 +129,6 @@ fn parse_options() -> anyhow::Result<Options> {
         "--samples and --burst must be at least 1"
     );
     Ok(o)
-}
-
-fn progress(text: impl AsRef<str>) {
-    eprintln!("[bench {}] {}", clock(), text.as_ref());
-}
-
-fn clock() -> String {
-    let now = k8s_openapi::jiff::Timestamp::now();
-    now.strftime("%H:%M:%S").to_string()
-}
-
-/// Logs of this process (warnings of the agents, kube) go to a file; the agents' decisions
-/// are timestamped by [`AgentRecorder`].
-fn init_tracing(workdir: &Path, timelines: Timelines) -> anyhow::Result<()> {
-    let file = std::fs::File::create(workdir.join("bench-agents.log"))?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .with_filter(filter),
-        )
-        .with(
-            AgentRecorder { timelines }
-                .with_filter(Targets::new().with_target("seapath_operator::agent", tracing::Level::DEBUG)),
-        )
-        .try_init()?;
-    Ok(())
-}
-
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in seapath_operator::api::all_crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("seapath-bench").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await??;
-    }
-    Ok(())
-}
-
-async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn wait_hypervisors(client: &Client, n: usize) -> anyhow::Result<()> {
-    let api: Api<Hypervisor> = Api::all(client.clone());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|hv| {
-                hv.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
-        if ready >= n {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {ready} of {n} Hypervisors Ready after 60 s: read bench-agents.log"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn delete_and_wait(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
@@ -686,6 +580,7 @@ impl Bench {
         let last_first = firsts.values().copied().max();
         let resync_time = diff(last_first, Some(c.spawned));
         let problems = controller::problems(&lines);
+        let problem_summary = controller::problem_summary(&lines);
 
         progress(format!("resync: idle CPU over {} s", self.opts.idle_seconds));
         let cpu0 = testbed::cpu_seconds(c.pid)?;
@@ -768,9 +663,7 @@ impl Bench {
             "".into(),
         ]);
         if problems > 0 {
-            t.note(format!(
-                "the restarted controller logged {problems} warnings/errors"
-            ));
+            t.note(format!("the restarted controller logged {problem_summary}"));
         }
         t.note("Ceph writes are counted at the OSD (the only Ceph client writing could be the controller; the agents only read)");
         self.targets
@@ -976,30 +869,12 @@ impl Bench {
     }
 }
 
-fn setup_note(tb: &Testbed, opts: &Options) -> String {
-    let mon = if tb.slow_mon {
-        "slow mon: Ceph's default paxos propose interval (1 s, SEAPATH_CEPH_SLOW_MON=1)"
-    } else {
-        "mon: paxos propose interval 0.05 s (test bed default)"
-    };
-    format!(
-        "setup: {}; load average at start {}\n       \
-         kube-apiserver + etcd, Ceph 16 (1 mon, 1 memstore OSD, pool {}), {}; libvirt test driver hv1/hv2\n       \
-         controller: release binary in its own process (concurrency 16); agents: in the harness process; phase {}\n",
-        testbed::machine(),
-        testbed::loadavg(),
-        tb.pool,
-        mon,
-        opts.phase,
-    )
-}
-
 async fn run(opts: Options) -> anyhow::Result<()> {
     let tb = Testbed::from_env()?;
     let workdir = opts.workdir.clone().unwrap_or_else(|| tb.dir.join("bench"));
     std::fs::create_dir_all(workdir.join("import"))?;
     let timelines = Timelines::default();
-    init_tracing(&workdir, timelines.clone())?;
+    setup::init_tracing(&workdir, Some(timelines.clone()))?;
     let started = Instant::now();
     let client = Client::try_default().await?;
     progress(format!(
@@ -1007,13 +882,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         tb.dir.display(),
         workdir.display()
     ));
-    install_crds(&client).await?;
-    let _watch = timeline::start_watch(client.clone(), timelines.clone()).await?;
-    let agents = Agents::start(&client, &tb)?;
-    let mut controller =
-        ControllerProcess::spawn(&tb, &workdir.join("controller-1.log"), &workdir.join("import"))?;
-    controller.wait_http().await?;
-    wait_hypervisors(&client, 2).await?;
+    let setup::Operator {
+        watch: _watch,
+        agents,
+        controller,
+    } = setup::start_operator(&client, &tb, &timelines, &workdir, &workdir.join("import")).await?;
     let floor = {
         let tb = tb.clone();
         Arc::new(tokio::task::spawn_blocking(move || Floor::connect(&tb)).await??)
@@ -1051,21 +924,19 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     }
     result?;
 
-    let mut out = String::new();
-    out.push_str(&setup_note(&tb, &opts));
-    for t in &bench.tables {
-        out.push('\n');
-        out.push_str(&t.render());
-    }
-    out.push_str("\ntargets:\n");
-    for (what, met) in &bench.targets {
-        out.push_str(&format!("  [{}] {what}\n", verdict(*met)));
-    }
-    out.push_str(&format!(
-        "\nharness run time {:.0} s; logs in {}\n",
-        started.elapsed().as_secs_f64(),
-        workdir.display()
-    ));
+    let out = report::render(
+        &testbed::setup_note(
+            &tb,
+            &format!(
+                "controller: release binary in its own process (concurrency 16); agents: in the harness process; phase {}",
+                opts.phase
+            ),
+        ),
+        &bench.tables,
+        &bench.targets,
+        started.elapsed(),
+        &workdir,
+    );
     print!("{out}");
     bench.timelines.write_tsv(&workdir.join("stages.tsv"))?;
     std::fs::write(workdir.join("report.txt"), &out)?;
@@ -1073,25 +944,5 @@ async fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let opts = match parse_options() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting tokio: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(opts)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    setup::main_with(parse_options, run)
 }

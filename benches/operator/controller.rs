@@ -47,6 +47,9 @@ impl ControllerProcess {
             .env("CEPH_CONF", &tb.ceph_conf)
             .env("SEAPATH_CEPH_CLIENT", &tb.ceph_client)
             .env("SEAPATH_CEPH_POOL", &tb.pool)
+            // The snapshot, restore and schedule controllers run in this process (the default,
+            // set here so that the caller's environment cannot turn them off).
+            .env("SEAPATH_SNAPSHOTS", "true")
             // Where measurement 3 puts its qcow2 (`path` sources must be under an allowed dir).
             .env("SEAPATH_IMPORT_DIRS", import_dir)
             .stdin(Stdio::null())
@@ -154,6 +157,8 @@ pub struct LogLine {
     pub message: String,
     pub vm: Option<String>,
     pub namespace: Option<String>,
+    /// The `error` field of a warning.
+    pub error: Option<String>,
 }
 
 fn parse_time(text: &str) -> Option<Micros> {
@@ -177,6 +182,7 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LogLine>> {
             message: v["message"].as_str().unwrap_or_default().to_owned(),
             vm: v["vm"].as_str().map(str::to_owned),
             namespace: v["namespace"].as_str().map(str::to_owned),
+            error: v["error"].as_str().map(str::to_owned),
         });
     }
     Ok(lines)
@@ -216,4 +222,21 @@ pub fn problems(lines: &[LogLine]) -> usize {
         .iter()
         .filter(|l| matches!(l.level.as_str(), "WARN" | "ERROR"))
         .count()
+}
+
+/// "N warnings/errors (Kx message: error; ...)": the three most frequent kinds, so that a reader
+/// sees which retries cost time.
+pub fn problem_summary(lines: &[LogLine]) -> String {
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    for l in lines
+        .iter()
+        .filter(|l| matches!(l.level.as_str(), "WARN" | "ERROR"))
+    {
+        let error: String = l.error.as_deref().unwrap_or_default().chars().take(90).collect();
+        *kinds.entry(format!("{}: {error}", l.message)).or_default() += 1;
+    }
+    let mut kinds: Vec<(String, usize)> = kinds.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let top: Vec<String> = kinds.iter().take(3).map(|(k, n)| format!("{n}x {k}")).collect();
+    format!("{} warnings/errors ({})", problems(lines), top.join("; "))
 }

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use seapath_operator::ceph::{CloneFormat, Cluster, ClusterConfig, ImageOptions, IoCtx};
+use seapath_operator::ceph::{CloneFormat, Cluster, ImageOptions, IoCtx};
 use seapath_operator::domain_xml::{
     self, CephAccess, CephAuthRef, DevicePolicy, DiskBus, DiskSpec, DomainOwner,
 };
@@ -44,12 +44,7 @@ fn micros(d: Duration) -> i64 {
 
 impl Floor {
     pub fn connect(tb: &Testbed) -> anyhow::Result<Floor> {
-        let cluster = Cluster::connect(ClusterConfig {
-            conf_path: tb.ceph_conf.clone(),
-            client_id: tb.ceph_client.clone(),
-            mount_timeout: Duration::from_secs(10),
-            options: vec![("admin_socket".into(), String::new())],
-        })?;
+        let cluster = tb.ceph_cluster()?;
         let pool = cluster.io_context(&tb.pool, "")?;
         if !pool.namespace_exists(NAMESPACE)? {
             pool.create_namespace(NAMESPACE)?;

@@ -101,3 +101,29 @@ impl Table {
         out
     }
 }
+
+/// The whole report: `setup` (see `testbed::setup_note`), the tables, the targets with their
+/// verdicts, the run time and where the logs are.
+pub fn render(
+    setup: &str,
+    tables: &[Table],
+    targets: &[(String, bool)],
+    run_time: std::time::Duration,
+    workdir: &std::path::Path,
+) -> String {
+    let mut out = String::from(setup);
+    for t in tables {
+        out.push('\n');
+        out.push_str(&t.render());
+    }
+    out.push_str("\ntargets:\n");
+    for (what, met) in targets {
+        out.push_str(&format!("  [{}] {what}\n", verdict(*met)));
+    }
+    out.push_str(&format!(
+        "\nharness run time {:.0} s; logs in {}\n",
+        run_time.as_secs_f64(),
+        workdir.display()
+    ));
+    out
+}

@@ -3,8 +3,10 @@
 //! request metrics, and /proc for CPU time and RSS.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kube::Client;
+use seapath_operator::ceph::{Cluster, ClusterConfig};
 use uuid::Uuid;
 
 fn env(name: &str) -> anyhow::Result<String> {
@@ -66,6 +68,17 @@ impl Testbed {
 
     pub fn osd_socket(&self) -> PathBuf {
         self.dir.join("ceph/run/osd.0.asok")
+    }
+
+    /// A Ceph connection of this process, as the test bed's client, without an admin socket
+    /// (several connections live in the harness).
+    pub fn ceph_cluster(&self) -> anyhow::Result<Cluster> {
+        Ok(Cluster::connect(ClusterConfig {
+            conf_path: self.ceph_conf.clone(),
+            client_id: self.ceph_client.clone(),
+            mount_timeout: Duration::from_secs(10),
+            options: vec![("admin_socket".into(), String::new())],
+        })?)
     }
 }
 
@@ -130,8 +143,8 @@ impl std::ops::AddAssign for OsdOps {
     }
 }
 
-/// API server requests on VirtualMachines and Events (Hypervisor heartbeats and leases left
-/// out), watches excluded.
+/// API server requests on some resources (Hypervisor heartbeats and leases left out), watches
+/// excluded.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ApiRequests {
     pub requests: f64,
@@ -158,7 +171,13 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
     start.strip_suffix('"')
 }
 
+/// Requests on VirtualMachines and Events.
 pub async fn api_requests(client: &Client) -> anyhow::Result<ApiRequests> {
+    api_requests_of(client, &["virtualmachines", "events"]).await
+}
+
+/// Requests on `resources` (plural names, e.g. `virtualmachinesnapshots`).
+pub async fn api_requests_of(client: &Client, resources: &[&str]) -> anyhow::Result<ApiRequests> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
     let mut out = ApiRequests::default();
@@ -175,9 +194,7 @@ pub async fn api_requests(client: &Client) -> anyhow::Result<ApiRequests> {
         };
         let resource = label(labels, "resource").unwrap_or_default();
         let verb = label(labels, "verb").unwrap_or_default();
-        if !matches!(resource, "virtualmachines" | "events")
-            || matches!(verb, "WATCH" | "WATCHLIST" | "CONNECT")
-        {
+        if !resources.contains(&resource) || matches!(verb, "WATCH" | "WATCHLIST" | "CONNECT") {
             continue;
         }
         let value: f64 = value.trim().parse().unwrap_or_default();
@@ -251,4 +268,22 @@ pub fn loadavg() -> String {
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_default()
+}
+
+/// The header of a report: the machine, its load, the test bed, and `what` ran (one line).
+pub fn setup_note(tb: &Testbed, what: &str) -> String {
+    let mon = if tb.slow_mon {
+        "slow mon: Ceph's default paxos propose interval (1 s, SEAPATH_CEPH_SLOW_MON=1)"
+    } else {
+        "mon: paxos propose interval 0.05 s (test bed default)"
+    };
+    format!(
+        "setup: {}; load average at start {}\n       \
+         kube-apiserver + etcd, Ceph 16 (1 mon, 1 memstore OSD, pool {}), {}; libvirt test driver hv1/hv2\n       \
+         {what}\n",
+        machine(),
+        loadavg(),
+        tb.pool,
+        mon,
+    )
 }
