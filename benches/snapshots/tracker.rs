@@ -234,6 +234,7 @@ pub fn restore_stages(r: &VirtualMachineRestore) -> (Vec<&'static str>, Option<S
         Some(RestorePhase::Stopping) => "Stopping",
         Some(RestorePhase::RollingBack) => "RollingBack",
         Some(RestorePhase::Starting) => "Starting",
+        Some(RestorePhase::Creating) => "Creating",
         Some(RestorePhase::Succeeded) => "Succeeded",
         Some(RestorePhase::Failed) => "Failed",
         None => return (Vec::new(), None),
