@@ -144,7 +144,7 @@ impl Seen {
 
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let namespace = vm.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %vm.name_any());
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %vm.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer(KIND);
         let result = refresh(&vm, &ctx, &namespace).await;

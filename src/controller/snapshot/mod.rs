@@ -107,6 +107,34 @@ pub struct Ctx {
     failures: FailureCounter,
     vm_locks: Mutex<HashMap<(String, String), VmLock>>,
     inventory: inventory::Seen,
+    pub(crate) cleaned: RecentlyCleaned,
+}
+
+/// Objects whose cleanup finished in this process, by UID. The watch still shows such an
+/// object, deleted and with its finalizer, until its DELETE event arrives; a reconcile woken
+/// meanwhile must not take the VM's lock and read Ceph again for it.
+#[derive(Default)]
+pub(crate) struct RecentlyCleaned(Mutex<HashMap<String, std::time::Instant>>);
+
+impl RecentlyCleaned {
+    /// Long enough for the DELETE event to arrive.
+    const KEEP: std::time::Duration = std::time::Duration::from_secs(600);
+
+    pub(crate) fn contains(&self, uid: &str) -> bool {
+        self.0.lock().expect("cleaned set poisoned").contains_key(uid)
+    }
+
+    pub(crate) fn insert(&self, uid: &str) {
+        let mut cleaned = self.0.lock().expect("cleaned set poisoned");
+        cleaned.retain(|_, at| at.elapsed() < Self::KEEP);
+        cleaned.insert(uid.to_owned(), std::time::Instant::now());
+    }
+}
+
+/// The finalizer is already gone from an object this process cleaned up: the object was
+/// deleted meanwhile, which is the end the cleanup was for.
+pub(crate) fn finalizer_already_removed(err: &finalizer::Error<Error>) -> bool {
+    matches!(err, finalizer::Error::RemoveFinalizer(kube::Error::Api(e)) if e.code == 404)
 }
 
 impl Ctx {
@@ -217,6 +245,7 @@ pub async fn run(
         failures: FailureCounter::default(),
         vm_locks: Mutex::new(HashMap::new()),
         inventory: inventory::Seen::default(),
+        cleaned: RecentlyCleaned::default(),
     });
 
     // A VM's changes wake the snapshots and restores of that VM that are still at work.

@@ -248,7 +248,7 @@ impl Step<'_> {
 
 pub async fn reconcile(restore: Arc<VirtualMachineRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let namespace = restore.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %restore.name_any());
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %restore.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer(KIND);
         let api: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &namespace);

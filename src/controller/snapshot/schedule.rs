@@ -157,7 +157,7 @@ pub async fn reconcile(
     ctx: Arc<Ctx>,
 ) -> Result<Action, Error> {
     let namespace = schedule.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %schedule.name_any());
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %schedule.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer(KIND);
         // The status carries counters (purgedTotal, failures) that each run adds to: start from
@@ -465,7 +465,7 @@ async fn apply(
                 EventType::Normal,
                 "SnapshotsPurged",
                 "Retention",
-                format!("retention deleted {purged} snapshot(s): {}", doomed.join(", ")),
+                purge_note(purged, &doomed),
             )
             .await;
         }
@@ -518,8 +518,39 @@ async fn apply(
     Ok(Action::requeue(requeue))
 }
 
+/// The Event note of a purge: the API server refuses notes over 1 KiB, and a purge of a
+/// thousand snapshots would name them all, so the list is cut.
+fn purge_note(purged: i64, names: &[String]) -> String {
+    const MAX: usize = 900;
+    let mut note = format!("retention deleted {purged} snapshot(s): ");
+    for (shown, name) in names.iter().enumerate() {
+        if note.len() + name.len() + 2 > MAX {
+            note.push_str(&format!(" and {} more", names.len() - shown));
+            return note;
+        }
+        if shown > 0 {
+            note.push_str(", ");
+        }
+        note.push_str(name);
+    }
+    note
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_purge_note_stays_under_the_event_limit() {
+        let few: Vec<String> = vec!["a".into(), "b".into()];
+        assert_eq!(
+            super::purge_note(2, &few),
+            "retention deleted 2 snapshot(s): a, b"
+        );
+        let many: Vec<String> = (0..1000).map(|i| format!("nightly-20261123-{i:04}")).collect();
+        let note = super::purge_note(1000, &many);
+        assert!(note.len() <= 1024, "{}", note.len());
+        assert!(note.ends_with(" more"), "{note}");
+    }
+
     use super::*;
 
     fn view(name: &str, vm: &str, secs: i64, phase: SnapshotPhase, owned: bool) -> SnapView {

@@ -119,18 +119,31 @@ impl Writer<'_> {
 
 pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let namespace = snap.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, name = %snap.name_any());
+    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %snap.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer(KIND);
         let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
         let result = finalizer(&api, SNAPSHOT_FINALIZER, snap, |event| async {
             match event {
                 finalizer::Event::Apply(snap) => apply(&snap, &ctx, &api).await,
-                finalizer::Event::Cleanup(snap) => cleanup(&snap, &ctx, &api).await,
+                finalizer::Event::Cleanup(snap) => {
+                    let uid = snap.metadata.uid.clone().unwrap_or_default();
+                    if ctx.cleaned.contains(&uid) {
+                        return Ok(Action::await_change());
+                    }
+                    let done = cleanup(&snap, &ctx, &api).await;
+                    if done.is_ok() {
+                        ctx.cleaned.insert(&uid);
+                    }
+                    done
+                }
             }
         })
-        .await
-        .map_err(Error::from);
+        .await;
+        let result = match result {
+            Err(e) if super::finalizer_already_removed(&e) => Ok(Action::await_change()),
+            other => other.map_err(Error::from),
+        };
         match &result {
             Ok(_) => timer.ok(),
             Err(e) => timer.error(e.reason()),

@@ -70,7 +70,7 @@ impl From<finalizer::Error<ReconcileError>> for ReconcileError {
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let namespace = vm.namespace().unwrap_or_default();
     let span =
-        info_span!("reconcile", kind = "VirtualMachine", namespace = %namespace, name = %vm.name_any());
+        info_span!("reconcile", kind = "VirtualMachine", namespace = %namespace, object = %vm.name_any());
     async move {
         let timer = ctx.metrics.reconcile_timer("VirtualMachine");
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
