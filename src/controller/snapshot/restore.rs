@@ -207,6 +207,21 @@ impl Step<'_> {
         Ok(status)
     }
 
+    /// Moves to `phase` (its name as the reason) and says so in a Normal Event.
+    async fn advance(
+        &self,
+        status: VirtualMachineRestoreStatus,
+        phase: RestorePhase,
+        event: &str,
+        message: String,
+    ) -> Result<VirtualMachineRestoreStatus, Error> {
+        let status = self.write(status, phase, &format!("{phase:?}"), &message).await?;
+        self.ctx
+            .publish(self.restore, EventType::Normal, event, "Restore", message)
+            .await;
+        Ok(status)
+    }
+
     async fn refuse(
         &self,
         mut status: VirtualMachineRestoreStatus,
@@ -436,17 +451,8 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
         vm.spec.state, spec.vm_name
     );
     let status = step
-        .write(status, RestorePhase::Stopping, "Stopping", &message)
+        .advance(status, RestorePhase::Stopping, "RestoreStarted", message)
         .await?;
-    step.ctx
-        .publish(
-            step.restore,
-            EventType::Normal,
-            "RestoreStarted",
-            "Restore",
-            message,
-        )
-        .await;
     stopping(step, status).await
 }
 
@@ -519,17 +525,8 @@ async fn create_target(
         source.name_any()
     );
     let status = step
-        .write(status, RestorePhase::Creating, "Creating", &message)
+        .advance(status, RestorePhase::Creating, "TargetCreated", message)
         .await?;
-    step.ctx
-        .publish(
-            step.restore,
-            EventType::Normal,
-            "TargetCreated",
-            "Restore",
-            message,
-        )
-        .await;
     creating(step, status).await
 }
 
@@ -584,19 +581,10 @@ async fn creating(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> R
         step.restore.spec.vm_name,
         status.snapshot_name.clone().unwrap_or_default()
     );
-    step.write(status, RestorePhase::Succeeded, "Succeeded", &message)
+    step.advance(status, RestorePhase::Succeeded, "RestoreSucceeded", message)
         .await?;
     reset_failures(step.ctx, step.restore);
     step.ctx.metrics.operation(KIND, "restore", "ok");
-    step.ctx
-        .publish(
-            step.restore,
-            EventType::Normal,
-            "RestoreSucceeded",
-            "Restore",
-            message,
-        )
-        .await;
     Ok(Action::await_change())
 }
 
@@ -729,17 +717,8 @@ async fn rolling_back(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) 
         images.len()
     );
     let status = step
-        .write(status, RestorePhase::Starting, "Starting", &message)
+        .advance(status, RestorePhase::Starting, "DisksRolledBack", message)
         .await?;
-    step.ctx
-        .publish(
-            step.restore,
-            EventType::Normal,
-            "DisksRolledBack",
-            "Restore",
-            message,
-        )
-        .await;
     starting(step, status).await
 }
 
@@ -787,19 +766,10 @@ async fn starting(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> R
         step.restore.spec.vm_name,
         status.snapshot_name.clone().unwrap_or_default()
     );
-    step.write(status, RestorePhase::Succeeded, "Succeeded", &message)
+    step.advance(status, RestorePhase::Succeeded, "RestoreSucceeded", message)
         .await?;
     reset_failures(step.ctx, step.restore);
     step.ctx.metrics.operation(KIND, "restore", "ok");
-    step.ctx
-        .publish(
-            step.restore,
-            EventType::Normal,
-            "RestoreSucceeded",
-            "Restore",
-            message,
-        )
-        .await;
     Ok(Action::await_change())
 }
 
