@@ -508,16 +508,15 @@ async fn restore_refusals() {
     let gone = gone.await;
     assert_eq!(snap_ready(&gone).unwrap().reason, "SnapshotMissing");
 
-    // Two restores of one VM: the second is refused while the first runs.
+    // Two restores of one VM: the second is refused while the first is unfinished. A restore
+    // runs in a fraction of a second here, so the first one is held in Pending by a snapshot
+    // that does not exist yet: a running one could end before the second is even seen.
     env.restores
-        .create(&PostParams::default(), &restore("one", "alpha", "alphasnap"))
+        .create(&PostParams::default(), &restore("one", "alpha", "late"))
         .await
         .unwrap();
-    wait_for(&env.restores, "one", "started", |r| {
-        matches!(
-            restore_phase(r),
-            Some(RestorePhase::Stopping | RestorePhase::RollingBack | RestorePhase::Starting)
-        )
+    wait_for(&env.restores, "one", "waiting for its snapshot", |r| {
+        restore_ready(r).is_some_and(|c| c.reason == "SnapshotNotFound")
     })
     .await;
     env.restores
@@ -526,6 +525,13 @@ async fn restore_refusals() {
         .unwrap();
     let refused = wait_restore_phase(&env, "two", RestorePhase::Failed).await;
     assert_eq!(restore_ready(&refused).unwrap().reason, "RestoreInProgress");
+    assert!(restore_ready(&refused).unwrap().message.contains("one"));
+    let vm = env.vms.get("alpha").await.unwrap();
+    assert_eq!(vm.spec.state, DesiredState::Started, "nothing was stopped");
+    env.snaps
+        .create(&PostParams::default(), &snapshot("late", "alpha", json!({})))
+        .await
+        .unwrap();
     wait_restore_phase(&env, "one", RestorePhase::Succeeded).await;
     assert_eq!(
         vm_phase(&env.vms.get("alpha").await.unwrap()),

@@ -396,7 +396,7 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
                 status,
                 "RestoreInProgress",
                 format!(
-                    "VirtualMachineRestore {other} is already restoring VirtualMachine {}",
+                    "VirtualMachineRestore {other} came first and has not finished restoring VirtualMachine {}; nothing was stopped",
                     spec.vm_name
                 ),
             )
