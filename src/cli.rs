@@ -131,6 +131,10 @@ pub struct ControllerArgs {
     /// Run the snapshot, restore and schedule controllers too (off: another process runs them).
     #[arg(long, env = "SEAPATH_SNAPSHOTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshots: bool,
+    /// Seconds after which a VM's images are listed again for snapshots taken outside the
+    /// operator (a change to the VM or its snapshot objects lists them at once).
+    #[arg(long, env = "SEAPATH_UNMANAGED_SNAPSHOT_REFRESH", default_value = "600", value_parser = seconds)]
+    pub unmanaged_snapshot_refresh: Duration,
     /// VMs reconciled at once.
     #[arg(long, env = "SEAPATH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -189,6 +193,7 @@ impl ControllerArgs {
                 .cloned()
                 .collect(),
             snapshots: self.snapshots,
+            unmanaged_snapshot_refresh: self.unmanaged_snapshot_refresh,
             instance: self.identity(),
         }
     }

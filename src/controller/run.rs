@@ -49,6 +49,8 @@ pub struct ControllerConfig {
     pub import_dirs: Vec<PathBuf>,
     /// Also run the snapshot, restore and schedule controllers in this process.
     pub snapshots: bool,
+    /// Longest time before snapshots taken outside the operator show on a VM's status.
+    pub unmanaged_snapshot_refresh: Duration,
     /// Name reported on Events (the Pod name in a cluster).
     pub instance: String,
 }
@@ -172,6 +174,7 @@ pub async fn run(
             client.clone(),
             storage.clone(),
             metrics.clone(),
+            config.unmanaged_snapshot_refresh,
             shutdown.clone(),
         ))
     });

@@ -93,6 +93,7 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             // Tests of snapshots mostly start those controllers themselves, at the moment they
             // choose.
             snapshots: options.snapshots,
+            unmanaged_snapshot_refresh: seapath_operator::controller::snapshot::inventory::DEFAULT_REFRESH,
             instance: format!("{prefix}-controller"),
         };
         let agents: Vec<AgentConfig> = nodes

@@ -58,8 +58,14 @@ pub fn snapshot_controllers() -> &'static Metrics {
                     .unwrap()
                     .expect("connect to Ceph for the snapshot controllers");
                 let storage = StorageContext::new(cluster, pool, NamespaceMap::default(), conf, id);
-                seapath_operator::controller::snapshot::run(client, storage, for_run, std::future::pending())
-                    .await;
+                seapath_operator::controller::snapshot::run(
+                    client,
+                    storage,
+                    for_run,
+                    seapath_operator::controller::snapshot::inventory::DEFAULT_REFRESH,
+                    std::future::pending(),
+                )
+                .await;
             });
         });
         metrics

@@ -213,6 +213,7 @@ pub async fn run(
     client: Client,
     storage: StorageContext,
     metrics: Metrics,
+    inventory_refresh: Duration,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
@@ -244,7 +245,7 @@ pub async fn run(
         restores: restores.clone(),
         failures: FailureCounter::default(),
         vm_locks: Mutex::new(HashMap::new()),
-        inventory: inventory::Seen::default(),
+        inventory: inventory::Seen::new(inventory_refresh),
         cleaned: RecentlyCleaned::default(),
     });
 
