@@ -7,10 +7,10 @@
 //! status patches (which leave the field out) never remove it, nor this one theirs.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -20,6 +20,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::{Instrument, debug, info_span};
 
+use super::checks::RecentChecks;
 use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, rbd, reset_failures};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
@@ -97,23 +98,21 @@ pub fn inputs_key(
 /// The inputs of each VM's last refresh and when it was made: a reconcile woken by a change
 /// this list does not depend on (the agents' reports, conditions) lists nothing in Ceph.
 pub struct Seen {
-    entries: Mutex<HashMap<String, (u64, Instant)>>,
+    checks: RecentChecks,
     started: Timestamp,
-    period: Duration,
 }
 
 impl Seen {
-    /// `period`: the longest a list stays unchecked (at least one second).
+    /// `period`: the longest a list stays unchecked.
     pub fn new(period: Duration) -> Self {
         Seen {
-            entries: Mutex::default(),
+            checks: RecentChecks::new(period),
             started: Timestamp::now(),
-            period: period.max(Duration::from_secs(1)),
         }
     }
 
     pub fn period(&self) -> Duration {
-        self.period
+        self.checks.period()
     }
 
     /// A VM that existed before this process started is listed after a delay taken from its
@@ -121,39 +120,14 @@ impl Seen {
     /// spread out instead of opening every image at once. VMs made since are listed at once.
     fn startup_delay(&self, uid: &str, created: Option<Timestamp>) -> Option<Duration> {
         let started = self.started;
-        if created.is_none_or(|c| c >= started)
-            || self
-                .entries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(uid)
-        {
+        if created.is_none_or(|c| c >= started) || self.checks.contains(uid) {
             return None;
         }
         let mut hasher = DefaultHasher::new();
         uid.hash(&mut hasher);
-        let due = Duration::from_millis(hasher.finish() % self.period.as_millis().max(1) as u64);
+        let due = Duration::from_millis(hasher.finish() % self.period().as_millis().max(1) as u64);
         let since_start = Timestamp::now().duration_since(started).unsigned_abs();
         due.checked_sub(since_start).filter(|left| !left.is_zero())
-    }
-
-    /// How long the last refresh with these inputs stays good (`None`: refresh now).
-    fn fresh_for(&self, uid: &str, key: u64) -> Option<Duration> {
-        let seen = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (last, at) = seen.get(uid)?;
-        (*last == key)
-            .then(|| self.period.checked_sub(at.elapsed()))
-            .flatten()
-            .filter(|left| !left.is_zero())
-    }
-
-    fn record(&self, uid: &str, key: u64) {
-        let mut seen = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        seen.insert(uid.to_owned(), (key, Instant::now()));
-    }
-
-    fn forget(&self, uid: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 }
 
@@ -182,7 +156,7 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
         return Ok(Action::requeue(ctx.inventory.period()));
     };
     if vm.metadata.deletion_timestamp.is_some() {
-        ctx.inventory.forget(&uid);
+        ctx.inventory.checks.forget(&uid);
         return Ok(Action::await_change());
     }
     let current = vm
@@ -197,6 +171,7 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
     let claimed = claimed(namespace, &vm.name_any(), &ctx.snapshots.state());
     if let Some(left) = ctx
         .inventory
+        .checks
         .fresh_for(&uid, inputs_key(storage, &current, &claimed))
     {
         return Ok(Action::requeue(left));
@@ -234,14 +209,16 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
             Ok(_) => {}
             // Deleted meanwhile: nothing to report on.
             Err(kube::Error::Api(e)) if e.code == 404 => {
-                ctx.inventory.forget(&uid);
+                ctx.inventory.checks.forget(&uid);
                 return Ok(Action::await_change());
             }
             Err(e) => return Err(e.into()),
         }
     }
     // Keyed on the list now shown: the VM's update that this write causes finds it fresh.
-    ctx.inventory.record(&uid, inputs_key(storage, &list, &claimed));
+    ctx.inventory
+        .checks
+        .record(&uid, inputs_key(storage, &list, &claimed));
     Ok(Action::requeue(ctx.inventory.period()))
 }
 
@@ -332,25 +309,11 @@ mod tests {
     }
 
     #[test]
-    fn refreshes_when_an_input_changes_or_the_period_ends() {
+    fn the_key_changes_with_the_names_claimed() {
         let storage = crate::api::StorageStatus::default();
-        let names = BTreeSet::from(["a".to_string()]);
-        let key = inputs_key(&storage, &[], &names);
-        let seen = Seen::new(REFRESH);
-        assert_eq!(seen.fresh_for("vm", key), None, "never refreshed");
-        seen.record("vm", key);
-        assert!(seen.fresh_for("vm", key).is_some_and(|left| left <= REFRESH));
-        assert_eq!(
-            seen.fresh_for("vm", inputs_key(&storage, &[], &BTreeSet::new())),
-            None
-        );
-        seen.entries
-            .lock()
-            .unwrap()
-            .insert("vm".into(), (key, Instant::now() - REFRESH));
-        assert_eq!(seen.fresh_for("vm", key), None, "period over");
-        seen.forget("vm");
-        assert_eq!(seen.fresh_for("vm", key), None);
+        let one = inputs_key(&storage, &[], &BTreeSet::from(["a".to_string()]));
+        assert_ne!(one, inputs_key(&storage, &[], &BTreeSet::new()));
+        assert_eq!(one, inputs_key(&storage, &[], &BTreeSet::from(["a".to_string()])));
     }
 
     #[test]
@@ -374,7 +337,7 @@ mod tests {
             None
         );
         assert_eq!(seen.startup_delay("new", None), None);
-        seen.record("uid-1", 7);
+        seen.checks.record("uid-1", 7);
         assert_eq!(seen.startup_delay("uid-1", Some(before)), None);
     }
 }

@@ -22,6 +22,7 @@
 //! Work on one VM's disks is serialised in this process (a per-VM lock); the controller runs
 //! under the operator's leader election, so one process acts at a time.
 
+pub mod checks;
 pub mod cron;
 pub mod inventory;
 pub mod rbd;
@@ -107,6 +108,8 @@ pub struct Ctx {
     failures: FailureCounter,
     vm_locks: Mutex<HashMap<(String, String), VmLock>>,
     inventory: inventory::Seen,
+    /// Ready snapshots' last check that their RBD snapshots are all there.
+    verified: checks::RecentChecks,
     pub(crate) cleaned: RecentlyCleaned,
 }
 
@@ -246,6 +249,7 @@ pub async fn run(
         failures: FailureCounter::default(),
         vm_locks: Mutex::new(HashMap::new()),
         inventory: inventory::Seen::new(inventory_refresh),
+        verified: checks::RecentChecks::new(vmsnapshot::VERIFY_EVERY),
         cleaned: RecentlyCleaned::default(),
     });
 

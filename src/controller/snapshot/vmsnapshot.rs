@@ -1,6 +1,8 @@
 //! Reconciles one VirtualMachineSnapshot: Pending -> InProgress -> Ready, or Failed; on
 //! deletion, removes the RBD snapshots it made (unless Retain).
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -25,7 +27,7 @@ use crate::controller::storage::StorageError;
 
 const KIND: &str = "VirtualMachineSnapshot";
 /// How often a Ready snapshot checks that its RBD snapshots are still there.
-const VERIFY_EVERY: Duration = Duration::from_secs(300);
+pub(super) const VERIFY_EVERY: Duration = Duration::from_secs(300);
 const DEFAULT_DEADLINE: Duration = Duration::from_secs(300);
 
 /// Ready or Failed: nothing more to do until deleted.
@@ -39,6 +41,20 @@ pub fn is_settled(snap: &VirtualMachineSnapshot) -> bool {
 /// The RBD snapshot name: `spec.snapshotName`, else the object name (CEL makes sure one fits).
 pub fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
     snap.spec.snapshot_name.clone().unwrap_or_else(|| snap.name_any())
+}
+
+/// What a Ready snapshot's check depends on besides Ceph: the object as people change it
+/// (spec, labels, annotations; an annotation is how one asks for a check now), not its status.
+fn verify_key(snap: &VirtualMachineSnapshot) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_string(&(
+        snap.metadata.generation,
+        &snap.metadata.labels,
+        &snap.metadata.annotations,
+    ))
+    .unwrap_or_default()
+    .hash(&mut hasher);
+    hasher.finish()
 }
 
 fn to_system_time(t: &Time) -> SystemTime {
@@ -134,6 +150,7 @@ pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Resu
                     let done = cleanup(&snap, &ctx, &api).await;
                     if done.is_ok() {
                         ctx.cleaned.insert(&uid);
+                        ctx.verified.forget(&uid);
                     }
                     done
                 }
@@ -399,6 +416,10 @@ async fn take(
     writer
         .write(status, SnapshotPhase::Ready, "Ready", &message)
         .await?;
+    // Just taken: the reconcile this status write wakes has nothing to check.
+    ctx.verified
+        .record(&snap.uid().unwrap_or_default(), verify_key(snap));
+    drop(_guard);
     reset_failures(ctx, snap);
     ctx.metrics.operation(KIND, "snapshot", "ok");
     ctx.publish(snap, EventType::Normal, "SnapshotReady", "Snapshot", message)
@@ -465,6 +486,8 @@ async fn adopt(
     writer
         .write(status, SnapshotPhase::Ready, "Ready", &message)
         .await?;
+    ctx.verified
+        .record(&snap.uid().unwrap_or_default(), verify_key(snap));
     reset_failures(ctx, snap);
     ctx.metrics.operation(KIND, "adopt", "ok");
     ctx.publish(snap, EventType::Normal, "SnapshotAdopted", "Adopt", message)
@@ -661,6 +684,11 @@ async fn verify(
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
 ) -> Result<Action, Error> {
+    let uid = snap.uid().unwrap_or_default();
+    let key = verify_key(snap);
+    if let Some(left) = ctx.verified.fresh_for(&uid, key) {
+        return Ok(Action::requeue(left));
+    }
     let namespace = snap.namespace().unwrap_or_default();
     let name = status.snapshot_name.clone().unwrap_or_else(|| rbd_name(snap));
     let images: Vec<String> = status.disks.iter().map(|d| d.image.clone()).collect();
@@ -678,7 +706,14 @@ async fn verify(
     }
     if missing.is_empty() {
         status.ready_to_use = true;
-        let message = format!("snapshot '{name}' present on {} image(s)", images.len());
+        // A snapshot still Ready keeps its condition as it was: a check that finds nothing
+        // new writes nothing (a restart checks every snapshot).
+        let message = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ct::READY && c.status == "True")
+            .map(|c| c.message.clone())
+            .unwrap_or_else(|| format!("snapshot '{name}' present on {} image(s)", images.len()));
         writer
             .write(status, SnapshotPhase::Ready, "Ready", &message)
             .await?;
@@ -702,6 +737,7 @@ async fn verify(
             .write(status, SnapshotPhase::Ready, "SnapshotMissing", &message)
             .await?;
     }
+    ctx.verified.record(&uid, key);
     Ok(Action::requeue(VERIFY_EVERY))
 }
 
