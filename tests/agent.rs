@@ -460,6 +460,43 @@ async fn hypervisors_register_with_heartbeat() {
     b.shutdown().await;
 }
 
+/// Placement reads the Hypervisor's running VMs and memory: a domain started or stopped shows
+/// there at once, not at the next heartbeat (an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn domain_changes_reach_the_hypervisor_before_the_next_heartbeat() {
+    let bed = Bed::new("ag-hvchg").await;
+    let (uri1, _) = node_uris();
+    let a = RunningAgent::start(&bed.client, &format!("{}-a", bed.ns), &uri1, |c| {
+        c.heartbeat_interval = Duration::from_secs(3600);
+    })
+    .await;
+    wait_hypervisor(&bed.client, &a.node, "registered", |h| h.status.is_some()).await;
+    bed.create_vm("vm1", &a.node, "Started").await;
+    bed.wait_domain_status("vm1", &a.node, Reported::Running).await;
+    let vm_key = format!("{}/vm1", bed.ns);
+    let h = wait_hypervisor(
+        &bed.client,
+        &a.node,
+        "vm1 running in the Hypervisor status",
+        |h| {
+            h.status
+                .as_ref()
+                .is_some_and(|s| s.running_vms == 1 && s.vms.contains(&vm_key))
+        },
+    )
+    .await;
+    assert_eq!(h.status.unwrap().allocated_memory_mib, 64);
+    bed.set_state("vm1", "Stopped").await;
+    wait_hypervisor(
+        &bed.client,
+        &a.node,
+        "no VM running in the Hypervisor status",
+        |h| h.status.as_ref().is_some_and(|s| s.running_vms == 0),
+    )
+    .await;
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreachable_libvirt_makes_the_hypervisor_not_ready() {
     let bed = Bed::new("ag-down").await;

@@ -1,5 +1,6 @@
 //! The `Hypervisor` object of this node: registered when missing (spec left to others) and
-//! its status written at every heartbeat with server-side apply.
+//! its status written at every heartbeat, and soon after its domains change, with server-side
+//! apply.
 
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ use crate::libvirt::HostInfo;
 pub const REASON_REACHABLE: &str = "LibvirtReachable";
 /// Reason of `Ready=False` when libvirt does not answer.
 pub const REASON_UNREACHABLE: &str = "LibvirtUnreachable";
+
+/// How long after a domain change the status is written (changes meanwhile join it).
+const REPORT_CHANGES_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the heartbeat saw.
 pub type Observation = Result<(HostInfo, Vec<MarkedDomain>), String>;
@@ -191,6 +195,15 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
         }
         tokio::select! {
             _ = tokio::time::sleep(ctx.config.heartbeat_interval) => {}
+            _ = ctx.domains_changed.notified() => {
+                // Placement reads this status: report a change within a moment, in one
+                // write for a burst of them.
+                let coalesce = REPORT_CHANGES_AFTER.min(ctx.config.heartbeat_interval);
+                tokio::select! {
+                    _ = tokio::time::sleep(coalesce) => {}
+                    _ = stop.changed() => return,
+                }
+            }
             _ = stop.changed() => return,
         }
     }

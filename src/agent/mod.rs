@@ -101,6 +101,8 @@ pub(crate) struct Context {
     pub(crate) store: OnceLock<Store<VirtualMachine>>,
     /// Wakes the sweep early (a VM left this node's watch).
     pub(crate) sweep_now: Notify,
+    /// Wakes the heartbeat early: a domain was defined, started, stopped or removed here.
+    pub(crate) domains_changed: Notify,
 }
 
 impl Context {
@@ -185,6 +187,7 @@ impl Agent {
             errors: StdMutex::default(),
             store: OnceLock::new(),
             sweep_now: Notify::new(),
+            domains_changed: Notify::new(),
             config,
         });
 

@@ -327,6 +327,21 @@ async fn run_step(
     stop_timeout: Duration,
     stored: Option<&(String, StoredXml)>,
 ) -> Result<(), AgentError> {
+    let done = run_libvirt_step(ctx, what, domain_name, owner, step, stop_timeout, stored).await;
+    // Even a failed step may have changed the domain.
+    ctx.domains_changed.notify_one();
+    done
+}
+
+async fn run_libvirt_step(
+    ctx: &Context,
+    what: &str,
+    domain_name: &str,
+    owner: &DomainOwner,
+    step: Step,
+    stop_timeout: Duration,
+    stored: Option<&(String, StoredXml)>,
+) -> Result<(), AgentError> {
     let context = format!("{what}: {step:?}");
     let stats = ctx.stats.clone();
     let name = domain_name.to_owned();

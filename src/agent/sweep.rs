@@ -103,6 +103,7 @@ pub(crate) async fn sweep(ctx: &Context) -> Result<usize, AgentError> {
         if !gone {
             continue;
         }
+        ctx.domains_changed.notify_one();
         removed += 1;
         info!(
             domain = %domain.name,
