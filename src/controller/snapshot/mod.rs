@@ -317,7 +317,7 @@ pub async fn run(
         .for_each(|_| async {});
 
     // The unmanaged snapshots of each VM: on changes of its storage or of its snapshot
-    // objects, and every minute (snapshots taken or removed by hand leave no trace here).
+    // objects, and every refresh period (snapshots taken or removed by hand leave no trace here).
     // The debounce lets the snapshot controller's cache (which says what is claimed) catch up
     // with the change that triggered the reconcile: it comes through another watch.
     let inventory_controller = Controller::new(
