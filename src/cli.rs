@@ -230,6 +230,10 @@ pub struct AgentArgs {
     /// Seconds between two full checks of every domain on this host.
     #[arg(long, env = "SEAPATH_AGENT_RESYNC", default_value = "30", value_parser = seconds)]
     pub resync: Duration,
+    /// Seconds a VM's XML read from RBD is kept for comparison with its domain while its spec
+    /// does not change (domains are always defined and started from a fresh read).
+    #[arg(long, env = "SEAPATH_STORED_XML_RECHECK", default_value = "300", value_parser = seconds)]
+    pub stored_xml_recheck: Duration,
     /// First restart delay after a guest crash, doubled per consecutive failure.
     #[arg(long, env = "SEAPATH_RESTART_BACKOFF_BASE", default_value = "5", value_parser = seconds)]
     pub restart_backoff_base: Duration,
@@ -257,6 +261,7 @@ impl AgentArgs {
         };
         config.heartbeat_interval = self.heartbeat_interval;
         config.resync_period = self.resync;
+        config.stored_xml_recheck = self.stored_xml_recheck;
         config.restart_backoff_base = self.restart_backoff_base;
         config.restart_backoff_max = self.restart_backoff_max;
         config.max_consecutive_failures = self.max_consecutive_failures;

@@ -79,6 +79,8 @@ fn agent_config(node: &str, uri: &str) -> AgentConfig {
     let mut config = AgentConfig::new(node, uri, ceph_config());
     config.heartbeat_interval = Duration::from_millis(500);
     config.resync_period = RESYNC;
+    // XML edited in RBD behind the agent's back is seen at the next resync.
+    config.stored_xml_recheck = RESYNC;
     config.restart_backoff_base = Duration::from_secs(1);
     config.restart_backoff_max = Duration::from_secs(2);
     config.max_consecutive_failures = 3;
@@ -494,6 +496,44 @@ async fn domain_changes_reach_the_hypervisor_before_the_next_heartbeat() {
         |h| h.status.as_ref().is_some_and(|s| s.running_vms == 0),
     )
     .await;
+    a.shutdown().await;
+}
+
+/// The agent keeps the stored XML it read (an hour here) to compare with the domain, but a
+/// start always reads RBD again: a guest that crashes after its XML changed in RBD comes back
+/// with the new XML (its spec, hence the generation, did not change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_reads_the_stored_xml_afresh() {
+    let bed = Bed::new("ag-xmlcopy").await;
+    let (uri1, _) = node_uris();
+    let a = RunningAgent::start(&bed.client, &format!("{}-a", bed.ns), &uri1, |c| {
+        c.stored_xml_recheck = Duration::from_secs(3600);
+    })
+    .await;
+    let dom = bed.domain("vm1");
+    let uuid = bed.create_vm("vm1", &a.node, "Started").await;
+    bed.wait_domain_status("vm1", &a.node, Reported::Running).await;
+    let memory = |xml: &str| domain_xml::extract_memory_kib(xml).unwrap();
+    assert_eq!(memory(&a.domain_xml(&dom).await), 64 * 1024);
+
+    bed.store_xml("vm1", test_xml("vm1", uuid, 96)).await;
+    // Resyncs meanwhile compare with the kept copy: nothing to report.
+    tokio::time::sleep(RESYNC * 3).await;
+    let vm = bed.vms().get("vm1").await.unwrap();
+    assert_ne!(
+        domain_status(&vm).and_then(|d| d.reason.clone()).as_deref(),
+        Some("RestartRequired")
+    );
+    a.crash(&dom).await;
+    bed.wait_vm("vm1", "restarted after the crash", |vm| {
+        restarts(vm).1 == 1 && domain_status(vm).is_some_and(|d| d.state == Reported::Running)
+    })
+    .await;
+    assert_eq!(
+        memory(&a.domain_xml(&dom).await),
+        96 * 1024,
+        "restarted from the new XML"
+    );
     a.shutdown().await;
 }
 

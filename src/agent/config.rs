@@ -15,6 +15,9 @@ use crate::naming::NamespaceMap;
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// Default period of the full re-check of every VM and of the sweep of leftover domains.
 pub const DEFAULT_RESYNC_PERIOD: Duration = Duration::from_secs(30);
+/// Default longest time a VM's stored XML is compared from a kept copy before RBD is read
+/// again (a domain is always defined and started from a fresh read).
+pub const DEFAULT_STORED_XML_RECHECK: Duration = Duration::from_secs(300);
 /// Default first restart delay after a crash (doubled per consecutive failure).
 pub const DEFAULT_RESTART_BACKOFF_BASE: Duration = Duration::from_secs(5);
 /// Default longest restart delay.
@@ -91,6 +94,9 @@ pub struct AgentConfig {
     pub heartbeat_interval: Duration,
     /// Every VM is re-checked (and leftover domains swept) at least this often.
     pub resync_period: Duration,
+    /// A VM's XML is read from RBD again at least this often while its spec does not change
+    /// (a change made in RBD by hand shows as RestartRequired that much later).
+    pub stored_xml_recheck: Duration,
     /// First restart delay after a crash or failed start; doubled per consecutive failure.
     pub restart_backoff_base: Duration,
     /// Longest restart delay.
@@ -117,6 +123,7 @@ impl AgentConfig {
             ceph_secret: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             resync_period: DEFAULT_RESYNC_PERIOD,
+            stored_xml_recheck: DEFAULT_STORED_XML_RECHECK,
             restart_backoff_base: DEFAULT_RESTART_BACKOFF_BASE,
             restart_backoff_max: DEFAULT_RESTART_BACKOFF_MAX,
             max_consecutive_failures: DEFAULT_MAX_CONSECUTIVE_FAILURES,

@@ -24,6 +24,7 @@ mod error;
 pub mod hypervisor_status;
 pub mod reconciler;
 pub mod status;
+mod stored_xml;
 pub mod sweep;
 
 use std::collections::HashMap;
@@ -46,6 +47,7 @@ pub use backoff::RestartPolicy;
 pub use config::{
     AgentConfig, CephConfig, CephSecretConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_RESTART_BACKOFF_BASE, DEFAULT_RESTART_BACKOFF_MAX, DEFAULT_RESYNC_PERIOD, DEFAULT_STOP_TIMEOUT,
+    DEFAULT_STORED_XML_RECHECK,
 };
 pub use connection::{AgentStats, StatsSnapshot};
 pub use error::AgentError;
@@ -103,6 +105,8 @@ pub(crate) struct Context {
     pub(crate) sweep_now: Notify,
     /// Wakes the heartbeat early: a domain was defined, started, stopped or removed here.
     pub(crate) domains_changed: Notify,
+    /// The XML each VM should run, as last read from RBD.
+    pub(crate) stored_xml: stored_xml::StoredXmlCache,
 }
 
 impl Context {
@@ -120,6 +124,7 @@ impl Context {
     pub(crate) fn forget(&self, uid: &str) {
         self.memory.lock().expect("VM memory").remove(uid);
         self.errors.lock().expect("error counters").remove(uid);
+        self.stored_xml.forget(uid);
     }
 }
 
@@ -188,6 +193,7 @@ impl Agent {
             store: OnceLock::new(),
             sweep_now: Notify::new(),
             domains_changed: Notify::new(),
+            stored_xml: stored_xml::StoredXmlCache::default(),
             config,
         });
 

@@ -14,10 +14,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::Context;
 use super::actions;
 use super::domain_reconcile::{
-    self, AbsentReason, Decision, Facts, Intent, Note, ObservedDomain, Step, StoredXml, gave_up,
+    self, AbsentReason, Decision, Facts, Intent, Note, ObservedDomain, Step, gave_up,
 };
 use super::error::AgentError;
 use super::status::{self, Failure};
+use super::stored_xml::Stored;
 use crate::api::{DesiredState, DomainState, NODE_LABEL, RestartStatus, VirtualMachine, condition_types};
 use crate::domain_xml::DomainOwner;
 use crate::libvirt::DomainState as LvState;
@@ -124,40 +125,43 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     // The stored XML, when a domain is wanted and storage is ready.
     let ready = storage_ready(vm);
     let mut failure: Option<(Failure, AgentError)> = None;
-    let mut stored: Option<(String, StoredXml)> = None;
+    let mut stored: Option<Stored> = None;
+    let mut stored_is_a_copy = false;
     if matches!(intent, Intent::Started | Intent::Stopped)
         && ready
         && !gave_up(reported.as_ref(), generation.unwrap_or(0))
     {
-        match read_stored(ctx, &what, &names).await {
-            Ok(s) => stored = Some(s),
-            Err(e) => {
-                failure = Some((
-                    Failure {
-                        reason: "StorageUnreadable",
-                        message: e.to_string(),
-                    },
-                    e,
-                ))
+        if let Some(copy) = ctx
+            .stored_xml
+            .get(&uid, generation, ctx.config.stored_xml_recheck)
+        {
+            stored = Some(copy);
+            stored_is_a_copy = true;
+        } else {
+            match read_stored(ctx, &what, &names).await {
+                Ok(s) => {
+                    ctx.stored_xml.put(&uid, generation, &s);
+                    stored = Some(s);
+                }
+                Err(e) => failure = Some(unreadable(e)),
             }
         }
     }
 
     let restarts_before = current_restarts.clone().unwrap_or_default();
-    let mut decision = if failure.is_some() {
-        Decision {
-            steps: Vec::new(),
-            restarts: restarts_before.clone(),
-            note: None,
-            requeue_after: None,
-        }
-    } else {
+    let no_action = || Decision {
+        steps: Vec::new(),
+        restarts: restarts_before.clone(),
+        note: None,
+        requeue_after: None,
+    };
+    let decide = |stored: Option<&Stored>| {
         domain_reconcile::decide(&Facts {
             now,
             generation: generation.unwrap_or(0),
             intent,
             storage_ready: ready,
-            stored: stored.as_ref().map(|(_, s)| s),
+            stored: stored.map(|(_, s)| s),
             domain: observed.as_ref(),
             reported: reported.as_ref(),
             restarts: &restarts_before,
@@ -166,6 +170,31 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
             policy: &ctx.policy,
         })
     };
+    let mut decision = if failure.is_some() {
+        no_action()
+    } else {
+        decide(stored.as_ref())
+    };
+    // A domain is defined and started from what RBD holds now, never from a kept copy: a
+    // start is when a changed XML takes effect.
+    if stored_is_a_copy
+        && decision
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Define | Step::Start))
+    {
+        match read_stored(ctx, &what, &names).await {
+            Ok(s) => {
+                ctx.stored_xml.put(&uid, generation, &s);
+                decision = decide(Some(&s));
+                stored = Some(s);
+            }
+            Err(e) => {
+                failure = Some(unreadable(e));
+                decision = no_action();
+            }
+        }
+    }
     if !decision.steps.is_empty() {
         debug!(steps = ?decision.steps, note = ?decision.note, "acting");
     }
@@ -308,7 +337,17 @@ async fn observe(
         .await
 }
 
-async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<(String, StoredXml), AgentError> {
+fn unreadable(e: AgentError) -> (Failure, AgentError) {
+    (
+        Failure {
+            reason: "StorageUnreadable",
+            message: e.to_string(),
+        },
+        e,
+    )
+}
+
+async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Stored, AgentError> {
     let context = format!("{what}: read the domain XML from RBD");
     let text = ctx
         .ceph
@@ -325,7 +364,7 @@ async fn run_step(
     owner: &DomainOwner,
     step: Step,
     stop_timeout: Duration,
-    stored: Option<&(String, StoredXml)>,
+    stored: Option<&Stored>,
 ) -> Result<(), AgentError> {
     let done = run_libvirt_step(ctx, what, domain_name, owner, step, stop_timeout, stored).await;
     // Even a failed step may have changed the domain.
@@ -340,7 +379,7 @@ async fn run_libvirt_step(
     owner: &DomainOwner,
     step: Step,
     stop_timeout: Duration,
-    stored: Option<&(String, StoredXml)>,
+    stored: Option<&Stored>,
 ) -> Result<(), AgentError> {
     let context = format!("{what}: {step:?}");
     let stats = ctx.stats.clone();
