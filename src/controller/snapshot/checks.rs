@@ -3,8 +3,21 @@
 //! included: a reconcile whose inputs have not changed since a recent look reads nothing.
 
 use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// A key for a look's inputs: equal inputs, equal keys.
+pub fn key_of(inputs: &impl Serialize) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    serde_json::to_string(inputs)
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    hasher.finish()
+}
 
 pub struct RecentChecks {
     entries: Mutex<HashMap<String, (u64, Instant)>>,

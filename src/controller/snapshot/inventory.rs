@@ -20,7 +20,7 @@ use kube::runtime::controller::Action;
 use serde_json::json;
 use tracing::{Instrument, debug, info_span};
 
-use super::checks::RecentChecks;
+use super::checks::{self, RecentChecks};
 use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, rbd, reset_failures};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
@@ -88,11 +88,7 @@ pub fn inputs_key(
     shown: &[UnmanagedSnapshot],
     claimed: &BTreeSet<String>,
 ) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_string(&(storage, shown, claimed))
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
+    checks::key_of(&(storage, shown, claimed))
 }
 
 /// The inputs of each VM's last refresh and when it was made: a reconcile woken by a change

@@ -1,8 +1,6 @@
 //! Reconciles one VirtualMachineSnapshot: Pending -> InProgress -> Ready, or Failed; on
 //! deletion, removes the RBD snapshots it made (unless Retain).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,7 +15,7 @@ use kube::runtime::finalizer::{self, finalizer};
 use tracing::{Instrument, info, info_span};
 
 use super::rbd::{self, Removed};
-use super::{Ctx, Error, VmLock, cron, now, reset_failures, write_status};
+use super::{Ctx, Error, VmLock, checks, cron, now, reset_failures, write_status};
 use crate::api::{
     OperationError, SNAPSHOT_FINALIZER, SnapshotDeletionPolicy, SnapshotDiskStatus, SnapshotPhase,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
@@ -46,15 +44,11 @@ pub fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
 /// What a Ready snapshot's check depends on besides Ceph: the object as people change it
 /// (spec, labels, annotations; an annotation is how one asks for a check now), not its status.
 fn verify_key(snap: &VirtualMachineSnapshot) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    serde_json::to_string(&(
+    checks::key_of(&(
         snap.metadata.generation,
         &snap.metadata.labels,
         &snap.metadata.annotations,
     ))
-    .unwrap_or_default()
-    .hash(&mut hasher);
-    hasher.finish()
 }
 
 fn to_system_time(t: &Time) -> SystemTime {
