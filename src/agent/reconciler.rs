@@ -214,6 +214,8 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
             stored.as_ref(),
         )
         .await;
+        // Even a failed step may have changed the domain: the Hypervisor status follows.
+        ctx.domains_changed.notify_one();
         match (step, result) {
             (Step::Stop, Ok(())) => stopped = true,
             (Step::Start, Ok(())) => {
@@ -358,21 +360,6 @@ async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Store
 }
 
 async fn run_step(
-    ctx: &Context,
-    what: &str,
-    domain_name: &str,
-    owner: &DomainOwner,
-    step: Step,
-    stop_timeout: Duration,
-    stored: Option<&Stored>,
-) -> Result<(), AgentError> {
-    let done = run_libvirt_step(ctx, what, domain_name, owner, step, stop_timeout, stored).await;
-    // Even a failed step may have changed the domain.
-    ctx.domains_changed.notify_one();
-    done
-}
-
-async fn run_libvirt_step(
     ctx: &Context,
     what: &str,
     domain_name: &str,

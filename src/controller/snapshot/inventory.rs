@@ -121,7 +121,7 @@ impl Seen {
         }
         let mut hasher = DefaultHasher::new();
         uid.hash(&mut hasher);
-        let due = Duration::from_millis(hasher.finish() % self.period().as_millis().max(1) as u64);
+        let due = Duration::from_millis(hasher.finish() % self.period().as_millis() as u64);
         let since_start = Timestamp::now().duration_since(started).unsigned_abs();
         due.checked_sub(since_start).filter(|left| !left.is_zero())
     }
@@ -221,11 +221,11 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const REFRESH: Duration = DEFAULT_REFRESH;
     use crate::api::{SnapshotDeletionPolicy, VirtualMachineSnapshotSpec, VirtualMachineSnapshotStatus};
     use crate::ceph::SnapNamespace;
     use std::time::UNIX_EPOCH;
+
+    const REFRESH: Duration = DEFAULT_REFRESH;
 
     fn snap(id: u64, name: &str, secs: u64) -> SnapInfo {
         SnapInfo {
