@@ -7,6 +7,9 @@
 #   hack/testbed.sh env  [--instance NAME]      # prints the exports a shell needs
 #   hack/testbed.sh install [--components ...]  # installs packages and builds binaries only
 #
+# --hypervisors N simulated hypervisors (libvirt test driver), N >= 2 for placement tests.
+# --with-qemu also: the machine's libvirtd (SEAPATH_QEMU_URI) and N private libvirtd "hosts"
+#   hv1..hvN with their own identity, for failover and live migration (SEAPATH_QEMU_NODES).
 # Every instance has its own directory and ports, so several can run side by side.
 # `down` stops only the processes this instance started, by the PIDs it recorded.
 set -euo pipefail
@@ -24,12 +27,13 @@ source "$HACK_DIR/lib/ceph.sh"
 source "$HACK_DIR/lib/libvirt.sh"
 
 usage() {
-  sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
 command=${1:-}
 [ -n "$command" ] || usage 2
+case $command in -h|--help) usage 0 ;; esac
 shift
 INSTANCE=default
 COMPONENTS=kube,ceph,libvirt
@@ -86,6 +90,10 @@ cmd_up() {
   fi
   if has_component libvirt; then
     t0=$(now_ms); libvirt_up; summary+="  libvirt              $(( $(now_ms) - t0 )) ms\n"
+    if [ "$WITH_QEMU" = 1 ]; then
+      t0=$(now_ms); libvirt_hosts_up
+      summary+="$(printf '  %-20s %s' "qemu hosts hv1..hv$HYPERVISORS" "$(( $(now_ms) - t0 ))") ms\n"
+    fi
     libvirt_env >>"$TESTBED_DIR/env.partial"
   fi
   echo "export SEAPATH_TESTBED_DIR=$TESTBED_DIR" >>"$TESTBED_DIR/env.partial"

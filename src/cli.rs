@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 use crate::agent::{AgentConfig, CephConfig as AgentCephConfig, CephSecretConfig};
 use crate::controller::context::PolicyConfig;
+use crate::controller::hypervisor::FencingSettings;
 use crate::controller::run::ControllerConfig;
 use crate::domain_xml::CephAuthRef;
-use crate::naming::NamespaceMap;
+use crate::naming::{NamespaceMap, SharedImageNamespaces};
 use crate::telemetry::LogFormat;
 
 /// Runs SEAPATH virtual machines (Ceph RBD disks, libvirt domains) from Kubernetes resources.
@@ -128,6 +129,11 @@ pub struct ControllerArgs {
     /// source outside them is refused.
     #[arg(long, env = "SEAPATH_IMPORT_DIRS", value_delimiter = ',')]
     pub import_dirs: Vec<PathBuf>,
+    /// RBD namespaces every tenant may copy (`rbd` source) or clone (`golden` source) disks
+    /// from, comma separated: `NAMESPACE` (of --pool), `POOL/NAMESPACE`, or `POOL/` for a pool's
+    /// default namespace. A VM always reads its own RBD namespace; nothing else unless listed.
+    #[arg(long, env = "SEAPATH_SHARED_IMAGE_NAMESPACES", default_value = "", value_parser = SharedImageNamespaces::parse)]
+    pub shared_image_namespaces: SharedImageNamespaces,
     /// Run the snapshot, restore and schedule controllers too (off: another process runs them).
     #[arg(long, env = "SEAPATH_SNAPSHOTS", default_value_t = true, action = clap::ArgAction::Set)]
     pub snapshots: bool,
@@ -141,9 +147,19 @@ pub struct ControllerArgs {
     /// Seconds after which a VM's storage is read from Ceph again.
     #[arg(long, env = "SEAPATH_STORAGE_RECHECK", default_value = "300", value_parser = seconds)]
     pub storage_recheck: Duration,
-    /// Seconds without heartbeat after which a hypervisor takes no new VM.
-    #[arg(long, env = "SEAPATH_HEARTBEAT_TIMEOUT", default_value = "40", value_parser = seconds)]
-    pub heartbeat_timeout: Duration,
+    /// Seconds without a new heartbeat after which a hypervisor is lost: it takes no new VM,
+    /// its VMs' Ready condition says NodeLost, and if it has VMs it is fenced through Ceph and
+    /// they start elsewhere. Longer than an agent restart and than the agents' --self-fence-after.
+    #[arg(long, env = "SEAPATH_NODE_LOST_GRACE", default_value = "10", value_parser = seconds)]
+    pub node_lost_grace: Duration,
+    /// Seconds a fenced host's Ceph clients stay blocklisted if the host never rejoins (a host
+    /// that rejoins clean is let in at once).
+    #[arg(long, env = "SEAPATH_FENCE_BLOCKLIST_EXPIRY", default_value = "86400", value_parser = seconds)]
+    pub fence_blocklist_expiry: Duration,
+    /// Command run with the lost node's name before it is fenced through Ceph (power fencing,
+    /// e.g. a wrapper around fence_ipmilan); fencing waits until it exits with 0.
+    #[arg(long, env = "SEAPATH_POWER_FENCE_COMMAND")]
+    pub power_fence_command: Option<PathBuf>,
     /// Seconds between two reconciles of an unchanged VM.
     #[arg(long, env = "SEAPATH_RESYNC", default_value = "300", value_parser = seconds)]
     pub resync: Duration,
@@ -184,7 +200,11 @@ impl ControllerArgs {
             }),
             concurrency: self.concurrency,
             storage_recheck: self.storage_recheck,
-            heartbeat_timeout: self.heartbeat_timeout,
+            fencing: FencingSettings {
+                grace: self.node_lost_grace,
+                blocklist_expiry: self.fence_blocklist_expiry,
+                power_fence_command: self.power_fence_command.clone(),
+            },
             resync: self.resync,
             import_dirs: self
                 .import_dirs
@@ -192,6 +212,7 @@ impl ControllerArgs {
                 .filter(|d| !d.as_os_str().is_empty())
                 .cloned()
                 .collect(),
+            shared_image_namespaces: self.shared_image_namespaces.clone(),
             snapshots: self.snapshots,
             unmanaged_snapshot_refresh: self.unmanaged_snapshot_refresh,
             instance: self.identity(),
@@ -225,8 +246,13 @@ pub struct AgentArgs {
     )]
     pub libvirt_secret_usage: String,
     /// Seconds between two heartbeats.
-    #[arg(long, env = "SEAPATH_HEARTBEAT_INTERVAL", default_value = "10", value_parser = seconds)]
+    #[arg(long, env = "SEAPATH_HEARTBEAT_INTERVAL", default_value = "2", value_parser = seconds)]
     pub heartbeat_interval: Duration,
+    /// Seconds without a renewed heartbeat after which the agent destroys its domains itself,
+    /// before the controller starts them elsewhere (0: never). Keep it below the controller's
+    /// --node-lost-grace minus one heartbeat interval.
+    #[arg(long, env = "SEAPATH_SELF_FENCE_AFTER", default_value = "6", value_parser = seconds)]
+    pub self_fence_after: Duration,
     /// Seconds between two full checks of every domain on this host.
     #[arg(long, env = "SEAPATH_AGENT_RESYNC", default_value = "30", value_parser = seconds)]
     pub resync: Duration,
@@ -260,6 +286,7 @@ impl AgentArgs {
             _ => None,
         };
         config.heartbeat_interval = self.heartbeat_interval;
+        config.self_fence_after = self.self_fence_after;
         config.resync_period = self.resync;
         config.stored_xml_recheck = self.stored_xml_recheck;
         config.restart_backoff_base = self.restart_backoff_base;

@@ -130,6 +130,55 @@ impl NamespaceMap {
     }
 }
 
+/// RBD namespaces a cluster admin shares with every tenant as sources of `rbd` copies and
+/// `golden` clones. A VM may always read its own RBD namespace in the operator's pool; any other
+/// place must be listed here, so one tenant never reaches another's disks by naming them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedImageNamespaces {
+    /// `(pool, namespace)`; `None` is the operator's pool.
+    entries: Vec<(Option<String>, String)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "invalid shared image namespace '{entry}': {reason} (expected NAMESPACE or POOL/NAMESPACE, comma separated; POOL/ alone is the pool's default RBD namespace)"
+)]
+pub struct SharedImageNamespacesError {
+    pub entry: String,
+    pub reason: &'static str,
+}
+
+impl SharedImageNamespaces {
+    /// Parses `golden,images/base,rbd/`: a bare name is an RBD namespace of the operator's pool,
+    /// `POOL/NAMESPACE` one of another pool, and `POOL/` a pool's default RBD namespace.
+    pub fn parse(text: &str) -> Result<Self, SharedImageNamespacesError> {
+        let mut entries = Vec::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let error = |reason| SharedImageNamespacesError {
+                entry: entry.to_owned(),
+                reason,
+            };
+            let (pool, namespace) = match entry.split_once('/') {
+                Some(("", _)) => return Err(error("empty pool name")),
+                Some((pool, namespace)) => (Some(pool.to_owned()), namespace.to_owned()),
+                None => (None, entry.to_owned()),
+            };
+            if namespace.contains(['/', '@']) {
+                return Err(error("RBD namespaces cannot contain '/' or '@'"));
+            }
+            entries.push((pool, namespace));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Whether `namespace` of `pool` is shared; `operator_pool` stands for entries without pool.
+    pub fn shares(&self, operator_pool: &str, pool: &str, namespace: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(p, ns)| p.as_deref().unwrap_or(operator_pool) == pool && ns == namespace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +215,21 @@ mod tests {
         assert!(is_reserved_metadata_key("xml"));
         assert!(is_reserved_metadata_key("_base_xml"));
         assert!(!is_reserved_metadata_key("site"));
+    }
+
+    #[test]
+    fn shared_image_namespaces() {
+        let shared = SharedImageNamespaces::parse("golden, images/base,rbd/").unwrap();
+        assert!(shared.shares("rbd", "rbd", "golden"));
+        assert!(
+            !shared.shares("other", "rbd", "golden"),
+            "a bare name is in the operator's pool"
+        );
+        assert!(shared.shares("rbd", "images", "base"));
+        assert!(shared.shares("vms", "rbd", ""), "POOL/ is the default namespace");
+        assert!(!shared.shares("rbd", "rbd", "tenant"));
+        assert!(!SharedImageNamespaces::default().shares("rbd", "rbd", ""));
+        assert!(SharedImageNamespaces::parse("/x").is_err());
+        assert!(SharedImageNamespaces::parse("a/b/c").is_err());
     }
 }

@@ -470,6 +470,8 @@ async fn domain_changes_reach_the_hypervisor_before_the_next_heartbeat() {
     let (uri1, _) = node_uris();
     let a = RunningAgent::start(&bed.client, &format!("{}-a", bed.ns), &uri1, |c| {
         c.heartbeat_interval = Duration::from_secs(3600);
+        // A one-hour heartbeat would otherwise trip the self-fence deadline.
+        c.self_fence_after = Duration::ZERO;
     })
     .await;
     wait_hypervisor(&bed.client, &a.node, "registered", |h| h.status.is_some()).await;

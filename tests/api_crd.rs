@@ -160,6 +160,57 @@ async fn xml_and_metadata_are_immutable() {
         err.message
     );
 
+    // Removing the metadata and setting other keys afterwards is the same change in two steps.
+    let err = rejection(
+        vms.patch(
+            "guest0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"metadata": null}})),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("spec.metadata is immutable"),
+        "{}",
+        err.message
+    );
+
+    // Disk sources too, and the set of data disks.
+    let err = rejection(
+        vms.patch(
+            "guest0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"systemDisk": {"source": {"golden": null, "blank": {}}}}})),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("disk sources are immutable"),
+        "{}",
+        err.message
+    );
+    let err = rejection(
+        vms.patch(
+            "guest0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dataDisks": [{"source": {"blank": {}}, "size": "1Gi"}]}})),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("data disks cannot be added"),
+        "{}",
+        err.message
+    );
+    // A disk may grow.
+    vms.patch(
+        "guest0",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"systemDisk": {"size": "4Gi"}}})),
+    )
+    .await
+    .expect("growing a disk is accepted");
+
     // Desired state is not immutable: moving between states is the point.
     vms.patch(
         "guest0",
@@ -168,6 +219,24 @@ async fn xml_and_metadata_are_immutable() {
     )
     .await
     .expect("state change accepted");
+
+    // A VM created without metadata cannot get some later either.
+    let mut bare = vm("guest1");
+    bare.spec.metadata.clear();
+    vms.create(&PostParams::default(), &bare).await.expect("create");
+    let err = rejection(
+        vms.patch(
+            "guest1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"metadata": {"site": "x"}}})),
+        )
+        .await,
+    );
+    assert!(
+        err.message.contains("spec.metadata is immutable"),
+        "{}",
+        err.message
+    );
 }
 
 #[tokio::test]

@@ -72,6 +72,7 @@ async fn ceph_unreachable_for_a_while_then_everything_completes() {
         Options {
             snapshots: true,
             ceph_options: vec![timeout("rados_osd_op_timeout"), timeout("rados_mon_op_timeout")],
+            ..Default::default()
         },
     );
     let namespace = common::fresh_namespace(&client, "ceph-outage").await;

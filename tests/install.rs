@@ -254,6 +254,7 @@ fn roles_grant_exactly_what_the_operator_uses() {
             ),
             (&format!("{g}/virtualmachines/status"), &["patch"]),
             (&format!("{g}/hypervisors"), &["get", "list", "watch"]),
+            (&format!("{g}/hypervisors/status"), &["patch"]),
             (
                 &format!("{g}/virtualmachinesnapshots"),
                 &["get", "list", "watch", "create", "patch", "delete"]

@@ -554,3 +554,124 @@ async fn a_qcow2_file_is_imported_and_other_paths_are_refused() {
             .any(|i| i.contains("snoop"))
     );
 }
+
+/// An RBD namespace of this test's pool, made if missing.
+fn rbd_namespace(namespace: &str) -> IoCtx {
+    let cluster = Cluster::connect(ClusterConfig {
+        conf_path: common::testbed_env("CEPH_CONF").into(),
+        client_id: std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into()),
+        ..Default::default()
+    })
+    .expect("connect to Ceph");
+    let pool = common::testbed_env("SEAPATH_CEPH_POOL");
+    let root = cluster.io_context(&pool, "").expect("pool");
+    if !root.namespace_exists(namespace).expect("namespace exists") {
+        root.create_namespace(namespace).expect("create RBD namespace");
+    }
+    cluster.io_context(&pool, namespace).expect("RBD namespace")
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_copy_or_clone_another_tenants_disks() {
+    let victim = setup("lc-victim").await;
+    victim
+        .vms
+        .create(&PostParams::default(), &manifest("secret", blank_spec(json!({}))))
+        .await
+        .unwrap();
+    wait_phase(&victim, "secret", Phase::Started).await;
+    let victim_io = rbd(&victim);
+    victim_io
+        .open_image("system_secret")
+        .unwrap()
+        .snap_create("ordinary")
+        .unwrap();
+
+    let tenant = setup("lc-tenant").await;
+    let copy = blank_spec(
+        json!({"systemDisk": {"source": {"rbd": {"namespace": victim.namespace, "image": "system_secret"}}}}),
+    );
+    let clone = blank_spec(
+        json!({"systemDisk": {"source": {"golden": {"namespace": victim.namespace, "image": "system_secret", "snapshot": "ordinary"}}}}),
+    );
+    for (name, spec, kind) in [("copy", copy, "rbd"), ("clone", clone, "golden")] {
+        tenant
+            .vms
+            .create(&PostParams::default(), &manifest(name, spec))
+            .await
+            .unwrap();
+        let stalled = wait_reason(&tenant, name, "Stalled", "SourceNotShared").await;
+        assert_eq!(stalled.status, "True");
+        assert!(
+            stalled.message.contains(&format!("{kind} source"))
+                && stalled
+                    .message
+                    .contains(&format!("/{}/system_secret", victim.namespace))
+                && stalled.message.contains("--shared-image-namespaces"),
+            "{}",
+            stalled.message
+        );
+    }
+    // Nothing was made on the tenant's side, and the victim can still drop its snapshot.
+    let tenant_io = rbd(&tenant);
+    assert!(tenant_io.list_images().unwrap().is_empty());
+    assert!(tenant_io.group_list().unwrap().is_empty());
+    victim_io
+        .open_image("system_secret")
+        .unwrap()
+        .snap_remove("ordinary")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn golden_sources_must_be_shared_and_protected() {
+    let env = setup("lc-shared").await;
+    let shared = rbd_namespace(common::operator::SHARED_IMAGE_NAMESPACE);
+    let image = format!("base{}", &env.namespace[env.namespace.len() - 8..]);
+    shared
+        .create_image(&image, 16 << 20, &ImageOptions::default())
+        .unwrap();
+    {
+        let mut base = shared.open_image(&image).unwrap();
+        base.write_at(0, b"shared").unwrap();
+        base.snap_create("loose").unwrap();
+        base.snap_create("v1").unwrap();
+        base.snap_protect("v1").unwrap();
+    }
+    let golden = |snap: &str| {
+        blank_spec(json!({"systemDisk": {"source": {"golden": {
+            "namespace": common::operator::SHARED_IMAGE_NAMESPACE, "image": image, "snapshot": snap
+        }}}}))
+    };
+    env.vms
+        .create(&PostParams::default(), &manifest("loose", golden("loose")))
+        .await
+        .unwrap();
+    let refused = wait_reason(&env, "loose", "StorageReady", "SourceNotProtected").await;
+    assert!(
+        refused.message.contains("rbd snap protect"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        !rbd(&env)
+            .list_images()
+            .unwrap()
+            .iter()
+            .any(|i| i.contains("loose")),
+        "no image is left for a refused clone"
+    );
+
+    env.vms
+        .create(&PostParams::default(), &manifest("layered", golden("v1")))
+        .await
+        .unwrap();
+    wait_phase(&env, "layered", Phase::Started).await;
+    let mut buf = [0u8; 6];
+    rbd(&env)
+        .open_image("system_layered")
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
+    assert_eq!(&buf, b"shared");
+}

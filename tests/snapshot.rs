@@ -312,6 +312,29 @@ async fn bad_names_are_refused_at_admission() {
         .await
         .expect_err("immutable spec");
     assert!(err.to_string().contains("immutable"), "{err}");
+    // An optional immutable field cannot be removed to be set again afterwards.
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &snapshot("named", "vm", json!({"snapshotName": "First1"})),
+        )
+        .await
+        .unwrap();
+    for change in [json!(null), json!("Second2")] {
+        let err = env
+            .snaps
+            .patch(
+                "named",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"snapshotName": change}})),
+            )
+            .await
+            .expect_err("snapshotName is immutable");
+        assert!(
+            err.to_string().contains("spec.snapshotName is immutable"),
+            "{err}"
+        );
+    }
 }
 
 /// A VM that does not exist: Pending with a condition, Failed at the deadline; a VM being

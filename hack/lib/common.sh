@@ -45,7 +45,7 @@ free_port() {
   touch "$taken"
   for _ in $(seq 1 200); do
     port=$(( (RANDOM % 20000) + 20000 ))
-    grep -qx "$port" "$taken" && continue
+    port_reserved "$port" && continue
     if ! port_in_use "$port"; then
       echo "$port" >>"$taken"
       echo "$port"
@@ -53,6 +53,46 @@ free_port() {
     fi
   done
   die "no free TCP port found on 127.0.0.1 between 20000 and 40000"
+}
+
+# Succeeds when a port was handed out to this or any other test-bed instance (their
+# ports-taken files): ranges reserved with free_port_range are bound only later, if ever.
+port_reserved() {
+  local root
+  root=$(dirname "$TESTBED_DIR")
+  # One grep over all the files: grep -q in a pipeline would make the writer fail (pipefail).
+  grep -qxF -- "$1" "$root"/*/ports-taken 2>/dev/null
+}
+
+# Prints the first of COUNT consecutive ports (between 20000 and 40000) that are neither in use
+# on 127.0.0.1 nor reserved by any test-bed instance, and reserves them all for this instance;
+# for daemons that bind ports of a range later (libvirtd's migration and display ports).
+# Concurrent instances serialise on a lock file next to their directories.
+free_port_range() {
+  local count=$1
+  local root taken="$TESTBED_DIR/ports-taken"
+  root=$(dirname "$TESTBED_DIR")
+  touch "$taken"
+  (
+    flock 9
+    local first port ok
+    for _ in $(seq 1 200); do
+      first=$(( (RANDOM % (20000 - count)) + 20000 ))
+      ok=1
+      for port in $(seq "$first" $(( first + count - 1 ))); do
+        if port_reserved "$port" || port_in_use "$port"; then
+          ok=0
+          break
+        fi
+      done
+      if [ "$ok" = 1 ]; then
+        seq "$first" $(( first + count - 1 )) >>"$taken"
+        echo "$first"
+        exit 0
+      fi
+    done
+    exit 1
+  ) 9>"$root/.ports.lock" || die "no $count consecutive free TCP ports found on 127.0.0.1 between 20000 and 40000"
 }
 
 port_in_use() {

@@ -1,6 +1,7 @@
 # libvirt for the test bed: simulated hypervisors (libvirt's test driver, one node file per
-# hypervisor) and, with --with-qemu, the machine's libvirtd for real QEMU guests plus a tiny
-# boot-test guest (a Debian kernel and a busybox initramfs, see hack/lib/guest/init).
+# hypervisor) and, with --with-qemu, the machine's libvirtd for real QEMU guests, one private
+# libvirtd per hypervisor (real QEMU "hosts" for failover and live migration, see below) and a
+# tiny boot-test guest (a Debian kernel and a busybox initramfs, see hack/lib/guest/init).
 # Sourced by hack/testbed.sh; uses the helpers of hack/lib/common.sh.
 #
 # libvirtd's system sockets (/run/libvirt) are global to the machine, so there is one libvirtd
@@ -15,6 +16,25 @@
 # whose ceph usage name starts with it. Tests name what they create that way; nothing else on
 # the machine's libvirtd is touched.
 #
+# Private QEMU hosts (with --with-qemu, one per hypervisor: hv1..hvN, exported as
+# SEAPATH_QEMU_NODES=hv1=qemu+unix:///system?socket=PATH,hv2=...): each is a monolithic libvirtd
+# in its own mount namespace, where per-host directories under $TESTBED_DIR/libvirt/qemu/hvI/
+# are bind-mounted over /run/libvirt, /var/lib/libvirt, /var/cache/libvirt, /var/log/libvirt and
+# /etc/libvirt (the configuration files of the machine's /etc/libvirt, without its domains,
+# networks, pools, secrets and hooks). Each has its own host UUID (migration refuses a
+# destination with the source's UUID), its socket in hvI/sock (outside the private mounts, so
+# clients reach it; no authentication, root only), its own migration and display port ranges,
+# QEMU as root and QEMU's output in hvI/log/qemu/NAME.log (stdio_handler "file": no virtlogd),
+# and TMPDIR=hvI/tmp, which libvirt passes on to QEMU and which marks QEMU processes as this
+# host's. Its libvirtd log is $TESTBED_DIR/logs/libvirtd-hvI.log (SEAPATH_QEMU_NODE_LOGS).
+# Clients must use qemu+unix:// URIs: with qemu:///system?socket= both ends look local to
+# libvirt, which then refuses to migrate. `down` destroys every domain of these hosts, stops
+# their libvirtd and kills what is left of their processes; their mounts go with them.
+# Known wart: QEMU's cgroups are /machine/qemu-ID-NAME.libvirt-qemu for every libvirtd of the
+# machine, so a domain with the same name and ID on two hosts (e.g. the first domain migrated
+# to a fresh host) shares one: the host it leaves retries removing it for ~0.6 s and logs
+# "Failed to remove cgroup"; the migration itself is not affected.
+#
 # Environment knobs:
 #   SEAPATH_GUEST_KERNEL_PACKAGE  Debian kernel package of the boot-test guest (default: the
 #                                 one linux-image-amd64 depends on)
@@ -22,6 +42,8 @@
 
 LIBVIRT_LIB_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LIBVIRT_QEMU_URI=qemu:///system
+# Ports per private QEMU host: migration (16), then VNC/SPICE display (8), then websocket (8).
+LIBVIRT_HOST_PORTS=32
 LIBVIRT_GUEST_DIR="$SEAPATH_CACHE_DIR/guest"
 # Modules the guest needs for a virtio-blk disk on virtio-pci; dependencies are added.
 LIBVIRT_GUEST_MODULES="virtio_pci virtio_blk"
@@ -29,7 +51,7 @@ LIBVIRT_GUEST_MODULES="virtio_pci virtio_blk"
 libvirt_install() {
   apt_ensure libvirt-dev pkg-config libvirt-clients
   if [ "${WITH_QEMU:-0}" = 1 ]; then
-    apt_ensure libvirt-daemon-system libvirt-daemon-system-sysv qemu-system-x86 qemu-block-extra busybox-static
+    apt_ensure libvirt-daemon-system libvirt-daemon-system-sysv qemu-system-x86 qemu-block-extra busybox-static util-linux mount
     _libvirt_build_guest
   fi
 }
@@ -257,6 +279,205 @@ _libvirt_start_qemu() {
   fi
 }
 
+# ---------------------------------------------------------------------------------------------
+# Private QEMU hosts (see the top of this file)
+# ---------------------------------------------------------------------------------------------
+
+_libvirt_hosts_dir() {
+  echo "$TESTBED_DIR/libvirt/qemu"
+}
+
+_libvirt_host_uri() {
+  echo "qemu+unix:///system?socket=$1/sock/libvirt-sock"
+}
+
+_libvirt_host_virsh() {
+  local uri=$1
+  shift
+  timeout "${VIRSH_TIMEOUT:-10}" virsh -q -c "$uri" "$@"
+}
+
+# Copies the machine's libvirt configuration files and sets what makes the host private.
+_libvirt_host_configure() {
+  local hostdir=$1 ports=$2
+  local etc="$hostdir/etc" f
+  for f in /etc/libvirt/*; do
+    [ -f "$f" ] && cp -p "$f" "$etc/"
+  done
+  # libvirt's stock network filters are copied too; domains, networks, pools, secrets and
+  # hooks are not: they belong to the machine's libvirtd (autostarted twice they would clash).
+  [ -d /etc/libvirt/nwfilter ] && cp -pr /etc/libvirt/nwfilter "$etc/"
+  mkdir -p "$etc/qemu"
+  [ -f "$etc/libvirtd.conf" ] && [ -f "$etc/qemu.conf" ] ||
+    _libvirt_fail "/etc/libvirt/libvirtd.conf or /etc/libvirt/qemu.conf is missing: reinstall libvirt-daemon-system"
+  # Settings made here replace the machine's (libvirt reads the first of repeated settings).
+  sed -i -E '/^[[:space:]]*(unix_sock_dir|unix_sock_ro_perms|unix_sock_rw_perms|auth_unix_ro|auth_unix_rw|listen_tls|listen_tcp|host_uuid|log_outputs)[[:space:]]*=/d' "$etc/libvirtd.conf"
+  sed -i -E '/^[[:space:]]*(user|group|stdio_handler|migration_port_min|migration_port_max|remote_display_port_min|remote_display_port_max|remote_websocket_port_min|remote_websocket_port_max)[[:space:]]*=/d' "$etc/qemu.conf"
+  cat >>"$etc/libvirtd.conf" <<CONF
+
+# Added by seapath-operator hack/lib/libvirt.sh: private host $(basename "$hostdir") of test bed '$INSTANCE'.
+unix_sock_dir = "$hostdir/sock"
+unix_sock_ro_perms = "0700"
+unix_sock_rw_perms = "0700"
+auth_unix_ro = "none"
+auth_unix_rw = "none"
+listen_tls = 0
+listen_tcp = 0
+host_uuid = "$(cat /proc/sys/kernel/random/uuid)"
+log_outputs = "3:stderr"
+CONF
+  cat >>"$etc/qemu.conf" <<CONF
+
+# Added by seapath-operator hack/lib/libvirt.sh: private host $(basename "$hostdir") of test bed '$INSTANCE'.
+user = "root"
+group = "root"
+stdio_handler = "file"
+migration_port_min = $ports
+migration_port_max = $(( ports + 15 ))
+remote_display_port_min = $(( ports + 16 ))
+remote_display_port_max = $(( ports + 23 ))
+remote_websocket_port_min = $(( ports + 24 ))
+remote_websocket_port_max = $(( ports + 31 ))
+CONF
+}
+
+# Runs in the new mount namespace: mounts the host's directories, then becomes its libvirtd
+# (same PID, so the PID start_daemon recorded is libvirtd's).
+# shellcheck disable=SC2016 # expanded by the inner bash
+LIBVIRT_HOST_EXEC='
+set -e
+hostdir=$1
+for m in run:/run/libvirt lib:/var/lib/libvirt cache:/var/cache/libvirt log:/var/log/libvirt etc:/etc/libvirt; do
+  mkdir -p "${m#*:}"
+  mount --bind "$hostdir/${m%%:*}" "${m#*:}"
+done
+export TMPDIR="$hostdir/tmp"
+exec libvirtd -p "$hostdir/libvirtd.pid"
+'
+
+_libvirt_host_start() {
+  local hostdir=$1
+  local name
+  name=$(basename "$hostdir")
+  start_daemon "libvirtd-$name" unshare --mount --propagation private bash -c "$LIBVIRT_HOST_EXEC" "libvirtd-$name" "$hostdir"
+}
+
+# Waits until a private host answers, or fails naming its log.
+_libvirt_host_wait() {
+  local hostdir=$1 timeout_s=$2
+  local name uri deadline
+  name=$(basename "$hostdir")
+  uri=$(_libvirt_host_uri "$hostdir")
+  deadline=$(( $(date +%s) + timeout_s ))
+  until VIRSH_TIMEOUT=5 _libvirt_host_virsh "$uri" version >/dev/null 2>&1; do
+    daemon_running "libvirtd-$name" ||
+      _libvirt_fail "the libvirtd of QEMU host $name exited at start: read $TESTBED_DIR/logs/libvirtd-$name.log"
+    [ "$(date +%s)" -lt "$deadline" ] ||
+      _libvirt_fail "the libvirtd of QEMU host $name did not answer on $uri within ${timeout_s} s: read $TESTBED_DIR/logs/libvirtd-$name.log"
+    sleep 0.05
+  done
+}
+
+# Starts one private libvirtd per hypervisor. They start in parallel when QEMU's capabilities
+# can be seeded (libvirtd probes every emulator at start, ~8 s each here under TCG): from the
+# machine's libvirtd cache, else from hv1, started and waited for first.
+libvirt_hosts_up() {
+  local base
+  base=$(_libvirt_hosts_dir)
+  command -v libvirtd >/dev/null || _libvirt_fail "libvirtd is missing: run 'hack/testbed.sh install --components libvirt --with-qemu'"
+  command -v unshare >/dev/null && command -v mount >/dev/null ||
+    _libvirt_fail "unshare or mount is missing: run 'apt-get install util-linux mount'"
+  rm -rf "$base"
+  mkdir -p "$base"
+  local seed=/var/cache/libvirt/qemu/capabilities
+  compgen -G "$seed/*.xml" >/dev/null || seed=""
+  local i hostdir uri ports
+  for i in $(seq 1 "$HYPERVISORS"); do
+    hostdir="$base/hv$i"
+    uri=$(_libvirt_host_uri "$hostdir")
+    [[ $uri =~ ^qemu\+unix:///system\?socket=/[A-Za-z0-9/._-]+$ ]] ||
+      _libvirt_fail "the QEMU host URI '$uri' would need escaping: use an absolute SEAPATH_TESTBED_ROOT made of letters, digits and / . _ -"
+    # The longest socket is hvI/sock/libvirt-admin-sock; unix socket paths have 107 bytes at most.
+    [ ${#hostdir} -le 80 ] ||
+      _libvirt_fail "$hostdir/sock/libvirt-sock is too long for a unix socket: use a shorter SEAPATH_TESTBED_ROOT"
+    mkdir -p "$hostdir"/{run,lib,cache/qemu/capabilities,log/qemu,etc,sock,tmp}
+    ports=$(free_port_range "$LIBVIRT_HOST_PORTS")
+    _libvirt_host_configure "$hostdir" "$ports"
+    echo "$uri" >"$hostdir/uri"
+    [ -z "$seed" ] || cp -p "$seed"/*.xml "$hostdir/cache/qemu/capabilities/"
+    _libvirt_host_start "$hostdir"
+    if [ -z "$seed" ]; then
+      _libvirt_host_wait "$hostdir" 120
+      seed="$hostdir/cache/qemu/capabilities"
+      compgen -G "$seed/*.xml" >/dev/null || seed=""
+    fi
+  done
+  for i in $(seq 1 "$HYPERVISORS"); do
+    _libvirt_host_wait "$base/hv$i" 120
+  done
+  echo "$HYPERVISORS" >"$base/hosts"
+}
+
+# PIDs of what a private host's libvirtd left running: processes with its TMPDIR (QEMU and
+# other helpers libvirtd spawns), and QEMU processes whose command line names its directory.
+_libvirt_host_leftovers() {
+  local hostdir=$1
+  local p pid comm
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = "$$" ] || [ "$pid" = "$BASHPID" ] && continue
+    if grep -qzxF "TMPDIR=$hostdir/tmp" "$p/environ" 2>/dev/null; then
+      echo "$pid"
+      continue
+    fi
+    read -r comm 2>/dev/null <"$p/comm" || continue
+    case $comm in
+      qemu-*) grep -qzF "$hostdir/" "$p/cmdline" 2>/dev/null && echo "$pid" ;;
+    esac
+  done
+  return 0
+}
+
+# Safe when nothing was started.
+libvirt_hosts_down() {
+  local base hostdir name uri dom pids pid cgroups cg path
+  base=$(_libvirt_hosts_dir)
+  [ -d "$base" ] || return 0
+  for hostdir in "$base"/hv*; do
+    [ -d "$hostdir" ] || continue
+    name=$(basename "$hostdir")
+    uri=$(_libvirt_host_uri "$hostdir")
+    if daemon_running "libvirtd-$name"; then
+      for dom in $(_libvirt_host_virsh "$uri" list --name 2>/dev/null); do
+        _libvirt_host_virsh "$uri" destroy "$dom" >/dev/null 2>&1 ||
+          log "warning: could not destroy domain $dom on QEMU host $name: its process is killed below"
+      done
+    fi
+    stop_daemon "libvirtd-$name"
+    pids=$(_libvirt_host_leftovers "$hostdir")
+    [ -z "$pids" ] && continue
+    log "killing what QEMU host $name left running: pid(s) $(echo "$pids" | tr '\n' ' ')"
+    # Their machine cgroups (qemu-ID-NAME.libvirt-qemu), which their dead libvirtd cannot remove.
+    cgroups=$(for pid in $pids; do sed -n 's|.*/machine/\(qemu-[0-9]*-[^/]*\.libvirt-qemu\).*|\1|p' "/proc/$pid/cgroup" 2>/dev/null; done | sort -u)
+    # shellcheck disable=SC2086 # one PID a word
+    kill $pids 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      pids=$(for pid in $pids; do kill -0 "$pid" 2>/dev/null && echo "$pid"; done)
+      [ -z "$pids" ] && break
+      sleep 0.1
+    done
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
+    # rmdir removes only empty cgroups: one another process still uses is left alone.
+    for cg in $cgroups; do
+      for path in /sys/fs/cgroup/machine/"$cg" /sys/fs/cgroup/*/machine/"$cg"; do
+        [ -d "$path" ] && { find "$path" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
+      done
+    done
+  done
+  rm -f "$base/hosts"
+}
+
 _libvirt_node_xml() {
   local index=$1
   cat <<EOF
@@ -317,6 +538,17 @@ libvirt_env() {
     echo "export SEAPATH_GUEST_INITRD=$(_libvirt_quote "$guest/initrd.img")"
     echo "export SEAPATH_E2E_PREFIX=$(_libvirt_quote "seapath-e2e-$INSTANCE-")"
   fi
+  local base
+  base=$(_libvirt_hosts_dir)
+  if [ -f "$base/hosts" ]; then
+    local uris="" logs=""
+    for i in $(seq 1 "$(cat "$base/hosts")"); do
+      uris+="${uris:+,}hv$i=$(cat "$base/hv$i/uri")"
+      logs+="${logs:+,}hv$i=$TESTBED_DIR/logs/libvirtd-hv$i.log"
+    done
+    echo "export SEAPATH_QEMU_NODES=$(_libvirt_quote "$uris")"
+    echo "export SEAPATH_QEMU_NODE_LOGS=$(_libvirt_quote "$logs")"
+  fi
 }
 
 # Destroys and undefines this instance's QEMU domains and secrets (see the top of this file).
@@ -363,6 +595,7 @@ _libvirt_foreign_users() {
 # Safe when nothing was started.
 libvirt_down() {
   local dir="$TESTBED_DIR/libvirt"
+  libvirt_hosts_down
   [ -f "$dir/uses-qemu" ] || return 0
   _libvirt_system_answers && _libvirt_cleanup_qemu_objects
   rm -f "$dir/uses-qemu"

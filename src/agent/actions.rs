@@ -236,7 +236,11 @@ pub fn remove_marked(
         Err(e) if e.is_no_domain() => return Ok(false),
         Err(e) => return Err(AgentError::libvirt(context, e)),
     }
-    stop(hv, stats, &context, name, timeout)?;
+    if timeout.is_zero() {
+        destroy(hv, stats, &context, name)?;
+    } else {
+        stop(hv, stats, &context, name, timeout)?;
+    }
     undefine(hv, stats, &context, name)?;
     Ok(true)
 }

@@ -12,7 +12,10 @@ use crate::metrics::Metrics;
 use crate::naming::NamespaceMap;
 
 /// Default interval between two `Hypervisor` heartbeats.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Default time without a renewed heartbeat after which the agent destroys its domains: less
+/// than the controller's default grace (10 s) minus a heartbeat interval.
+pub const DEFAULT_SELF_FENCE_AFTER: Duration = Duration::from_secs(6);
 /// Default period of the full re-check of every VM and of the sweep of leftover domains.
 pub const DEFAULT_RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// Default longest time a VM's stored XML is compared from a kept copy before RBD is read
@@ -92,6 +95,9 @@ pub struct AgentConfig {
     pub ceph_secret: Option<CephSecretConfig>,
     /// Interval between two `Hypervisor` status reports.
     pub heartbeat_interval: Duration,
+    /// Time without a renewed heartbeat after which the agent destroys its domains (zero: never).
+    /// Must stay below the controller's grace, so the domains are gone before they start elsewhere.
+    pub self_fence_after: Duration,
     /// Every VM is re-checked (and leftover domains swept) at least this often.
     pub resync_period: Duration,
     /// A VM's XML is read from RBD again at least this often while its spec does not change
@@ -122,6 +128,7 @@ impl AgentConfig {
             ceph,
             ceph_secret: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            self_fence_after: DEFAULT_SELF_FENCE_AFTER,
             resync_period: DEFAULT_RESYNC_PERIOD,
             stored_xml_recheck: DEFAULT_STORED_XML_RECHECK,
             restart_backoff_base: DEFAULT_RESTART_BACKOFF_BASE,
@@ -183,6 +190,12 @@ impl AgentConfig {
                 return invalid(format!("the {what} must be positive"));
             }
         }
+        if !self.self_fence_after.is_zero() && self.self_fence_after <= self.heartbeat_interval {
+            return invalid(format!(
+                "the self-fence deadline ({:?}) must be longer than the heartbeat interval ({:?})",
+                self.self_fence_after, self.heartbeat_interval
+            ));
+        }
         if self.restart_backoff_max < self.restart_backoff_base {
             return invalid(format!(
                 "the restart back-off maximum ({:?}) is below its base ({:?})",
@@ -216,7 +229,8 @@ mod tests {
     fn defaults_are_valid() {
         let c = config();
         c.validate().unwrap();
-        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.self_fence_after, Duration::from_secs(6));
         assert_eq!(c.max_consecutive_failures, 5);
         let p = c.restart_policy();
         assert_eq!(p.stable_period, Duration::from_secs(600));
@@ -232,6 +246,9 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = config();
         c.ceph.client_id = "client.admin".into();
+        assert!(c.validate().is_err());
+        let mut c = config();
+        c.self_fence_after = c.heartbeat_interval;
         assert!(c.validate().is_err());
         let mut c = config();
         c.ceph_secret = Some(CephSecretConfig {

@@ -64,6 +64,11 @@ impl AgentError {
     }
 
     /// Whether libvirt itself is unreachable (as opposed to refusing one operation).
+    /// The API server refused a write made on an older version of the object.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, AgentError::Kube { error: kube::Error::Api(s), .. } if s.code == 409)
+    }
+
     pub fn is_libvirt_connection(&self) -> bool {
         matches!(self, AgentError::Libvirt { error, .. } if error.is_connection_error())
     }

@@ -24,6 +24,8 @@ use crate::libvirt::HostInfo;
 pub const REASON_REACHABLE: &str = "LibvirtReachable";
 /// Reason of `Ready=False` when libvirt does not answer.
 pub const REASON_UNREACHABLE: &str = "LibvirtUnreachable";
+/// Reason of `Ready=False` while the controller keeps this host fenced.
+pub const REASON_FENCED: &str = "Fenced";
 
 /// How long after a domain change the status is written (changes meanwhile join it).
 const REPORT_CHANGES_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -33,15 +35,21 @@ pub type Observation = Result<(HostInfo, Vec<MarkedDomain>), String>;
 
 /// The status to write: fresh host facts when libvirt answered, the last known ones
 /// otherwise; the Ready condition keeps its transition time unless its status flips.
+///
+/// While the controller keeps the host fenced, Ready is False (reason Fenced): a host is never
+/// Ready while it may still run a domain of a VM placed elsewhere. The fence itself is the
+/// controller's field and never part of what the agent writes.
 pub fn build_status(
     uri: &str,
     observation: &Observation,
     previous: Option<&HypervisorStatus>,
     generation: Option<i64>,
+    fenced: bool,
     now: Timestamp,
 ) -> HypervisorStatus {
     let now = whole_seconds(now);
     let mut status = previous.cloned().unwrap_or_default();
+    status.fence = None;
     status.libvirt_uri = Some(uri.to_owned());
     status.heartbeat_time = Some(Time(now));
     let (ready, reason, message) = match observation {
@@ -67,6 +75,15 @@ pub fn build_status(
             )
         }
         Err(message) => ("False", REASON_UNREACHABLE, message.clone()),
+    };
+    let (ready, reason, message) = if fenced {
+        (
+            "False",
+            REASON_FENCED,
+            "the controller fenced this host after it was lost; the agent destroys the domains of VMs placed elsewhere, then the fence is lifted".to_owned(),
+        )
+    } else {
+        (ready, reason, message)
     };
     let previous_ready =
         previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == condition_types::READY));
@@ -121,7 +138,7 @@ async fn write_status(
     api: &Api<Hypervisor>,
     node: &str,
     status: &HypervisorStatus,
-) -> Result<Option<i64>, AgentError> {
+) -> Result<Hypervisor, AgentError> {
     let patch = json!({
         "apiVersion": Hypervisor::api_version(&()),
         "kind": Hypervisor::kind(&()),
@@ -133,7 +150,7 @@ async fn write_status(
         .patch_status(node, &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| AgentError::kube(format!("Hypervisor {node}: write status"), e))?;
-    Ok(written.metadata.generation)
+    Ok(written)
 }
 
 /// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
@@ -170,13 +187,21 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
                 &observation,
                 previous.as_ref(),
                 generation,
+                ctx.fence.fenced_by_controller(),
                 Timestamp::now(),
             );
             match write_status(&api, &node, &status).await {
-                Ok(g) => {
+                Ok(written) => {
                     ctx.stats.hypervisor_status_write();
+                    let fenced = written.status.as_ref().is_some_and(|s| s.fence.is_some());
+                    if fenced != ctx.fence.fenced_by_controller() {
+                        info!(node, fenced, "the controller's fence of this host changed");
+                        // Report the new standing at once, not a heartbeat later.
+                        ctx.domains_changed.notify_one();
+                    }
+                    ctx.fence.heartbeat_written(fenced);
                     debug!(node, "heartbeat written");
-                    generation = g;
+                    generation = written.metadata.generation;
                     previous = Some(status);
                 }
                 Err(e) => {
@@ -251,7 +276,7 @@ mod tests {
                 marked("a", "vm1", DomainState::Running, 1024 * 1024 + 1),
             ],
         ));
-        let s = build_status("test:///hv1.xml", &obs, None, Some(1), t(0));
+        let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
         assert_eq!(s.libvirt_uri.as_deref(), Some("test:///hv1.xml"));
         assert_eq!(s.libvirt_version.as_deref(), Some("9.0.0"));
         assert_eq!(s.hypervisor.as_deref(), Some("TEST 0.0.2"));
@@ -273,11 +298,11 @@ mod tests {
     fn transition_time_changes_only_on_flips() {
         let ok: Observation = Ok((info(), vec![]));
         let down: Observation = Err("libvirt connect on test:///x: no such file".into());
-        let s1 = build_status("u", &ok, None, Some(1), t(0));
-        let s2 = build_status("u", &ok, Some(&s1), Some(1), t(10));
+        let s1 = build_status("u", &ok, None, Some(1), false, t(0));
+        let s2 = build_status("u", &ok, Some(&s1), Some(1), false, t(10));
         assert_eq!(s2.conditions[0].last_transition_time, Time(t(0)));
         assert_eq!(s2.heartbeat_time, Some(Time(t(10))));
-        let s3 = build_status("u", &down, Some(&s2), Some(1), t(20));
+        let s3 = build_status("u", &down, Some(&s2), Some(1), false, t(20));
         let ready = &s3.conditions[0];
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
@@ -287,15 +312,30 @@ mod tests {
         assert_eq!(ready.last_transition_time, Time(t(20)));
         assert_eq!(s3.cpus, 8, "last known capacity is kept");
         assert_eq!(s3.conditions.len(), 1);
-        let s4 = build_status("u", &down, Some(&s3), Some(2), t(30));
+        let s4 = build_status("u", &down, Some(&s3), Some(2), false, t(30));
         assert_eq!(s4.conditions[0].last_transition_time, Time(t(20)));
         assert_eq!(s4.conditions[0].observed_generation, Some(2));
     }
 
     #[test]
+    fn a_fenced_host_is_not_ready_and_never_writes_the_fence() {
+        let ok: Observation = Ok((info(), vec![]));
+        let mut previous = build_status("u", &ok, None, Some(1), false, t(0));
+        previous.fence = Some(crate::api::FenceStatus::default());
+        let s = build_status("u", &ok, Some(&previous), Some(1), true, t(10));
+        assert_eq!(
+            (s.conditions[0].status.as_str(), s.conditions[0].reason.as_str()),
+            ("False", REASON_FENCED)
+        );
+        assert_eq!(s.fence, None, "the fence is the controller's field");
+        let s = build_status("u", &ok, Some(&s), Some(1), false, t(20));
+        assert_eq!(s.conditions[0].status, "True");
+    }
+
+    #[test]
     fn unreachable_from_the_start() {
         let down: Observation = Err("boom".into());
-        let s = build_status("u", &down, None, None, t(0));
+        let s = build_status("u", &down, None, None, false, t(0));
         assert_eq!(s.conditions[0].status, "False");
         assert_eq!(s.cpus, 0);
         assert!(s.libvirt_version.is_none());

@@ -23,6 +23,7 @@ pub mod domain_reconcile;
 mod error;
 pub mod hypervisor_status;
 pub mod reconciler;
+mod self_fence;
 pub mod status;
 mod stored_xml;
 pub mod sweep;
@@ -46,8 +47,8 @@ use tracing::{debug, info, warn};
 pub use backoff::RestartPolicy;
 pub use config::{
     AgentConfig, CephConfig, CephSecretConfig, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_RESTART_BACKOFF_BASE, DEFAULT_RESTART_BACKOFF_MAX, DEFAULT_RESYNC_PERIOD, DEFAULT_STOP_TIMEOUT,
-    DEFAULT_STORED_XML_RECHECK,
+    DEFAULT_RESTART_BACKOFF_BASE, DEFAULT_RESTART_BACKOFF_MAX, DEFAULT_RESYNC_PERIOD,
+    DEFAULT_SELF_FENCE_AFTER, DEFAULT_STOP_TIMEOUT, DEFAULT_STORED_XML_RECHECK,
 };
 pub use connection::{AgentStats, StatsSnapshot};
 pub use error::AgentError;
@@ -107,6 +108,8 @@ pub(crate) struct Context {
     pub(crate) domains_changed: Notify,
     /// The XML each VM should run, as last read from RBD.
     pub(crate) stored_xml: stored_xml::StoredXmlCache,
+    /// Heartbeat renewal and fencing: whether domains may start.
+    pub(crate) fence: self_fence::FenceWatch,
 }
 
 impl Context {
@@ -194,6 +197,7 @@ impl Agent {
             sweep_now: Notify::new(),
             domains_changed: Notify::new(),
             stored_xml: stored_xml::StoredXmlCache::default(),
+            fence: self_fence::FenceWatch::default(),
             config,
         });
 
@@ -214,9 +218,10 @@ impl Agent {
 
         let heartbeat = hypervisor_status::heartbeat_loop(ctx.clone(), stop_rx.clone());
         let sweeps = sweep::sweep_loop(ctx.clone(), stop_rx.clone());
+        let self_fence = self_fence::self_fence_loop(ctx.clone(), stop_rx.clone());
         let departures = watch_departures(ctx.clone(), Api::all(client.clone()), selector, stop_rx);
         let all = async {
-            tokio::join!(reconciles, heartbeat, sweeps, departures);
+            tokio::join!(reconciles, heartbeat, sweeps, departures, self_fence);
         };
         tokio::pin!(all);
         tokio::select! {

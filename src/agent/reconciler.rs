@@ -83,6 +83,13 @@ pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &AgentError, ctx: Arc
     Action::requeue(delay)
 }
 
+/// How soon a VM whose report met a newer version of the object is reconciled again (the
+/// watch brings that version within moments).
+const CONFLICT_RETRY: Duration = Duration::from_millis(100);
+
+/// How soon a VM whose start was held back by a fence is looked at again.
+const FENCED_RECHECK: Duration = Duration::from_secs(2);
+
 async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, AgentError> {
     ctx.stats.reconcile();
     let node = ctx.config.node_name.as_str();
@@ -195,6 +202,19 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
             }
         }
     }
+    if ctx.fence.blocks_starts()
+        && decision
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Define | Step::Start))
+    {
+        // Self-fenced, or fenced by the controller: the VM may be running elsewhere already.
+        decision
+            .steps
+            .retain(|s| !matches!(s, Step::Define | Step::Start));
+        decision.requeue_after = Some(FENCED_RECHECK);
+        debug!(domain = %domain_name, "not starting: this host is fenced");
+    }
     if !decision.steps.is_empty() {
         debug!(steps = ?decision.steps, note = ?decision.note, "acting");
     }
@@ -292,7 +312,18 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let mut written = reported.clone();
     if !unchanged && intent != Intent::Absent(AbsentReason::NotAssigned) {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-        let w = status::apply(&api, vm, report.clone(), restarts.as_ref(), None).await?;
+        // Written on the version this decision was made from: a copy that is out of date (the
+        // VM moved to another node while this agent was cut off) must not replace the report
+        // of the node that runs the VM now.
+        let w = match status::apply(&api, vm, report.clone(), restarts.as_ref(), vm.resource_version()).await
+        {
+            Ok(w) => w,
+            Err(e) if e.is_conflict() => {
+                debug!(domain = %domain_name, "the VM changed meanwhile: deciding again on the new version");
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(e) => return Err(e),
+        };
         ctx.stats.vm_status_write();
         if reported.as_ref().map(|r| r.state) != Some(w.state) {
             info!(domain = %domain_name, state = ?w.state, reason = ?w.reason, "domain state");

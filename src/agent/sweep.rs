@@ -41,8 +41,12 @@ pub fn verdict(
         return release(default_timeout, AbsentReason::NotAssigned);
     };
     let timeout = Duration::from_secs(u64::try_from(vm.spec.stop_timeout_seconds).unwrap_or(0));
-    if vm.labels().get(NODE_LABEL).map(String::as_str) != Some(node) {
-        return release(timeout, AbsentReason::NotAssigned);
+    match vm.labels().get(NODE_LABEL).map(String::as_str) {
+        Some(here) if here == node => {}
+        // Assigned to another node, which may run it already (a failover after this host was
+        // fenced): no graceful shutdown, the copy here goes at once.
+        Some(_) => return release(Duration::ZERO, AbsentReason::NotAssigned),
+        None => return release(timeout, AbsentReason::NotAssigned),
     }
     if vm.metadata.deletion_timestamp.is_some() {
         return release(timeout, AbsentReason::Deleting);
@@ -260,7 +264,8 @@ mod tests {
                 "hv1",
                 d
             ),
-            rel(s7, AbsentReason::NotAssigned)
+            rel(Duration::ZERO, AbsentReason::NotAssigned),
+            "placed elsewhere: destroyed at once, it may run there already"
         );
         assert_eq!(
             verdict(Some(&vm("u1", None, DesiredState::Started)), &owner, "hv1", d),

@@ -32,13 +32,65 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.memoryMiB",
         priority = 1
     ),
-    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeatTime")
+    printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeatTime"),
+    printcolumn(
+        name = "Fence",
+        type_ = "string",
+        json_path = ".status.fence.state",
+        description = "Fencing of a lost host: Fencing, then Fenced until it rejoins clean"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HypervisorSpec {
     /// When true, the controller places no new VM on this hypervisor (running ones stay).
     #[serde(default)]
     pub unschedulable: bool,
+    /// Set by an administrator who knows the host is down or fenced by other means (powered
+    /// off, cut from the network), like Kubernetes' `node.kubernetes.io/out-of-service` taint:
+    /// the host is fenced through Ceph at once, without waiting for the grace period, and its
+    /// VMs start elsewhere. Clear it once the host is back.
+    #[serde(default)]
+    pub out_of_service: bool,
+}
+
+/// Fencing of a host that stopped answering (written by the controller).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceStatus {
+    /// `Fencing` (decided and recorded, being carried out) or `Fenced` (the host can no longer
+    /// write the disks of its VMs; they may start elsewhere).
+    pub state: FenceState,
+    /// `NodeLost` (heartbeat overdue) or `OutOfService` (marked by an administrator).
+    pub reason: String,
+    /// What was done, for people.
+    #[serde(default)]
+    pub message: String,
+    /// When fencing was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Time>,
+    /// When the host was fenced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<Time>,
+    /// Ceph client addresses put on the OSD blocklist (the lock owners and watchers of the
+    /// images of the host's VMs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocklisted: Vec<String>,
+    /// When the blocklist entries expire unless the host rejoins first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Time>,
+    /// `namespace/name` of the VMs placed on the host when fencing was decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vms: Vec<String>,
+}
+
+/// Steps of fencing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FenceState {
+    /// Decided and recorded; blocklisting under way (a restarted controller resumes it).
+    #[default]
+    Fencing,
+    /// Done: the host's Ceph clients are blocklisted and its VMs may run elsewhere.
+    Fenced,
 }
 
 /// What the node agent observed on its host.
@@ -72,7 +124,11 @@ pub struct HypervisorStatus {
     /// Last time the agent reported; a stale heartbeat makes the hypervisor not Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_time: Option<Time>,
-    /// Ready (the agent reaches libvirt and the API server).
+    /// Ready (the agent reaches libvirt and the API server). The controller sets it to
+    /// `Unknown` (reason `NodeLost`) when the heartbeat is overdue.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Fencing of the host after it was lost (written by the controller; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceStatus>,
 }

@@ -59,6 +59,9 @@ const DURATION_RULE: &str = "self == '0' || self.matches('^([0-9]+(ms|s|m|h|d))+
     validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name.matches('^[a-z0-9]+$')").message("the object name names the RBD snapshot, and SEAPATH allows only letters and digits there: use such a name or set spec.snapshotName"),
 )]
 #[x_kube(validation = Rule::new("(has(self.adopt) && self.adopt) == (has(oldSelf.adopt) && oldSelf.adopt)").message("spec.adopt is immutable"))]
+// On the parent, not on the optional field: a field's transition rule is skipped when the
+// field is absent on one side, so removing it and setting another value would pass.
+#[x_kube(validation = Rule::new("has(self.snapshotName) == has(oldSelf.snapshotName) && (!has(self.snapshotName) || self.snapshotName == oldSelf.snapshotName)").message("spec.snapshotName is immutable (it may not be removed, added or changed)"))]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineSnapshotSpec {
     /// The VirtualMachine (same namespace) to snapshot. Immutable.
@@ -71,7 +74,6 @@ pub struct VirtualMachineSnapshotSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9]+$')").message("snapshotName may contain only letters and digits (SEAPATH vm_manager rule)"))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.snapshotName is immutable"))]
     pub snapshot_name: Option<String>,
 
     /// Free text for humans.

@@ -32,6 +32,11 @@ use serde::{Deserialize, Serialize};
     validation = Rule::new("size(self.metadata.name) <= 40").message("a VirtualMachine name may be at most 40 characters long (it names the RBD images data_NAME_<i>)"),
 )]
 #[serde(rename_all = "camelCase")]
+// Immutability is checked here, on the parent, and not with `self == oldSelf` on each field:
+// the API server skips a field's transition rule when the field is absent on either side, so
+// removing it and setting it again in two steps would pass.
+#[x_kube(validation = Rule::new("(has(self.metadata) ? self.metadata : {}) == (has(oldSelf.metadata) ? oldSelf.metadata : {})").message("spec.metadata is immutable (it may not be removed, added or changed): SEAPATH VMs change their metadata by cloning"))]
+#[x_kube(validation = Rule::new("self.systemDisk.source == oldSelf.systemDisk.source && (has(self.dataDisks) ? self.dataDisks.map(d, d.source) : []) == (has(oldSelf.dataDisks) ? oldSelf.dataDisks.map(d, d.source) : [])").message("disk sources are immutable and data disks cannot be added or removed (a disk's size may grow and its bus may change): to change the disks, clone the VM into a new VirtualMachine"))]
 pub struct VirtualMachineSpec {
     /// Desired state: `Started` (run it), `Stopped` (enabled on the cluster but shut down) or
     /// `Disabled` (no domain defined anywhere; disks kept). Changing it never touches the disks.
@@ -57,7 +62,6 @@ pub struct VirtualMachineSpec {
     /// vm_manager does. Keys: letters and digits only; `xml` is reserved. Immutable.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.metadata is immutable: SEAPATH VMs change their metadata by cloning"))]
     #[x_kube(validation = Rule::new("self.all(k, k.matches('^[a-zA-Z0-9]+$') && size(k) <= 63 && k != 'xml')").message("metadata keys may contain only letters and digits (at most 63) and may not be the reserved key 'xml'"))]
     pub metadata: BTreeMap<String, String>,
 
@@ -258,10 +262,26 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub preferred_node: Option<String>,
-    /// Higher priority VMs are placed first.
+    /// Higher priority VMs are placed first when a lost host's VMs are failed over and the
+    /// capacity left cannot take them all.
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000000))]
     pub priority: i32,
+    /// What happens when the VM's hypervisor is lost: `Restart` (default) starts it on another
+    /// hypervisor once the lost one is fenced; `Never` leaves it there until the host comes
+    /// back. A pinned VM never moves.
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+}
+
+/// Whether a VM of a lost hypervisor is started elsewhere.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailoverPolicy {
+    /// Start it on another hypervisor once the lost one is fenced.
+    #[default]
+    Restart,
+    /// Wait for the host to come back.
+    Never,
 }
 
 /// Observed SEAPATH status of a VM.

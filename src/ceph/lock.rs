@@ -133,6 +133,40 @@ impl Image {
         Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
     }
 
+    /// Addresses of the clients watching the image (every process that has it open for
+    /// writing, QEMU included, whether or not it holds the lock yet), as `rbd status` shows.
+    pub fn watchers(&self) -> Result<Vec<String>> {
+        const OP: &str = "rbd watchers list";
+        let mut cap = 8usize;
+        for _ in 0..MAX_ERANGE_RETRIES {
+            let empty = rbd::rbd_image_watcher_t {
+                addr: ptr::null_mut(),
+                id: 0,
+                cookie: 0,
+            };
+            let mut watchers = vec![empty; cap];
+            let mut n = watchers.len();
+            // SAFETY: open image; `watchers` has room for `n` entries; librbd fills the first
+            // `n` (strdup'd addresses) or asks for more with ERANGE.
+            let r = unsafe { rbd::rbd_watchers_list(self.raw, watchers.as_mut_ptr(), &mut n) };
+            if r == -libc::ERANGE {
+                cap = n.max(cap * 2);
+                continue;
+            }
+            check(OP, self.spec(), r)?;
+            let n = n.min(watchers.len());
+            // SAFETY: the first `n` entries hold strdup'd strings.
+            let addresses = watchers[..n]
+                .iter()
+                .map(|w| unsafe { ffi::string_from_ptr(w.addr) })
+                .collect();
+            // SAFETY: frees exactly the `n` filled entries, once.
+            unsafe { rbd::rbd_watchers_list_cleanup(watchers.as_mut_ptr(), n) };
+            return Ok(addresses);
+        }
+        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+    }
+
     /// Breaks the managed lock held by `owner` (an address as given by [`Image::lock_owners`]).
     /// With the default `rbd_blocklist_on_break_lock = true`, librbd first blocklists the old
     /// holder, whose next write then fails with `ESHUTDOWN`. `EBUSY` if `owner` does not hold

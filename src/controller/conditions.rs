@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub struct Desired {
     pub type_: &'static str,
     pub status: bool,
+    /// Nobody can tell (the host that would know does not answer): status `Unknown`.
+    pub unknown: bool,
     pub reason: String,
     pub message: String,
 }
@@ -22,8 +24,17 @@ impl Desired {
         Self {
             type_,
             status,
+            unknown: false,
             reason: reason.into(),
             message: message.into(),
+        }
+    }
+
+    /// A condition nobody can currently observe.
+    pub fn unknown(type_: &'static str, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            unknown: true,
+            ..Self::new(type_, false, reason, message)
         }
     }
 }
@@ -39,7 +50,12 @@ pub fn merge(
     desired
         .iter()
         .map(|d| {
-            let status = if d.status { "True" } else { "False" }.to_owned();
+            let status = match (d.unknown, d.status) {
+                (true, _) => "Unknown",
+                (false, true) => "True",
+                (false, false) => "False",
+            }
+            .to_owned();
             let last_transition_time = previous
                 .iter()
                 .find(|c| c.type_ == d.type_ && c.status == status)

@@ -38,12 +38,14 @@ pub struct ControllerSettings {
     pub ceph_access: CephAccess,
     /// How long a successful storage check stays trusted before Ceph is read again.
     pub storage_recheck: Duration,
-    /// A hypervisor whose heartbeat is older than this is not Ready for placement.
-    pub heartbeat_timeout: Duration,
+    /// A hypervisor silent for this long is lost: not Ready for placement, fenced if it has VMs.
+    pub node_lost_grace: Duration,
     /// Periodic requeue of every VM.
     pub resync: Duration,
     /// Directories `path` disk sources may be imported from.
     pub import_dirs: Vec<std::path::PathBuf>,
+    /// RBD namespaces every tenant may copy (`rbd`) or clone (`golden`) from.
+    pub shared_image_namespaces: crate::naming::SharedImageNamespaces,
 }
 
 /// When the storage of a VM was last found complete, per object UID.
@@ -168,6 +170,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub vms: Store<VirtualMachine>,
     pub hypervisors: Store<Hypervisor>,
+    /// When each hypervisor's heartbeat last changed, on this controller's clock.
+    pub heartbeats: Arc<crate::controller::node_health::HeartbeatClock>,
     pub storage_checks: StorageChecks,
     pub image_listings: ImageListings,
     pub failures: FailureCounter,

@@ -2,6 +2,9 @@
 
 pub mod conditions;
 pub mod context;
+pub mod fencing;
+pub mod hypervisor;
+pub mod node_health;
 pub mod phase;
 pub mod placement;
 pub mod run;

@@ -1,9 +1,10 @@
 //! Which hypervisor a VM runs on: pinned node only there, preferred node when possible,
-//! otherwise the Ready hypervisor with the most free memory.
+//! otherwise the Ready hypervisor with the most free memory. A VM stays where it is placed
+//! unless that host was fenced after it was lost: then it fails over, highest priority first.
 
 use std::collections::BTreeMap;
 
-use crate::api::Placement;
+use crate::api::{FailoverPolicy, Placement};
 
 /// A hypervisor as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +13,8 @@ pub struct Candidate {
     pub ready: bool,
     pub unschedulable: bool,
     pub memory_mib: i64,
+    /// Lost and fenced through Ceph: nothing of it can write the VMs' disks any more.
+    pub fenced: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,10 +25,57 @@ pub enum Decision {
     Unschedulable { reason: &'static str, message: String },
 }
 
+/// Whether a VM placed on `current` leaves it because the host was fenced: unless it is pinned
+/// there or opted out of failover.
+pub fn fails_over(current: &str, placement: Option<&Placement>, candidates: &[Candidate]) -> bool {
+    let fenced = candidates.iter().any(|c| c.name == current && c.fenced);
+    let pinned_here = placement.and_then(|p| p.pinned_node.as_deref()) == Some(current);
+    let opted_out = placement.is_some_and(|p| p.failover == FailoverPolicy::Never);
+    fenced && !pinned_here && !opted_out
+}
+
+/// A VM that leaves a fenced host.
+#[derive(Clone, Debug)]
+pub struct Evacuee<'a> {
+    /// `namespace/name`, the tie-breaker after priority.
+    pub key: String,
+    pub placement: Option<&'a Placement>,
+    pub memory_mib: i64,
+}
+
+/// Places the VMs of fenced hosts one after the other, highest priority first (then by name),
+/// each taking the capacity the ones before it left. Every VM's reconcile computes the same
+/// order from the same facts, so when capacity is short the most important VMs get it.
+pub fn place_evacuees(
+    evacuees: &[Evacuee],
+    candidates: &[Candidate],
+    allocated_mib: &BTreeMap<String, i64>,
+) -> BTreeMap<String, Decision> {
+    let mut order: Vec<&Evacuee> = evacuees.iter().collect();
+    let priority = |e: &Evacuee| e.placement.map(|p| p.priority).unwrap_or(0);
+    order.sort_by(|a, b| priority(b).cmp(&priority(a)).then_with(|| a.key.cmp(&b.key)));
+    let mut allocated = allocated_mib.clone();
+    let mut decisions = BTreeMap::new();
+    for evacuee in order {
+        let decision = place(
+            None,
+            evacuee.placement,
+            evacuee.memory_mib,
+            candidates,
+            &allocated,
+        );
+        if let Decision::Node(node) = &decision {
+            *allocated.entry(node.clone()).or_default() += evacuee.memory_mib;
+        }
+        decisions.insert(evacuee.key.clone(), decision);
+    }
+    decisions
+}
+
 /// Chooses a node. `allocated_mib` is the memory of the VMs already placed on each node
 /// (excluding this one). A VM already placed stays where it is while that node is still allowed,
-/// even when the node is not Ready: without fencing, a domain may still run there, and starting
-/// a second copy elsewhere would have two hosts write one disk.
+/// even when the node is not Ready: unless the node was fenced, a domain may still run there,
+/// and starting a second copy elsewhere would have two hosts write one disk.
 pub fn place(
     current: Option<&str>,
     placement: Option<&Placement>,
@@ -36,11 +86,11 @@ pub fn place(
     let pinned = placement.and_then(|p| p.pinned_node.as_deref());
     let preferred = placement.and_then(|p| p.preferred_node.as_deref());
     let free = |c: &Candidate| c.memory_mib - allocated_mib.get(&c.name).copied().unwrap_or(0);
-    let usable = |c: &&Candidate| c.ready && !c.unschedulable && free(c) >= vm_memory_mib;
+    let usable = |c: &&Candidate| c.ready && !c.fenced && !c.unschedulable && free(c) >= vm_memory_mib;
 
     if let Some(current) = current {
         let still_allowed = pinned.is_none_or(|p| p == current);
-        if still_allowed {
+        if still_allowed && !fails_over(current, placement, candidates) {
             return Decision::Node(current.to_owned());
         }
     }
@@ -97,7 +147,94 @@ mod tests {
             ready,
             unschedulable: false,
             memory_mib,
+            fenced: false,
         }
+    }
+
+    fn fenced(name: &str) -> Candidate {
+        Candidate {
+            fenced: true,
+            ..hv(name, false, 8192)
+        }
+    }
+
+    fn with(priority: i32, failover: FailoverPolicy, pinned: Option<&str>) -> Placement {
+        Placement {
+            priority,
+            failover,
+            pinned_node: pinned.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_fenced_host_releases_its_vms_unless_pinned_or_opted_out() {
+        let nodes = [fenced("hv1"), hv("hv2", true, 8192)];
+        let none = BTreeMap::new();
+        assert_eq!(
+            place(Some("hv1"), None, 512, &nodes, &none),
+            Decision::Node("hv2".into())
+        );
+        let stays = |p: Placement| place(Some("hv1"), Some(&p), 512, &nodes, &none);
+        assert_eq!(
+            stays(with(0, FailoverPolicy::Never, None)),
+            Decision::Node("hv1".into())
+        );
+        assert_eq!(
+            stays(with(0, FailoverPolicy::Restart, Some("hv1"))),
+            Decision::Node("hv1".into())
+        );
+        // Re-pinned away from the lost host: goes to the new pin.
+        assert_eq!(
+            stays(with(0, FailoverPolicy::Restart, Some("hv2"))),
+            Decision::Node("hv2".into())
+        );
+        // A lost host that is not fenced yet keeps its VMs: a copy may still run there.
+        let unfenced = [hv("hv1", false, 8192), hv("hv2", true, 8192)];
+        assert_eq!(
+            place(Some("hv1"), None, 512, &unfenced, &none),
+            Decision::Node("hv1".into())
+        );
+    }
+
+    #[test]
+    fn evacuees_take_the_capacity_by_priority() {
+        let nodes = [fenced("hv1"), hv("hv2", true, 2048), hv("hv3", true, 1024)];
+        let low = with(1, FailoverPolicy::Restart, None);
+        let high = with(100, FailoverPolicy::Restart, None);
+        let evacuees = [
+            Evacuee {
+                key: "ns/a-low".into(),
+                placement: Some(&low),
+                memory_mib: 1024,
+            },
+            Evacuee {
+                key: "ns/b-high".into(),
+                placement: Some(&high),
+                memory_mib: 2048,
+            },
+            Evacuee {
+                key: "ns/c-none".into(),
+                placement: None,
+                memory_mib: 1024,
+            },
+            Evacuee {
+                key: "ns/d-high".into(),
+                placement: Some(&high),
+                memory_mib: 1024,
+            },
+        ];
+        let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new());
+        assert_eq!(decisions["ns/b-high"], Decision::Node("hv2".into()));
+        assert_eq!(decisions["ns/d-high"], Decision::Node("hv3".into()));
+        assert!(matches!(
+            decisions["ns/a-low"],
+            Decision::Unschedulable {
+                reason: "NoHypervisorAvailable",
+                ..
+            }
+        ));
+        assert!(matches!(decisions["ns/c-none"], Decision::Unschedulable { .. }));
     }
 
     fn pinned(node: &str) -> Placement {

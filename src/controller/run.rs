@@ -11,7 +11,7 @@ use futures::{FutureExt, StreamExt};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
@@ -19,6 +19,8 @@ use crate::api::{DesiredState, Hypervisor, VirtualMachine, condition_types as ct
 use crate::ceph::{Cluster, ClusterConfig};
 use crate::controller::conditions;
 use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
+use crate::controller::hypervisor::{self, FencingSettings, HypervisorContext};
+use crate::controller::node_health::HeartbeatClock;
 use crate::controller::storage::{self, StorageContext};
 use crate::controller::vm;
 use crate::domain_xml::{CephAccess, CephAuthRef};
@@ -43,10 +45,13 @@ pub struct ControllerConfig {
     pub libvirt_auth: Option<CephAuthRef>,
     pub concurrency: u16,
     pub storage_recheck: Duration,
-    pub heartbeat_timeout: Duration,
+    /// Fencing of lost hosts (grace, blocklist expiry, power hook).
+    pub fencing: FencingSettings,
     pub resync: Duration,
     /// Directories `path` disk sources may be imported from.
     pub import_dirs: Vec<PathBuf>,
+    /// RBD namespaces every tenant may copy or clone disks from.
+    pub shared_image_namespaces: crate::naming::SharedImageNamespaces,
     /// Also run the snapshot, restore and schedule controllers in this process.
     pub snapshots: bool,
     /// Longest time before snapshots taken outside the operator show on a VM's status.
@@ -94,7 +99,18 @@ async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerEr
 /// Ready may take them), or moving (the old node's heartbeat may show it let go). A VM whose
 /// storage is failing is not one of them: its retries keep their back-off instead of following
 /// every heartbeat.
-fn waiting_for_a_hypervisor(vms: &reflector::Store<VirtualMachine>) -> Vec<ObjectRef<VirtualMachine>> {
+///
+/// The VMs placed on a host that is lost, fenced or coming back are reconciled too: their
+/// Ready condition follows the host's state, and a fence releases them for failover.
+fn waiting_for_a_hypervisor(
+    vms: &reflector::Store<VirtualMachine>,
+    hv: &Hypervisor,
+) -> Vec<ObjectRef<VirtualMachine>> {
+    let hv_name = hv.metadata.name.as_deref().unwrap_or_default();
+    let hv_troubled = hv
+        .status
+        .as_ref()
+        .is_some_and(|s| s.fence.is_some() || !conditions::is_true(&s.conditions, ct::READY));
     vms.state()
         .iter()
         .filter(|vm| {
@@ -102,6 +118,15 @@ fn waiting_for_a_hypervisor(vms: &reflector::Store<VirtualMachine>) -> Vec<Objec
                 return false;
             };
             let node = status.node.as_ref();
+            let on_this_host = node.is_some_and(|n| n == hv_name);
+            let marked_lost = conditions::find(&status.conditions, ct::READY)
+                .is_some_and(|c| c.reason == crate::controller::node_health::REASON_NODE_LOST);
+            // Placed (or left) on a host that cannot take it now: another host may.
+            let unschedulable =
+                conditions::find(&status.conditions, ct::SCHEDULED).is_some_and(|c| c.status == "False");
+            if (on_this_host && (hv_troubled || marked_lost)) || unschedulable {
+                return true;
+            }
             let reported_from = status.domain.as_ref().map(|d| &d.node);
             let unplaced = node.is_none()
                 && vm.spec.state != DesiredState::Disabled
@@ -141,13 +166,11 @@ pub async fn run(
         .map_err(ControllerError::Monitors)?;
     info!(?monitors, pool = %config.pool, "connected to Ceph");
 
-    // The placement cache of hypervisors; a second, lighter watch below only triggers VMs.
-    let (hypervisors, hv_writer) = reflector::store();
-    let hv_cache = watcher(Api::<Hypervisor>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(hv_writer)
-        .for_each(|_| async {});
-    let hv_cache = tokio::spawn(hv_cache);
+    // The hypervisor reconciler's cache is also placement's; a second, lighter watch below
+    // only triggers VMs.
+    let hv_controller = Controller::new(Api::<Hypervisor>::all(client.clone()), watcher::Config::default());
+    let hypervisors = hv_controller.store();
+    let heartbeats = Arc::new(HeartbeatClock::default());
 
     let controller = Controller::new(
         Api::<VirtualMachine>::all(client.clone()),
@@ -159,7 +182,7 @@ pub async fn run(
     let controller = controller.watches(
         Api::<Hypervisor>::all(client.clone()),
         watcher::Config::default(),
-        move |_hv: Hypervisor| waiting_for_a_hypervisor(&waiting),
+        move |hv: Hypervisor| waiting_for_a_hypervisor(&waiting, &hv),
     );
 
     let storage = StorageContext::new(
@@ -183,6 +206,21 @@ pub async fn run(
         controller: "seapath-controller".into(),
         instance: Some(config.instance.clone()),
     };
+    let hv_context = Arc::new(HypervisorContext {
+        client: client.clone(),
+        storage: storage.clone(),
+        vms: vms.clone(),
+        heartbeats: heartbeats.clone(),
+        settings: config.fencing.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+    });
+    let hv_controller = tokio::spawn(
+        hv_controller
+            .graceful_shutdown_on(shutdown.clone())
+            .run(hypervisor::reconcile, hypervisor::error_policy, hv_context)
+            .for_each(|_| async {}),
+    );
     let context = Arc::new(Context {
         client: client.clone(),
         settings: ControllerSettings {
@@ -192,15 +230,17 @@ pub async fn run(
                 auth: config.libvirt_auth.clone(),
             },
             storage_recheck: config.storage_recheck,
-            heartbeat_timeout: config.heartbeat_timeout,
+            node_lost_grace: config.fencing.grace,
             resync: config.resync,
             import_dirs: config.import_dirs.clone(),
+            shared_image_namespaces: config.shared_image_namespaces.clone(),
         },
         storage,
         metrics: metrics.clone(),
         recorder: Recorder::new(client, reporter),
         vms: vms.clone(),
         hypervisors,
+        heartbeats,
         storage_checks: Default::default(),
         image_listings: ImageListings::new(IMAGE_LISTING_MAX_AGE),
         failures: Default::default(),
@@ -232,7 +272,7 @@ pub async fn run(
             async {}
         })
         .await;
-    hv_cache.abort();
+    hv_controller.abort();
     phase_counter.abort();
     if let Some(snapshots) = snapshots {
         snapshots.await.ok();

@@ -293,6 +293,17 @@ impl ChartOperator {
             .collect();
         assert!(uris.len() >= 2, "the test bed needs two simulated hypervisors");
         let nodes = [format!("{release}-hv1"), format!("{release}-hv2")];
+        // Hypervisors left by earlier test binaries have no agent any more: this controller
+        // would judge them lost and fail their VMs over onto this binary's hosts.
+        let hypervisors: kube::Api<seapath_operator::api::Hypervisor> = kube::Api::all(admin.clone());
+        for hv in hypervisors
+            .list(&Default::default())
+            .await
+            .expect("listing hypervisors")
+        {
+            let name = kube::ResourceExt::name_any(&hv);
+            hypervisors.delete(&name, &Default::default()).await.ok();
+        }
         let mut processes = vec![spawn(
             "controller",
             dir.path(),
@@ -301,7 +312,7 @@ impl ChartOperator {
             &[
                 ("POD_NAMESPACE", namespace.clone()),
                 ("POD_NAME", format!("{release}-controller-0")),
-                ("SEAPATH_HEARTBEAT_TIMEOUT", "20".into()),
+                ("SEAPATH_NODE_LOST_GRACE", "20".into()),
             ],
         )];
         for (node, uri) in nodes.iter().zip(&uris) {

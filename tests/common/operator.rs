@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use seapath_operator::agent::{self, AgentConfig, CephConfig};
 use seapath_operator::controller::context::PolicyConfig;
+use seapath_operator::controller::hypervisor::FencingSettings;
 use seapath_operator::controller::run::{self, ControllerConfig};
 use seapath_operator::metrics::Metrics;
-use seapath_operator::naming::NamespaceMap;
+use seapath_operator::naming::{NamespaceMap, SharedImageNamespaces};
 
 use super::testbed_env;
 
@@ -26,6 +27,9 @@ static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
 /// Namespaces in which the test operator allows host paths in base XML.
 pub const HOST_PATHS_NAMESPACE: &str = "lifecycle-hostpaths";
+
+/// The RBD namespace the test operator shares with every tenant as a source of images.
+pub const SHARED_IMAGE_NAMESPACE: &str = "shared-images";
 
 /// The directory the test operator imports `path` disk sources from.
 pub fn import_dir() -> std::path::PathBuf {
@@ -54,6 +58,10 @@ pub struct Options {
     pub snapshots: bool,
     /// librados options of the controller (after its own, so they override them).
     pub ceph_options: Vec<(String, String)>,
+    /// Fencing settings of the controller (default: 8 s grace, one hour blocklist).
+    pub fencing: Option<FencingSettings>,
+    /// Start the controller only: the test binary runs (and kills) agents itself.
+    pub without_agents: bool,
 }
 
 /// Starts the controller and two agents the first time it is called.
@@ -87,9 +95,14 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             libvirt_auth: None,
             concurrency: 16,
             storage_recheck: Duration::from_secs(300),
-            heartbeat_timeout: Duration::from_secs(8),
+            fencing: options.fencing.clone().unwrap_or(FencingSettings {
+                grace: Duration::from_secs(8),
+                blocklist_expiry: Duration::from_secs(3600),
+                power_fence_command: None,
+            }),
             resync: Duration::from_secs(300),
             import_dirs: vec![import_dir()],
+            shared_image_namespaces: SharedImageNamespaces::parse(SHARED_IMAGE_NAMESPACE).unwrap(),
             // Tests of snapshots mostly start those controllers themselves, at the moment they
             // choose.
             snapshots: options.snapshots,
@@ -118,7 +131,7 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
                     .await
                     .expect("kube client for the operator");
                 forget_other_hypervisors(&client, &agent_nodes).await;
-                for config in agents {
+                for config in agents.into_iter().filter(|_| !options.without_agents) {
                     let client = client.clone();
                     tokio::spawn(async move {
                         if let Err(err) = agent::run(client, config, std::future::pending()).await {

@@ -18,6 +18,14 @@ pub enum StorageError {
     #[error("disk source {what} not found: {detail}")]
     SourceNotFound { what: String, detail: String },
 
+    /// A golden source names a snapshot that is not protected: an ordinary snapshot of a VM,
+    /// which a clone would pin (its owner could no longer delete it).
+    #[error(
+        "{what} is not a protected snapshot; golden sources clone only protected snapshots \
+         (`rbd snap protect`), so a clone never pins an ordinary snapshot of someone's VM"
+    )]
+    SourceNotProtected { what: String },
+
     /// Reading or converting a disk source failed (HTTP error, not an image of the declared
     /// format, qemu-img failure, ...). The temporary image was removed.
     #[error("importing {image} from {from} failed: {detail}")]
@@ -89,6 +97,7 @@ impl StorageError {
         match self {
             StorageError::InvalidRequest(_) => "InvalidSpec",
             StorageError::SourceNotFound { .. } => "SourceNotFound",
+            StorageError::SourceNotProtected { .. } => "SourceNotProtected",
             StorageError::ImportFailed { .. } => "ImportFailed",
             StorageError::PoolFull { .. } => "PoolFull",
             StorageError::OwnedByAnotherObject { .. } => "OwnedByAnotherObject",
@@ -111,6 +120,7 @@ impl StorageError {
             | StorageError::NameConflict { .. } => false,
             StorageError::ImportFailed { retryable, .. } => *retryable,
             StorageError::SourceNotFound { .. }
+            | StorageError::SourceNotProtected { .. }
             | StorageError::PoolFull { .. }
             | StorageError::HasDependentClones { .. }
             | StorageError::ImageBusy { .. }

@@ -322,7 +322,9 @@ fn open_source(io: &IoCtx, image: &str, snap: Option<&str>, what: &str) -> Resul
         .ctx(|| format!("opening {}@{snap}", io.spec(image)))
 }
 
-/// A copy-on-write clone (format 2: no protected snapshot needed) of a golden snapshot.
+/// A copy-on-write clone of a golden snapshot. The snapshot must be protected, as the README
+/// promises: clone format 2 would accept any snapshot, and a clone of an ordinary one would
+/// keep its owner from deleting it.
 pub(crate) fn clone_golden(
     cluster: &Cluster,
     (pool, ns, image, snap): (&str, &str, &str, &str),
@@ -331,7 +333,14 @@ pub(crate) fn clone_golden(
 ) -> Result<()> {
     let what = format!("golden image {}", plan::parent_spec(pool, ns, image, snap));
     let src_io = source_io(cluster, pool, ns, &what)?;
-    drop(open_source(&src_io, image, Some(snap), &what)?);
+    let source = open_source(&src_io, image, Some(snap), &what)?;
+    let protected = source
+        .snap_is_protected(snap)
+        .ctx(|| format!("checking that {what} is protected"))?;
+    drop(source);
+    if !protected {
+        return Err(StorageError::SourceNotProtected { what });
+    }
     let options = ImageOptions {
         clone_format: Some(CloneFormat::V2),
         ..Default::default()

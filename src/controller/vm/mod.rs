@@ -21,14 +21,14 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{
-    DeletionPolicy, DesiredState, DomainState, Hypervisor, ImportProgress, NODE_LABEL, VM_FINALIZER,
-    VirtualMachine, condition_types as ct,
+    DeletionPolicy, DesiredState, DomainState, FenceState, Hypervisor, ImportProgress, NODE_LABEL,
+    VM_FINALIZER, VirtualMachine, condition_types as ct,
 };
 use crate::controller::conditions;
 use crate::controller::context::Context;
 use crate::controller::placement::{self, Candidate, Decision};
 use crate::controller::storage::{self, StorageError};
-use status::{Scheduling, StatusInput, StorageOutcome};
+use status::{HostHealth, Scheduling, StatusInput, StorageOutcome};
 
 pub const FIELD_MANAGER: &str = "seapath-controller";
 
@@ -162,7 +162,7 @@ async fn apply(
 
     let storage_outcome = match (storage_outcome, &plan) {
         (Some((outcome, err)), _) => {
-            write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+            write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
             publish(
                 ctx,
                 vm,
@@ -239,7 +239,7 @@ async fn apply(
                                 message: err.to_string(),
                             }
                         };
-                        write_status(vm, api, &outcome, &Scheduling::NotNeeded, Some(plan.uuid)).await?;
+                        write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, Some(plan.uuid)).await?;
                         publish(
                             ctx,
                             vm,
@@ -269,14 +269,17 @@ async fn apply(
     let label = async {
         match &scheduling {
             Scheduling::Placed(node) => {
+                // A reconcile on a copy that does not show the label yet patches it again, but
+                // the move is announced once.
+                let announce = ctx.placements.get(&uid).as_deref() != Some(node.as_str());
                 ctx.placements.set(&uid, node);
-                hand_over(vm, ctx, api, node).await
+                hand_over(vm, ctx, api, node, announce).await
             }
             _ => Ok(()),
         }
     };
     ctx.failures.reset(&uid);
-    let status = write_status(vm, api, &storage_outcome, &scheduling, Some(plan.uuid));
+    let status = write_status(vm, ctx, api, &storage_outcome, &scheduling, Some(plan.uuid));
     tokio::try_join!(label, status)?;
     Ok(Action::requeue(ctx.settings.resync))
 }
@@ -361,6 +364,7 @@ async fn hand_over(
     ctx: &Context,
     api: &Api<VirtualMachine>,
     node: &str,
+    announce: bool,
 ) -> Result<(), ReconcileError> {
     let label = vm.labels().get(NODE_LABEL).map(String::as_str);
     if label == Some(node) {
@@ -368,7 +372,10 @@ async fn hand_over(
     }
     let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
     let old_node_busy = domain.is_some_and(|d| {
-        d.node != node && d.state != DomainState::Absent && !released_per_heartbeat(ctx, vm, d)
+        d.node != node
+            && d.state != DomainState::Absent
+            && !released_per_heartbeat(ctx, vm, d)
+            && !node_fenced(ctx, &d.node)
     });
     let labels = if old_node_busy {
         if label.is_none() {
@@ -389,7 +396,23 @@ async fn hand_over(
         &Patch::Apply(patch),
     )
     .await?;
-    if !old_node_busy {
+    let failed_over_from = domain
+        .filter(|d| d.node != node && d.state != DomainState::Absent && node_fenced(ctx, &d.node))
+        .map(|d| d.node.clone());
+    if !announce || old_node_busy {
+        return Ok(());
+    }
+    if let Some(from) = failed_over_from {
+        warn!(from = %from, to = %node, "failing over");
+        publish(
+            ctx,
+            vm,
+            EventType::Warning,
+            "FailedOver",
+            "Failover",
+            format!("hypervisor {from} was lost and fenced through Ceph; the VM is started on {node}"),
+        );
+    } else {
         info!(node = %node, "placed");
         publish(
             ctx,
@@ -450,12 +473,11 @@ fn schedule(
     memory_mib: i64,
     others: &[Arc<VirtualMachine>],
 ) -> Scheduling {
-    let now = Timestamp::now();
     let candidates: Vec<Candidate> = ctx
         .hypervisors
         .state()
         .iter()
-        .map(|hv| candidate(hv, now, ctx))
+        .map(|hv| candidate(hv, ctx))
         .collect();
     // The cache may not show our own last placement yet: remember it, so a reconcile on a stale
     // copy does not place the VM a second time, elsewhere.
@@ -466,13 +488,20 @@ fn schedule(
         .and_then(|s| s.node.clone())
         .or_else(|| vm.labels().get(NODE_LABEL).cloned())
         .or(remembered);
-    match placement::place(
-        current.as_deref(),
-        vm.spec.placement.as_ref(),
-        memory_mib,
-        &candidates,
-        &allocated_memory(ctx, vm, others),
-    ) {
+    let allocated = allocated_memory(ctx, vm, others);
+    let decision = match current.as_deref() {
+        Some(node) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
+            evacuate(vm, ctx, others, &candidates, &allocated)
+        }
+        _ => placement::place(
+            current.as_deref(),
+            vm.spec.placement.as_ref(),
+            memory_mib,
+            &candidates,
+            &allocated,
+        ),
+    };
+    match decision {
         Decision::Node(node) => Scheduling::Placed(node),
         Decision::Unschedulable { reason, message } => Scheduling::Unschedulable {
             reason: reason.into(),
@@ -481,22 +510,125 @@ fn schedule(
     }
 }
 
-fn candidate(hv: &Hypervisor, now: Timestamp, ctx: &Context) -> Candidate {
+/// The VM leaves a fenced host: it gets the place the priority order over every VM leaving a
+/// fenced host gives it (see [`placement::place_evacuees`]).
+fn evacuate(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    others: &[Arc<VirtualMachine>],
+    candidates: &[Candidate],
+    allocated: &BTreeMap<String, i64>,
+) -> Decision {
+    let leaving = |o: &VirtualMachine| {
+        o.spec.state != DesiredState::Disabled
+            && o.metadata.deletion_timestamp.is_none()
+            && o.status
+                .as_ref()
+                .and_then(|s| s.node.as_deref())
+                .is_some_and(|node| placement::fails_over(node, o.spec.placement.as_ref(), candidates))
+    };
+    let me = key(vm);
+    let mut evacuees: Vec<placement::Evacuee> = others
+        .iter()
+        .filter(|o| o.metadata.uid != vm.metadata.uid && leaving(o))
+        .map(|o| placement::Evacuee {
+            key: key(o),
+            placement: o.spec.placement.as_ref(),
+            memory_mib: ctx.memory_of(o),
+        })
+        .collect();
+    evacuees.push(placement::Evacuee {
+        key: me.clone(),
+        placement: vm.spec.placement.as_ref(),
+        memory_mib: ctx.memory_of(vm),
+    });
+    // The evacuees' own memory counts on the fenced host, which takes nothing: leave it out.
+    let mut decisions = placement::place_evacuees(&evacuees, candidates, allocated);
+    decisions.remove(&me).expect("the VM is among the evacuees")
+}
+
+fn key(vm: &VirtualMachine) -> String {
+    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
+}
+
+fn candidate(hv: &Hypervisor, ctx: &Context) -> Candidate {
     let status = hv.status.clone().unwrap_or_default();
-    let fresh = status
-        .heartbeat_time
-        .as_ref()
-        .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < ctx.settings.heartbeat_timeout);
+    let name = hv.name_any();
+    let fresh = ctx.heartbeats.silent_for(&name) < ctx.settings.node_lost_grace;
     Candidate {
-        name: hv.name_any(),
-        ready: fresh && conditions::is_true(&status.conditions, ct::READY),
+        ready: fresh
+            && conditions::is_true(&status.conditions, ct::READY)
+            && status.fence.is_none()
+            && !hv.spec.out_of_service,
         unschedulable: hv.spec.unschedulable,
         memory_mib: status.memory_mib,
+        fenced: status
+            .fence
+            .as_ref()
+            .is_some_and(|f| f.state == FenceState::Fenced),
+        name,
+    }
+}
+
+/// Whether `node` is fenced: nothing there can write the VM's disks any more.
+fn node_fenced(ctx: &Context, node: &str) -> bool {
+    ctx.hypervisors
+        .get(&kube::runtime::reflector::ObjectRef::new(node))
+        .and_then(|hv| hv.status.as_ref().and_then(|s| s.fence.clone()))
+        .is_some_and(|f| f.state == FenceState::Fenced)
+}
+
+/// What is known of the host the VM is (or stays) placed on.
+fn host_health(ctx: &Context, vm: &VirtualMachine, scheduling: &Scheduling) -> HostHealth {
+    let node = match scheduling {
+        Scheduling::Placed(node) => Some(node.clone()),
+        _ => vm.status.as_ref().and_then(|s| s.node.clone()),
+    };
+    let Some(node) = node else {
+        return HostHealth::Answering;
+    };
+    let hv = ctx
+        .hypervisors
+        .get(&kube::runtime::reflector::ObjectRef::new(&node));
+    let status = hv.as_ref().and_then(|hv| hv.status.clone()).unwrap_or_default();
+    let silent = ctx.heartbeats.silent_for(&node);
+    let lost_condition = conditions::find(&status.conditions, ct::READY)
+        .filter(|c| c.reason == crate::controller::node_health::REASON_NODE_LOST);
+    if lost_condition.is_none() && status.fence.is_none() && silent < ctx.settings.node_lost_grace {
+        return HostHealth::Answering;
+    }
+    let what = lost_condition.map(|c| c.message.clone()).unwrap_or_else(|| {
+        format!(
+            "the node agent of hypervisor {node} has not reported for {} s",
+            silent.as_secs()
+        )
+    });
+    let fence = match status.fence.as_ref() {
+        Some(f) if f.state == FenceState::Fenced => format!(
+            "; the host was fenced ({} Ceph client(s) blocklisted)",
+            f.blocklisted.len()
+        ),
+        Some(_) => "; the host is being fenced".to_owned(),
+        None => String::new(),
+    };
+    let placement = vm.spec.placement.as_ref();
+    let next = if placement.and_then(|p| p.pinned_node.as_deref()) == Some(node.as_str()) {
+        "; the VM is pinned there and waits for the host to come back".to_owned()
+    } else if placement.is_some_and(|p| p.failover == crate::api::FailoverPolicy::Never) {
+        "; spec.placement.failover is Never: the VM waits for the host to come back".to_owned()
+    } else if let Scheduling::Unschedulable { message, .. } = scheduling {
+        format!("; no other hypervisor can take the VM now: {message}")
+    } else {
+        "; the VM is started on another hypervisor once the host is fenced".to_owned()
+    };
+    HostHealth::Lost {
+        message: format!("{what}{fence}{next}"),
     }
 }
 
 async fn write_status(
     vm: &VirtualMachine,
+    ctx: &Context,
     api: &Api<VirtualMachine>,
     storage: &StorageOutcome,
     scheduling: &Scheduling,
@@ -504,6 +636,7 @@ async fn write_status(
 ) -> Result<(), ReconcileError> {
     let input = StatusInput {
         vm,
+        host: host_health(ctx, vm, scheduling),
         storage,
         scheduling,
         domain_uuid: uuid.map(|u| u.to_string()),
@@ -534,8 +667,12 @@ async fn cleanup(
 ) -> Result<Action, ReconcileError> {
     let status = vm.status.clone().unwrap_or_default();
     // Disks are never touched while a domain using them may run: the agent of the node must
-    // first report the domain gone.
-    if let Some(domain) = status.domain.as_ref().filter(|d| d.state != DomainState::Absent) {
+    // first report the domain gone, or the node must have been fenced.
+    if let Some(domain) = status
+        .domain
+        .as_ref()
+        .filter(|d| d.state != DomainState::Absent && !node_fenced(ctx, &d.node))
+    {
         let message = format!(
             "being deleted: waiting for hypervisor {} to stop and undefine domain {}",
             domain.node, domain.name
@@ -545,7 +682,7 @@ async fn cleanup(
             message,
             storage: status.storage.clone(),
         };
-        write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+        write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
         return Err(ReconcileError::WaitingForDomain {
             node: domain.node.clone(),
         });
@@ -593,7 +730,7 @@ async fn cleanup(
                         message: format!("cannot delete the VM's storage: {err}"),
                         storage: status.storage.clone(),
                     };
-                    write_status(vm, api, &outcome, &Scheduling::NotNeeded, None).await?;
+                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
                     publish(
                         ctx,
                         vm,

@@ -40,6 +40,18 @@ pub enum PlanError {
     SourceNotReady { disk: usize, source_vm: String },
     #[error("disk {disk}: clone source VirtualMachine {source_vm} has no disk {disk}")]
     SourceHasNoSuchDisk { disk: usize, source_vm: String },
+    #[error(
+        "disk {disk}: {kind} source {location} is outside this VM's own RBD namespace ('{own}' of pool {pool}) \
+         and a cluster admin has not shared it (the controller's --shared-image-namespaces); \
+         copy or clone only from your own namespace or from a shared one"
+    )]
+    SourceNotShared {
+        disk: usize,
+        kind: &'static str,
+        location: String,
+        own: String,
+        pool: String,
+    },
 }
 
 impl PlanError {
@@ -54,6 +66,7 @@ impl PlanError {
             PlanError::SourceBeingDeleted { .. } => "SourceBeingDeleted",
             PlanError::SourceNotReady { .. } => "SourceNotReady",
             PlanError::SourceHasNoSuchDisk { .. } => "SourceHasNoSuchDisk",
+            PlanError::SourceNotShared { .. } => "SourceNotShared",
         }
     }
 
@@ -153,17 +166,62 @@ fn check_import_path(disk: usize, path: &str, import_dirs: &[std::path::PathBuf]
     })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a VM may read source images: its own RBD namespace in the operator's pool, and the
+/// namespaces a cluster admin shared.
+struct SourceScope<'a> {
+    pool: &'a str,
+    rbd_namespace: &'a str,
+    namespace_map: &'a NamespaceMap,
+    settings: &'a ControllerSettings,
+}
+
+impl SourceScope<'_> {
+    /// `rbd` and `golden` sources name a pool and an RBD namespace: one tenant must not reach
+    /// another's disks (or pin its snapshots with clones) by naming its namespace.
+    fn check_reach(
+        &self,
+        disk: usize,
+        kind: &'static str,
+        pool: &str,
+        namespace: &str,
+        image: &str,
+    ) -> Result<(), PlanError> {
+        let own = pool == self.pool && namespace == self.rbd_namespace;
+        if own
+            || self
+                .settings
+                .shared_image_namespaces
+                .shares(self.pool, pool, namespace)
+        {
+            return Ok(());
+        }
+        Err(PlanError::SourceNotShared {
+            disk,
+            kind,
+            location: if namespace.is_empty() {
+                format!("{pool}/{image} (RBD's default namespace)")
+            } else {
+                format!("{pool}/{namespace}/{image}")
+            },
+            own: self.rbd_namespace.to_owned(),
+            pool: self.pool.to_owned(),
+        })
+    }
+}
+
 fn resolve_source(
     disk_index: usize,
     source: &DiskSource,
     vm: &VirtualMachine,
-    pool: &str,
-    rbd_namespace: &str,
-    namespace_map: &NamespaceMap,
+    scope: &SourceScope,
     others: &[std::sync::Arc<VirtualMachine>],
-    import_dirs: &[std::path::PathBuf],
 ) -> Result<ResolvedSource, PlanError> {
+    let SourceScope {
+        pool,
+        rbd_namespace,
+        namespace_map,
+        ..
+    } = *scope;
     if let Some(http) = &source.http {
         return Ok(ResolvedSource::Http {
             url: http.url.clone(),
@@ -171,23 +229,29 @@ fn resolve_source(
         });
     }
     if let Some(path) = &source.path {
-        check_import_path(disk_index, &path.path, import_dirs)?;
+        check_import_path(disk_index, &path.path, &scope.settings.import_dirs)?;
         return Ok(ResolvedSource::Path {
             path: path.path.clone().into(),
             format: path.format,
         });
     }
     if let Some(rbd) = &source.rbd {
+        let source_pool = rbd.pool.clone().unwrap_or_else(|| pool.to_owned());
+        let namespace = rbd.namespace.clone().unwrap_or_else(|| rbd_namespace.to_owned());
+        scope.check_reach(disk_index, "rbd", &source_pool, &namespace, &rbd.image)?;
         return Ok(ResolvedSource::Rbd {
-            pool: rbd.pool.clone().unwrap_or_else(|| pool.to_owned()),
-            namespace: rbd.namespace.clone().unwrap_or_else(|| rbd_namespace.to_owned()),
+            pool: source_pool,
+            namespace,
             image: rbd.image.clone(),
         });
     }
     if let Some(golden) = &source.golden {
+        let source_pool = golden.pool.clone().unwrap_or_else(|| pool.to_owned());
+        let namespace = golden.namespace.clone().unwrap_or_default();
+        scope.check_reach(disk_index, "golden", &source_pool, &namespace, &golden.image)?;
         return Ok(ResolvedSource::Golden {
-            pool: golden.pool.clone().unwrap_or_else(|| pool.to_owned()),
-            namespace: golden.namespace.clone().unwrap_or_default(),
+            pool: source_pool,
+            namespace,
             image: golden.image.clone(),
             snapshot: golden.snapshot.clone(),
         });
@@ -296,6 +360,12 @@ pub fn plan(
         .chain(&vm.spec.data_disks)
         .collect();
     let image_names = names.images(vm.spec.data_disks.len());
+    let scope = SourceScope {
+        pool,
+        rbd_namespace: &rbd_namespace,
+        namespace_map,
+        settings,
+    };
     let mut disks = Vec::with_capacity(all_disks.len());
     let mut disk_specs = Vec::with_capacity(all_disks.len());
     for (index, (disk, image)) in all_disks.iter().zip(&image_names).enumerate() {
@@ -308,16 +378,7 @@ pub fn plan(
                 disk: index,
                 message: e.to_string(),
             })?;
-        let resolved = resolve_source(
-            index,
-            &disk.source,
-            vm,
-            pool,
-            &rbd_namespace,
-            namespace_map,
-            others,
-            &settings.import_dirs,
-        );
+        let resolved = resolve_source(index, &disk.source, vm, &scope, others);
         let source = match resolved {
             Ok(source) => source,
             // A clone's source may go away once the copy exists: the copy does not need it.
@@ -377,6 +438,57 @@ mod tests {
         let err = check_import_path(1, "/etc/shadow", &[]).unwrap_err();
         assert_eq!(err.reason(), "PathNotAllowed");
         assert!(err.to_string().contains("--import-dirs"), "{err}");
+    }
+
+    fn settings(shared: &str) -> ControllerSettings {
+        ControllerSettings {
+            policy: Default::default(),
+            ceph_access: crate::domain_xml::CephAccess {
+                monitors: vec![],
+                auth: None,
+            },
+            storage_recheck: std::time::Duration::from_secs(1),
+            node_lost_grace: std::time::Duration::from_secs(1),
+            resync: std::time::Duration::from_secs(1),
+            import_dirs: vec![],
+            shared_image_namespaces: naming::SharedImageNamespaces::parse(shared).unwrap(),
+        }
+    }
+
+    #[test]
+    fn sources_stay_in_the_tenants_own_namespace_unless_shared() {
+        let map = NamespaceMap::default();
+        let settings = settings("golden,images/");
+        let scope = SourceScope {
+            pool: "rbd",
+            rbd_namespace: "tenant-a",
+            namespace_map: &map,
+            settings: &settings,
+        };
+        let table = [
+            ("own namespace", "rbd", "tenant-a", true),
+            ("another tenant", "rbd", "default", false),
+            ("RBD's default namespace", "rbd", "", false),
+            ("own namespace name in another pool", "other", "tenant-a", false),
+            ("shared namespace", "rbd", "golden", true),
+            ("shared default namespace of another pool", "images", "", true),
+            ("shared name, wrong pool", "images", "golden", false),
+        ];
+        for (name, pool, namespace, allowed) in table {
+            let result = scope.check_reach(0, "rbd", pool, namespace, "system_x");
+            assert_eq!(result.is_ok(), allowed, "{name}: {result:?}");
+        }
+        let err = scope
+            .check_reach(1, "golden", "rbd", "default", "system_x")
+            .unwrap_err();
+        assert_eq!(err.reason(), "SourceNotShared");
+        assert!(!err.is_retryable());
+        assert_eq!(
+            err.to_string(),
+            "disk 1: golden source rbd/default/system_x is outside this VM's own RBD namespace \
+             ('tenant-a' of pool rbd) and a cluster admin has not shared it (the controller's \
+             --shared-image-namespaces); copy or clone only from your own namespace or from a shared one"
+        );
     }
 
     #[test]

@@ -3,9 +3,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::{
-    DesiredState, Phase, StorageStatus, VirtualMachine, VirtualMachineStatus, condition_types as ct,
+    DesiredState, DomainStatus, Phase, StorageStatus, VirtualMachine, VirtualMachineStatus,
+    condition_types as ct,
 };
 use crate::controller::conditions::{self, Desired};
+use crate::controller::node_health::REASON_NODE_LOST;
 use crate::controller::phase;
 
 /// The outcome of the storage step.
@@ -33,8 +35,18 @@ pub enum Scheduling {
     Unschedulable { reason: String, message: String },
 }
 
+/// What the controller knows of the host the VM is placed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostHealth {
+    /// It answers (or the VM is placed nowhere).
+    Answering,
+    /// Its agent stopped reporting: what runs there is unknown.
+    Lost { message: String },
+}
+
 pub struct StatusInput<'a> {
     pub vm: &'a VirtualMachine,
+    pub host: HostHealth,
     pub storage: &'a StorageOutcome,
     pub scheduling: &'a Scheduling,
     pub domain_uuid: Option<String>,
@@ -118,8 +130,15 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         )
     });
     let target = phase::target(desired);
-    let ready = phase == target && storage_ok;
-    let (ready_reason, ready_message) = if ready {
+    let agent_behind = agent_behind(vm, node.as_deref(), previous.domain.as_ref());
+    let ready = phase == target && storage_ok && agent_behind.is_none();
+    let host_lost = match &input.host {
+        HostHealth::Lost { message } if desired != DesiredState::Disabled => Some(message.clone()),
+        _ => None,
+    };
+    let (ready_reason, ready_message) = if let Some(message) = host_lost.clone() {
+        (REASON_NODE_LOST.to_owned(), message)
+    } else if ready {
         (format!("{phase:?}"), format!("the VM is {phase:?}, as desired"))
     } else if let Some((reason, message)) = stalled.clone().or(failed.clone()) {
         (reason, message)
@@ -131,18 +150,19 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         (reason.clone(), message.clone())
     } else if let StorageOutcome::Failing { reason, message, .. } = input.storage {
         (reason.clone(), message.clone())
+    } else if let Some(message) = agent_behind.filter(|_| phase == target) {
+        ("WaitingForAgent".to_owned(), message)
     } else {
         (
             format!("{phase:?}"),
             format!("the VM is {phase:?}; desired {target:?}"),
         )
     };
-    wanted.push(Desired::new(
-        ct::READY,
-        ready,
-        ready_reason.clone(),
-        ready_message.clone(),
-    ));
+    wanted.push(if host_lost.is_some() {
+        Desired::unknown(ct::READY, ready_reason.clone(), ready_message.clone())
+    } else {
+        Desired::new(ct::READY, ready, ready_reason.clone(), ready_message.clone())
+    });
     let stalled = stalled.or(failed);
     wanted.push(Desired::new(
         ct::RECONCILING,
@@ -179,6 +199,20 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         // Written by the snapshot controller (its own field manager).
         unmanaged_snapshots: Vec::new(),
     }
+}
+
+/// The agent of the placed node has not acted on the VM's current generation yet: what it last
+/// reported says nothing about the spec as it is now.
+fn agent_behind(vm: &VirtualMachine, node: Option<&str>, domain: Option<&DomainStatus>) -> Option<String> {
+    let domain = domain.filter(|d| Some(d.node.as_str()) == node)?;
+    let seen = domain.observed_generation?;
+    let generation = vm.metadata.generation?;
+    (seen < generation && vm.spec.state != DesiredState::Disabled).then(|| {
+        format!(
+            "the agent of hypervisor {} last acted on generation {seen}; the VM is at generation {generation}",
+            domain.node
+        )
+    })
 }
 
 /// Whether writing `new` would change what the object already says (agent-owned fields and
@@ -255,6 +289,76 @@ mod tests {
             ..Default::default()
         });
         vm
+    }
+
+    /// A started VM on hv1 whose agent reported `reported_generation`, at `generation`.
+    fn running(generation: i64, reported_generation: i64) -> VirtualMachine {
+        let mut vm = vm(generation, true, generation, &["system_vm"]);
+        let status = vm.status.as_mut().unwrap();
+        status.node = Some("hv1".into());
+        status.domain = Some(DomainStatus {
+            node: "hv1".into(),
+            name: "ns_vm".into(),
+            state: crate::api::DomainState::Running,
+            observed_generation: Some(reported_generation),
+            ..Default::default()
+        });
+        vm
+    }
+
+    fn ready_of(vm: &VirtualMachine, host: HostHealth) -> (String, String, String) {
+        let storage = StorageOutcome::Ready(vm.status.as_ref().unwrap().storage.clone().unwrap());
+        let input = StatusInput {
+            vm,
+            host,
+            storage: &storage,
+            scheduling: &Scheduling::Placed("hv1".into()),
+            domain_uuid: None,
+            now: Time(k8s_openapi::jiff::Timestamp::now()),
+        };
+        let status = build(&input);
+        let ready = conditions::find(&status.conditions, ct::READY).unwrap().clone();
+        (ready.status, ready.reason, ready.message)
+    }
+
+    #[test]
+    fn ready_says_only_what_was_observed() {
+        let lost = || HostHealth::Lost {
+            message: "hypervisor hv1 has not reported for 12 s".into(),
+        };
+        let table: Vec<(&str, VirtualMachine, HostHealth, &str, &str)> = vec![
+            (
+                "observed and running",
+                running(3, 3),
+                HostHealth::Answering,
+                "True",
+                "Started",
+            ),
+            ("host lost", running(3, 3), lost(), "Unknown", "NodeLost"),
+            (
+                "spec changed, agent has not acted on it",
+                running(5, 3),
+                HostHealth::Answering,
+                "False",
+                "WaitingForAgent",
+            ),
+            (
+                "both: the host is what matters",
+                running(5, 3),
+                lost(),
+                "Unknown",
+                "NodeLost",
+            ),
+        ];
+        for (name, vm, host, status, reason) in table {
+            let (s, r, m) = ready_of(&vm, host);
+            assert_eq!((s.as_str(), r.as_str()), (status, reason), "{name}: {m}");
+        }
+        let (_, _, message) = ready_of(&running(5, 3), HostHealth::Answering);
+        assert!(
+            message.contains("last acted on generation 3; the VM is at generation 5"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -1,0 +1,642 @@
+//! High availability on the real API server and Ceph, with libvirt test-driver hosts: a host
+//! whose agent dies is judged lost, fenced, and its VMs start elsewhere by priority within the
+//! capacity left (pinned and opted-out VMs stay and say why); an administrator's out-of-service
+//! mark fences at once; an agent cut from the API server destroys its domains before they start
+//! elsewhere, and no VM ever runs on two hosts; an agent restart shorter than the grace fails
+//! nothing over; a fencing decision recorded by a controller that died is carried out; a host
+//! that comes back rejoins clean and the fence is lifted.
+//!
+//! The controller runs once per binary; each test brings up its own simulated hosts (node files
+//! with the capacity it needs) and agents it can kill, and the tests take turns, since a lost
+//! host concerns every VM that could move.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use seapath_operator::agent::{Agent, AgentConfig, CephConfig};
+use seapath_operator::api::{FenceState, Hypervisor, Phase, VirtualMachine};
+use seapath_operator::controller::hypervisor::FencingSettings;
+use seapath_operator::libvirt;
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, watch};
+use tokio::task::JoinHandle;
+
+use common::operator::{Options, operator_with};
+use common::testbed_env;
+
+/// The controller's grace in this binary.
+const GRACE: Duration = Duration::from_secs(5);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const SELF_FENCE_AFTER: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test at a time: a lost host concerns every VM that could move.
+static TURN: Mutex<()> = Mutex::const_new(());
+
+fn xml(memory_mib: u32) -> String {
+    format!(
+        "<domain type='qemu'><name>x</name><memory unit='MiB'>{memory_mib}</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><features><acpi/></features></domain>"
+    )
+}
+
+/// A simulated host of `memory_gib` GiB: its own node file, so each test chooses capacity.
+async fn host(dir: &std::path::Path, name: &str, memory_gib: u64) -> libvirt::Hypervisor {
+    let path = dir.join(format!("{name}.xml"));
+    std::fs::write(
+        &path,
+        format!(
+            "<node><cpu><mhz>2400</mhz><model>x86_64</model><active>8</active><nodes>1</nodes>\
+             <sockets>1</sockets><cores>4</cores><threads>2</threads></cpu>\
+             <memory>{}</memory></node>",
+            memory_gib * 1024 * 1024
+        ),
+    )
+    .expect("node file");
+    let uri = format!("test://{}", path.display());
+    tokio::task::spawn_blocking(move || libvirt::Hypervisor::connect(&uri))
+        .await
+        .unwrap()
+        .expect("connecting to the node file")
+}
+
+fn agent_config(node: &str, uri: &str) -> AgentConfig {
+    let mut ceph = CephConfig::new(
+        testbed_env("CEPH_CONF"),
+        std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into()),
+        testbed_env("SEAPATH_CEPH_POOL"),
+    );
+    ceph.options = vec![("admin_socket".into(), String::new())];
+    let mut config = AgentConfig::new(node, uri, ceph);
+    config.heartbeat_interval = HEARTBEAT;
+    config.self_fence_after = SELF_FENCE_AFTER;
+    config.resync_period = Duration::from_secs(2);
+    config.restart_backoff_base = Duration::from_secs(1);
+    config.restart_backoff_max = Duration::from_secs(2);
+    config.default_stop_timeout = Duration::from_secs(2);
+    config
+}
+
+/// An agent as a task the test can kill (abort: nothing runs after, as with SIGKILL); the
+/// test keeps the libvirt connection, so the host's domains outlive the agent.
+struct Host {
+    name: String,
+    hv: libvirt::Hypervisor,
+    agent: Option<JoinHandle<()>>,
+}
+
+impl Host {
+    fn start_agent(&mut self, client: &Client) {
+        let config = agent_config(&self.name, self.hv.uri());
+        let agent = Agent::new(client.clone(), config)
+            .expect("agent config")
+            .with_connection(self.hv.clone());
+        self.agent = Some(tokio::spawn(async move {
+            agent.run(std::future::pending()).await.expect("agent");
+        }));
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(task) = self.agent.take() {
+            task.abort();
+        }
+    }
+
+    /// Names of the running domains (`NAMESPACE_VM`).
+    async fn running(&self) -> BTreeSet<String> {
+        let hv = self.hv.clone();
+        tokio::task::spawn_blocking(move || {
+            hv.list_domains()
+                .expect("listing domains")
+                .into_iter()
+                .filter(|d| d.state.state.is_active())
+                .map(|d| d.name)
+                .collect()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+struct Bed {
+    client: Client,
+    namespace: String,
+    vms: Api<VirtualMachine>,
+    hypervisors: Api<Hypervisor>,
+    hosts: Vec<Host>,
+    _dir: tempfile::TempDir,
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+}
+
+/// Takes the turn, removes the hosts of earlier tests, and brings up `hosts` (name suffix,
+/// GiB) with running agents.
+async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
+    let turn = TURN.lock().await;
+    let client = common::admin_client().await;
+    common::install_crds(&client).await;
+    operator_with(
+        "fo",
+        Options {
+            without_agents: true,
+            fencing: Some(FencingSettings {
+                grace: GRACE,
+                blocklist_expiry: Duration::from_secs(600),
+                power_fence_command: None,
+            }),
+            ..Default::default()
+        },
+    );
+    let hypervisors: Api<Hypervisor> = Api::all(client.clone());
+    for old in hypervisors.list(&ListParams::default()).await.unwrap() {
+        hypervisors
+            .delete(&old.name_any(), &DeleteParams::default())
+            .await
+            .ok();
+    }
+    let namespace = common::fresh_namespace(&client, prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut started = Vec::new();
+    // Unique per run: VMs an earlier run left on a host of the same name would move in.
+    let run = &namespace[namespace.len() - 4..];
+    for (suffix, gib) in hosts {
+        let name = format!("{prefix}-{suffix}-{run}");
+        let mut host = Host {
+            hv: host(dir.path(), &name, *gib).await,
+            name,
+            agent: None,
+        };
+        host.start_agent(&client);
+        started.push(host);
+    }
+    let bed = Bed {
+        vms: Api::namespaced(client.clone(), &namespace),
+        namespace,
+        hypervisors,
+        client,
+        hosts: started,
+        _dir: dir,
+        _turn: turn,
+    };
+    for host in &bed.hosts {
+        bed.wait_hv(&host.name, "Ready", |hv| ready(hv) == Some("True"))
+            .await;
+    }
+    bed
+}
+
+fn ready(hv: &Hypervisor) -> Option<&str> {
+    hv.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.as_str())
+}
+
+fn fence_state(hv: &Hypervisor) -> Option<FenceState> {
+    hv.status.as_ref()?.fence.as_ref().map(|f| f.state)
+}
+
+fn condition(vm: &VirtualMachine, type_: &str) -> Option<(String, String, String)> {
+    let c = vm.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+fn node(vm: &VirtualMachine) -> Option<&str> {
+    vm.status.as_ref()?.node.as_deref()
+}
+
+fn phase(vm: &VirtualMachine) -> Option<Phase> {
+    vm.status.as_ref()?.phase
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+impl Bed {
+    /// Kills host `index`'s agent (its domains stay).
+    fn kill(&mut self, index: usize) {
+        self.hosts[index].kill_agent();
+    }
+
+    /// Starts host `index`'s agent again, on the same simulated host.
+    fn restart(&mut self, index: usize) {
+        let client = self.client.clone();
+        self.hosts[index].start_agent(&client);
+    }
+
+    async fn create(&self, name: &str, memory_mib: u32, placement: Value) {
+        let vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name},
+            "spec": {
+                "xml": xml(memory_mib), "stopTimeoutSeconds": 2,
+                "systemDisk": {"source": {"blank": {}}, "size": "4Mi"},
+                "placement": placement,
+            }
+        }))
+        .unwrap();
+        self.vms
+            .create(&PostParams::default(), &vm)
+            .await
+            .expect("create VM");
+    }
+
+    async fn wait_vm(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&VirtualMachine) -> bool,
+    ) -> VirtualMachine {
+        eventually(&format!("{name}: {what}"), async || {
+            self.vms.get(name).await.ok().filter(|vm| check(vm))
+        })
+        .await
+    }
+
+    async fn wait_hv(&self, name: &str, what: &str, check: impl Fn(&Hypervisor) -> bool) -> Hypervisor {
+        eventually(&format!("hypervisor {name}: {what}"), async || {
+            self.hypervisors.get(name).await.ok().filter(|hv| check(hv))
+        })
+        .await
+    }
+
+    async fn started_on(&self, name: &str, host: &str) -> VirtualMachine {
+        self.wait_vm(name, &format!("Started on {host}"), |vm| {
+            phase(vm) == Some(Phase::Started)
+                && node(vm) == Some(host)
+                && condition(vm, "Ready").is_some_and(|c| c.0 == "True")
+        })
+        .await
+    }
+
+    async fn set_spec(&self, hv: &str, spec: Value) {
+        self.hypervisors
+            .patch(hv, &PatchParams::default(), &Patch::Merge(json!({"spec": spec})))
+            .await
+            .expect("patch Hypervisor spec");
+    }
+
+    /// Deletes the test's VMs (with the agents running) and its hosts, for the next test.
+    async fn tear_down(mut self) {
+        for vm in self.vms.list(&ListParams::default()).await.unwrap() {
+            self.vms
+                .delete(&vm.name_any(), &DeleteParams::default())
+                .await
+                .ok();
+        }
+        eventually("the test's VMs deleted", async || {
+            self.vms
+                .list(&ListParams::default())
+                .await
+                .ok()
+                .filter(|l| l.items.is_empty())
+        })
+        .await;
+        for host in &mut self.hosts {
+            host.kill_agent();
+            self.hypervisors
+                .delete(&host.name, &DeleteParams::default())
+                .await
+                .ok();
+        }
+    }
+
+    async fn events(&self, reason: &str) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
+    }
+}
+
+/// Records every VM seen running on two hosts at once, until stopped.
+fn watch_for_doubles(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut doubles = Vec::new();
+        while !*stopped.borrow() {
+            let hosts = hosts.clone();
+            let running: Vec<BTreeSet<String>> = tokio::task::spawn_blocking(move || {
+                hosts
+                    .iter()
+                    .map(|hv| {
+                        hv.list_domains()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter(|d| d.state.state.is_active())
+                            .map(|d| d.name)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .await
+            .unwrap();
+            for name in running[0].intersection(&running[1]) {
+                doubles.push(name.clone());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stopped.changed() => {}
+            }
+        }
+        doubles
+    });
+    (stop, task)
+}
+
+#[tokio::test]
+async fn a_lost_host_is_fenced_and_its_vms_fail_over_by_priority() {
+    // hv2 has room for two of the three movable VMs.
+    let mut bed = bed("fo-prio", &[("hv1", 16), ("hv2", 4)]).await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    for (name, priority) in [("hi", 10), ("mid", 5), ("lo", 1)] {
+        bed.create(name, 1536, json!({"preferredNode": hv1, "priority": priority}))
+            .await;
+    }
+    bed.create("pinned", 512, json!({"pinnedNode": hv1, "priority": 100}))
+        .await;
+    bed.create(
+        "stay",
+        512,
+        json!({"preferredNode": hv1, "failover": "Never", "priority": 100}),
+    )
+    .await;
+    for name in ["hi", "mid", "lo", "pinned", "stay"] {
+        bed.started_on(name, &hv1).await;
+    }
+
+    let killed = Instant::now();
+    bed.kill(0);
+    let lost = bed
+        .wait_hv(&hv1, "fenced", |hv| fence_state(hv) == Some(FenceState::Fenced))
+        .await;
+    let fence = lost.status.as_ref().unwrap().fence.clone().unwrap();
+    assert_eq!(fence.reason, "NodeLost");
+    assert_eq!(
+        fence
+            .vms
+            .iter()
+            .filter(|vm| vm.starts_with(&bed.namespace))
+            .count(),
+        5,
+        "{fence:?}"
+    );
+    assert!(fence.fenced_at.is_some() && fence.until.is_some(), "{fence:?}");
+    assert_eq!(ready(&lost), Some("Unknown"), "{:?}", lost.status);
+
+    bed.started_on("hi", &hv2).await;
+    bed.started_on("mid", &hv2).await;
+    let failover_time = killed.elapsed();
+    assert!(
+        failover_time > GRACE - HEARTBEAT,
+        "failed over before the grace ran out: {failover_time:?}"
+    );
+    let lo = bed
+        .wait_vm("lo", "NodeLost with no room elsewhere", |vm| {
+            condition(vm, "Ready").is_some_and(|c| c.0 == "Unknown" && c.2.contains("no other hypervisor"))
+        })
+        .await;
+    assert_eq!(node(&lo), Some(hv1.as_str()));
+    assert_eq!(condition(&lo, "Scheduled").unwrap().1, "NoHypervisorAvailable");
+    let pinned = bed.vms.get("pinned").await.unwrap();
+    let (status, reason, message) = condition(&pinned, "Ready").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("Unknown", "NodeLost"));
+    assert!(message.contains("pinned there"), "{message}");
+    let stay = bed.vms.get("stay").await.unwrap();
+    assert!(condition(&stay, "Ready").unwrap().2.contains("failover is Never"));
+    let notes = bed.events("FailedOver").await;
+    assert!(
+        notes.iter().any(|n| n.contains(&hv1) && n.contains(&hv2)),
+        "{notes:?}"
+    );
+
+    // The host comes back: the agent destroys what it ran (it was fenced), the fence is lifted,
+    // and what is still placed there starts again there.
+    bed.restart(0);
+    bed.wait_hv(&hv1, "fence lifted and Ready", |hv| {
+        fence_state(hv).is_none() && ready(hv) == Some("True")
+    })
+    .await;
+    for name in ["lo", "pinned", "stay"] {
+        bed.started_on(name, &hv1).await;
+    }
+    let (on1, on2) = (bed.hosts[0].running().await, bed.hosts[1].running().await);
+    assert!(on1.is_disjoint(&on2), "running on both hosts: {on1:?} {on2:?}");
+    assert!(on2.contains(&format!("{}_hi", bed.namespace)), "{on2:?}");
+    bed.tear_down().await;
+}
+
+#[tokio::test]
+async fn out_of_service_fences_at_once_and_the_host_comes_back() {
+    let bed = bed("fo-oos", &[("hv1", 16), ("hv2", 16)]).await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    bed.create("vm1", 256, json!({"preferredNode": hv1})).await;
+    bed.started_on("vm1", &hv1).await;
+
+    let marked = Instant::now();
+    bed.set_spec(&hv1, json!({"outOfService": true})).await;
+    bed.started_on("vm1", &hv2).await;
+    assert!(
+        marked.elapsed() < GRACE,
+        "out of service should not wait for the grace: {:?}",
+        marked.elapsed()
+    );
+    let fenced = bed
+        .wait_hv(&hv1, "fenced", |hv| fence_state(hv) == Some(FenceState::Fenced))
+        .await;
+    assert_eq!(fenced.status.unwrap().fence.unwrap().reason, "OutOfService");
+    // The agent, alive, destroys its copy once it learns of the fence.
+    eventually("the copy on hv1 destroyed", async || {
+        bed.hosts[0].running().await.is_empty().then_some(())
+    })
+    .await;
+
+    bed.set_spec(&hv1, json!({"outOfService": false})).await;
+    bed.wait_hv(&hv1, "fence lifted and Ready", |hv| {
+        fence_state(hv).is_none() && ready(hv) == Some("True")
+    })
+    .await;
+    bed.started_on("vm1", &hv2).await;
+    bed.tear_down().await;
+}
+
+/// A TCP relay to the API server that the test can cut, as a network partition would.
+struct Relay {
+    url: String,
+    cut: watch::Sender<bool>,
+}
+
+async fn relay(upstream: &str) -> Relay {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (cut, cut_rx) = watch::channel(false);
+    let upstream = upstream.to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            if *cut_rx.borrow() {
+                continue;
+            }
+            let (upstream, mut cut_rx) = (upstream.clone(), cut_rx.clone());
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut_rx.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    Relay {
+        url: format!("https://127.0.0.1:{port}"),
+        cut,
+    }
+}
+
+#[tokio::test]
+async fn an_agent_cut_from_the_api_server_destroys_its_domains_before_they_run_elsewhere() {
+    let mut bed = bed("fo-self", &[("hv1", 16), ("hv2", 16)]).await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    // hv1's agent reaches the API server through a relay the test cuts.
+    bed.kill(0);
+    let mut config = kube::Config::infer().await.unwrap();
+    let upstream = config.cluster_url.authority().unwrap().to_string();
+    let relay = relay(&upstream).await;
+    config.cluster_url = relay.url.parse().unwrap();
+    let cut_client = Client::try_from(config).unwrap();
+    bed.hosts[0].start_agent(&cut_client);
+    bed.create("vm1", 256, json!({"preferredNode": hv1})).await;
+    bed.create("vm2", 256, json!({"preferredNode": hv1, "priority": 3}))
+        .await;
+    bed.started_on("vm1", &hv1).await;
+    bed.started_on("vm2", &hv1).await;
+
+    let (stop, doubles) = watch_for_doubles(vec![bed.hosts[0].hv.clone(), bed.hosts[1].hv.clone()]);
+    let cut_at = Instant::now();
+    relay.cut.send(true).unwrap();
+    eventually("hv1's domains destroyed by its own agent", async || {
+        bed.hosts[0].running().await.is_empty().then_some(())
+    })
+    .await;
+    let self_fenced = cut_at.elapsed();
+    bed.started_on("vm1", &hv2).await;
+    bed.started_on("vm2", &hv2).await;
+    assert!(
+        self_fenced < GRACE,
+        "the agent must destroy its domains before the controller's grace runs out: {self_fenced:?}"
+    );
+
+    // The partition heals: hv1 rejoins clean, and nothing ran twice meanwhile.
+    relay.cut.send(false).unwrap();
+    bed.wait_hv(&hv1, "fence lifted and Ready", |hv| {
+        fence_state(hv).is_none() && ready(hv) == Some("True")
+    })
+    .await;
+    stop.send(true).unwrap();
+    let doubles = doubles.await.unwrap();
+    assert!(doubles.is_empty(), "VMs ran on two hosts at once: {doubles:?}");
+    bed.started_on("vm1", &hv2).await;
+    bed.tear_down().await;
+}
+
+#[tokio::test]
+async fn an_agent_restart_within_the_grace_fails_nothing_over_and_status_waits_for_it() {
+    let mut bed = bed("fo-short", &[("hv1", 16), ("hv2", 16)]).await;
+    let hv1 = bed.hosts[0].name.clone();
+    bed.create("vm1", 256, json!({"preferredNode": hv1})).await;
+    let before = bed.started_on("vm1", &hv1).await;
+
+    bed.kill(0);
+    // Switched off and on while nobody runs it: Ready may not claim what no agent observed.
+    for state in ["Stopped", "Started"] {
+        bed.vms
+            .patch(
+                "vm1",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"state": state}})),
+            )
+            .await
+            .unwrap();
+    }
+    let waiting = bed
+        .wait_vm("vm1", "Ready waits for the agent", |vm| {
+            vm.metadata.generation > before.metadata.generation
+                && condition(vm, "Ready").is_some_and(|c| c.1 == "WaitingForAgent")
+        })
+        .await;
+    assert_eq!(condition(&waiting, "Ready").unwrap().0, "False");
+    tokio::time::sleep(GRACE / 2).await;
+    bed.restart(0);
+    let after = bed.started_on("vm1", &hv1).await;
+    assert!(after.metadata.generation > before.metadata.generation);
+    // Well past the grace: nothing was fenced, the VM never moved.
+    tokio::time::sleep(GRACE).await;
+    let hv = bed.hypervisors.get(&hv1).await.unwrap();
+    assert_eq!(fence_state(&hv), None);
+    assert_eq!(node(&bed.vms.get("vm1").await.unwrap()), Some(hv1.as_str()));
+    assert!(bed.hosts[1].running().await.is_empty());
+    bed.tear_down().await;
+}
+
+#[tokio::test]
+async fn a_fencing_decision_recorded_by_a_dead_controller_is_carried_out_once() {
+    let mut bed = bed("fo-resume", &[("hv1", 16), ("hv2", 16)]).await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    bed.create("vm1", 256, json!({"preferredNode": hv1})).await;
+    bed.started_on("vm1", &hv1).await;
+    bed.kill(0);
+    // What a controller killed right after recording its decision leaves behind.
+    let namespace = bed.vms.get("vm1").await.unwrap().namespace().unwrap();
+    bed.hypervisors
+        .patch_status(
+            &hv1,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"fence": {
+                "state": "Fencing", "reason": "NodeLost", "since": "2026-01-01T00:00:00Z",
+                "vms": [format!("{namespace}/vm1")]
+            }}})),
+        )
+        .await
+        .unwrap();
+    let recorded = Instant::now();
+    bed.wait_hv(&hv1, "fenced", |hv| fence_state(hv) == Some(FenceState::Fenced))
+        .await;
+    assert!(
+        recorded.elapsed() < GRACE,
+        "the recorded decision is carried out at once, not when the grace runs out: {:?}",
+        recorded.elapsed()
+    );
+    bed.started_on("vm1", &hv2).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bed.hosts[1].running().await.len(), 1, "started once");
+    bed.restart(0);
+    bed.wait_hv(&hv1, "fence lifted and Ready", |hv| {
+        fence_state(hv).is_none() && ready(hv) == Some("True")
+    })
+    .await;
+    assert!(bed.hosts[0].running().await.is_empty());
+    bed.tear_down().await;
+}
