@@ -17,10 +17,13 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
-use seapath_operator::agent::{Agent, AgentConfig, CephConfig};
+use seapath_operator::agent::{Agent, AgentConfig, CephConfig, CephSecretConfig};
 use seapath_operator::api::{FenceState, Hypervisor, Phase, VirtualMachine};
+use seapath_operator::ceph::{Cluster, ClusterConfig, IoCtx};
 use seapath_operator::controller::hypervisor::FencingSettings;
+use seapath_operator::domain_xml::CephAuthRef;
 use seapath_operator::libvirt;
+use seapath_operator::naming::NamespaceMap;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
@@ -64,6 +67,24 @@ async fn host(dir: &std::path::Path, name: &str, memory_gib: u64) -> libvirt::Hy
         .expect("connecting to the node file")
 }
 
+/// The QEMU guest's namespace maps to RBD's default namespace: libvirt 9.0 cannot name an RBD
+/// namespace in a disk source (QEMU reads `NAMESPACE/IMAGE` as an image name).
+fn namespace_map() -> NamespaceMap {
+    NamespaceMap::parse(&format!("{}=", common::operator::HOST_PATHS_NAMESPACE)).unwrap()
+}
+
+/// The libvirt secret QEMU hosts keep with the Ceph key (cephx test beds only).
+fn ceph_secret() -> Option<CephSecretConfig> {
+    let key = std::env::var("SEAPATH_CEPH_LIBVIRT_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    Some(CephSecretConfig {
+        usage_name: "client.libvirt secret".into(),
+        uuid: uuid::Uuid::from_u128(0x5ea9_a7f0_0000_4000_8000_0000_0000_f0f0),
+        key_base64: key,
+    })
+}
+
 fn agent_config(node: &str, uri: &str) -> AgentConfig {
     let mut ceph = CephConfig::new(
         testbed_env("CEPH_CONF"),
@@ -71,7 +92,11 @@ fn agent_config(node: &str, uri: &str) -> AgentConfig {
         testbed_env("SEAPATH_CEPH_POOL"),
     );
     ceph.options = vec![("admin_socket".into(), String::new())];
+    ceph.namespaces = namespace_map();
     let mut config = AgentConfig::new(node, uri, ceph);
+    if !uri.starts_with("test:") {
+        config.ceph_secret = ceph_secret();
+    }
     config.heartbeat_interval = HEARTBEAT;
     config.self_fence_after = SELF_FENCE_AFTER;
     config.resync_period = Duration::from_secs(2);
@@ -125,6 +150,8 @@ impl Host {
 struct Bed {
     client: Client,
     namespace: String,
+    /// The VMs this test made (the QEMU test shares its namespace with earlier runs).
+    created: std::sync::Mutex<Vec<String>>,
     vms: Api<VirtualMachine>,
     hypervisors: Api<Hypervisor>,
     hosts: Vec<Host>,
@@ -132,9 +159,21 @@ struct Bed {
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
+/// Where a test's hosts come from.
+enum Hosts<'a> {
+    /// libvirt test-driver node files of these sizes (name suffix, GiB).
+    Simulated(&'a [(&'a str, u64)]),
+    /// The test bed's QEMU hosts (`SEAPATH_QEMU_NODES`), in this Kubernetes namespace.
+    Qemu { namespace: &'a str },
+}
+
 /// Takes the turn, removes the hosts of earlier tests, and brings up `hosts` (name suffix,
 /// GiB) with running agents.
 async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
+    bed_with(prefix, Hosts::Simulated(hosts)).await
+}
+
+async fn bed_with(prefix: &str, hosts: Hosts<'_>) -> Bed {
     let turn = TURN.lock().await;
     let client = common::admin_client().await;
     common::install_crds(&client).await;
@@ -147,6 +186,11 @@ async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
                 blocklist_expiry: Duration::from_secs(600),
                 power_fence_command: None,
             }),
+            namespace_map: namespace_map(),
+            libvirt_auth: ceph_secret().map(|s| CephAuthRef {
+                username: std::env::var("SEAPATH_CEPH_LIBVIRT_USER").unwrap_or_else(|_| "libvirt".into()),
+                secret_uuid: s.uuid,
+            }),
             ..Default::default()
         },
     );
@@ -157,15 +201,28 @@ async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
             .await
             .ok();
     }
-    let namespace = common::fresh_namespace(&client, prefix).await;
+    let namespace = match hosts {
+        Hosts::Simulated(_) => common::fresh_namespace(&client, prefix).await,
+        Hosts::Qemu { namespace } => ensure_namespace(&client, namespace).await,
+    };
     let dir = tempfile::tempdir().unwrap();
-    let mut started = Vec::new();
     // Unique per run: VMs an earlier run left on a host of the same name would move in.
-    let run = &namespace[namespace.len() - 4..];
-    for (suffix, gib) in hosts {
-        let name = format!("{prefix}-{suffix}-{run}");
+    let run = format!("{:04x}", rand_suffix());
+    let connections = match hosts {
+        Hosts::Simulated(sizes) => {
+            let mut connections = Vec::new();
+            for (suffix, gib) in sizes {
+                let name = format!("{prefix}-{suffix}-{run}");
+                connections.push((host(dir.path(), &name, *gib).await, name));
+            }
+            connections
+        }
+        Hosts::Qemu { .. } => qemu_hosts(prefix, &run).await,
+    };
+    let mut started = Vec::new();
+    for (hv, name) in connections {
         let mut host = Host {
-            hv: host(dir.path(), &name, *gib).await,
+            hv,
             name,
             agent: None,
         };
@@ -175,6 +232,7 @@ async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
     let bed = Bed {
         vms: Api::namespaced(client.clone(), &namespace),
         namespace,
+        created: Default::default(),
         hypervisors,
         client,
         hosts: started,
@@ -186,6 +244,39 @@ async fn bed(prefix: &str, hosts: &[(&str, u64)]) -> Bed {
             .await;
     }
     bed
+}
+
+fn rand_suffix() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() & 0xffff) as u16
+}
+
+async fn ensure_namespace(client: &Client, name: &str) -> String {
+    use k8s_openapi::api::core::v1::Namespace;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.ok();
+    name.to_owned()
+}
+
+/// Connections to the test bed's QEMU hosts, named for this run.
+async fn qemu_hosts(prefix: &str, run: &str) -> Vec<(libvirt::Hypervisor, String)> {
+    let mut hosts = Vec::new();
+    for entry in testbed_env("SEAPATH_QEMU_NODES").split(',') {
+        let (name, uri) = entry
+            .split_once('=')
+            .expect("SEAPATH_QEMU_NODES entries are NAME=URI");
+        let uri = uri.to_owned();
+        let hv = tokio::task::spawn_blocking(move || libvirt::Hypervisor::connect(&uri))
+            .await
+            .unwrap()
+            .expect("connecting to a QEMU host of the test bed");
+        hosts.push((hv, format!("{prefix}-{name}-{run}")));
+    }
+    assert!(
+        hosts.len() >= 2,
+        "the test bed needs two QEMU hosts (--with-qemu --hypervisors 2)"
+    );
+    hosts
 }
 
 fn ready(hv: &Hypervisor) -> Option<&str> {
@@ -248,10 +339,15 @@ impl Bed {
             }
         }))
         .unwrap();
+        self.created_vm(&vm).await;
+    }
+
+    async fn created_vm(&self, vm: &VirtualMachine) {
         self.vms
-            .create(&PostParams::default(), &vm)
+            .create(&PostParams::default(), vm)
             .await
             .expect("create VM");
+        self.created.lock().unwrap().push(vm.name_any());
     }
 
     async fn wait_vm(
@@ -291,18 +387,13 @@ impl Bed {
 
     /// Deletes the test's VMs (with the agents running) and its hosts, for the next test.
     async fn tear_down(mut self) {
-        for vm in self.vms.list(&ListParams::default()).await.unwrap() {
-            self.vms
-                .delete(&vm.name_any(), &DeleteParams::default())
-                .await
-                .ok();
+        let created = self.created.lock().unwrap().clone();
+        for name in &created {
+            self.vms.delete(name, &DeleteParams::default()).await.ok();
         }
         eventually("the test's VMs deleted", async || {
-            self.vms
-                .list(&ListParams::default())
-                .await
-                .ok()
-                .filter(|l| l.items.is_empty())
+            let left = self.vms.list(&ListParams::default()).await.ok()?;
+            (!left.items.iter().any(|vm| created.contains(&vm.name_any()))).then_some(())
         })
         .await;
         for host in &mut self.hosts {
@@ -638,5 +729,141 @@ async fn a_fencing_decision_recorded_by_a_dead_controller_is_carried_out_once() 
     })
     .await;
     assert!(bed.hosts[0].running().await.is_empty());
+    bed.tear_down().await;
+}
+
+/// The RBD namespace of the host-path test namespace, where the QEMU guest's disk lives.
+fn rbd_io(namespace: &str) -> IoCtx {
+    let cluster = Cluster::connect(ClusterConfig {
+        conf_path: testbed_env("CEPH_CONF").into(),
+        client_id: std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into()),
+        ..Default::default()
+    })
+    .expect("connect to Ceph");
+    cluster
+        .io_context(&testbed_env("SEAPATH_CEPH_POOL"), namespace)
+        .expect("RBD namespace")
+}
+
+/// What the counting guest last wrote at offset 0 of its disk: (boot id, count).
+async fn counter(namespace: &str, image: &str) -> Option<(String, u64)> {
+    let (namespace, image) = (namespace.to_owned(), image.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let io = rbd_io(&namespace);
+        let disk = io.open_image_read_only(&image, None).ok()?;
+        let mut buf = [0u8; 64];
+        disk.read_at(0, &mut buf).ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let line = text.strip_prefix("SEAPATH-COUNT:")?.lines().next()?.to_owned();
+        let (boot, count) = line.rsplit_once(':')?;
+        Some((boot.to_owned(), count.parse().ok()?))
+    })
+    .await
+    .unwrap()
+}
+
+/// The PID of the QEMU process running guest `domain` (found by its `-name guest=` argument).
+fn qemu_pid(domain: &str) -> Option<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("guest={domain},")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn a_cut_off_host_is_fenced_through_ceph_and_its_guest_boots_elsewhere_without_losing_a_write() {
+    let mut bed = bed_with(
+        "fo-qemu",
+        Hosts::Qemu {
+            namespace: common::operator::HOST_PATHS_NAMESPACE,
+        },
+    )
+    .await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    let vm = format!("count{:04x}", rand_suffix());
+    let xml = format!(
+        "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 panic=-1 seapath.counter=1</cmdline></os><features><acpi/></features>\
+         <on_poweroff>destroy</on_poweroff><devices><serial type='pty'/><memballoon model='none'/></devices></domain>",
+        testbed_env("SEAPATH_GUEST_KERNEL"),
+        testbed_env("SEAPATH_GUEST_INITRD"),
+    );
+    let manifest: VirtualMachine = serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": vm},
+        "spec": {"xml": xml, "stopTimeoutSeconds": 2, "placement": {"preferredNode": hv1},
+                 "systemDisk": {"source": {"blank": {}}, "size": "16Mi"}}
+    }))
+    .unwrap();
+    bed.created_vm(&manifest).await;
+    bed.started_on(&vm, &hv1).await;
+    // In RBD's default namespace (see namespace_map), where the domain is named like the VM.
+    let (namespace, image) = (String::new(), format!("system_{vm}"));
+    let domain = vm.clone();
+    let first = eventually("the guest on hv1 counting on its disk", async || {
+        counter(&namespace, &image).await.filter(|(_, n)| *n >= 3)
+    })
+    .await;
+
+    // hv1 is cut off but alive: its agent dies, its QEMU is frozen mid-run.
+    let old_qemu = qemu_pid(&domain).expect("the QEMU process of the guest on hv1");
+    let killed = Instant::now();
+    bed.kill(0);
+    signal(old_qemu, "STOP");
+    let fenced = bed
+        .wait_hv(&hv1, "fenced", |hv| fence_state(hv) == Some(FenceState::Fenced))
+        .await;
+    let fence = fenced.status.unwrap().fence.unwrap();
+    assert!(
+        !fence.blocklisted.is_empty(),
+        "the old QEMU's Ceph client is blocklisted: {fence:?}"
+    );
+    bed.started_on(&vm, &hv2).await;
+    let second = eventually("the guest booted on hv2 and counting", async || {
+        counter(&namespace, &image)
+            .await
+            .filter(|(boot, n)| *boot != first.0 && *n >= 3)
+    })
+    .await;
+    eprintln!(
+        "failover of a QEMU guest: counting again on hv2 {:?} after the agent's death",
+        killed.elapsed()
+    );
+
+    // The frozen guest wakes up and keeps writing: none of it may reach the disk.
+    signal(old_qemu, "CONT");
+    let watch_until = Instant::now() + Duration::from_secs(5);
+    let mut last = second.1;
+    while Instant::now() < watch_until {
+        let (boot, n) = counter(&namespace, &image).await.expect("the counter");
+        assert_eq!(boot, second.0, "a write of the fenced guest reached the disk");
+        assert!(n >= last, "the counter went back: {n} < {last}");
+        last = n;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // hv1's agent comes back: the stale domain is destroyed, the fence lifted.
+    bed.restart(0);
+    bed.wait_hv(&hv1, "fence lifted and Ready", |hv| {
+        fence_state(hv).is_none() && ready(hv) == Some("True")
+    })
+    .await;
+    assert!(!bed.hosts[0].running().await.contains(&domain));
+    assert!(bed.hosts[1].running().await.contains(&domain));
+    let (boot, _) = counter(&namespace, &image).await.unwrap();
+    assert_eq!(boot, second.0);
     bed.tear_down().await;
 }

@@ -62,6 +62,10 @@ pub struct Options {
     pub fencing: Option<FencingSettings>,
     /// Start the controller only: the test binary runs (and kills) agents itself.
     pub without_agents: bool,
+    /// Kubernetes namespace -> RBD namespace mapping of the controller (agents must share it).
+    pub namespace_map: NamespaceMap,
+    /// The libvirt secret the controller names in RBD disks (cephx; agents must define it).
+    pub libvirt_auth: Option<seapath_operator::domain_xml::CephAuthRef>,
 }
 
 /// Starts the controller and two agents the first time it is called.
@@ -87,12 +91,12 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             ceph_client: client_id.clone(),
             ceph_options: options.ceph_options.clone(),
             pool: pool.clone(),
-            namespace_map: NamespaceMap::default(),
+            namespace_map: options.namespace_map.clone(),
             policy: PolicyConfig {
                 host_paths: [HOST_PATHS_NAMESPACE.to_string()].into(),
                 ..Default::default()
             },
-            libvirt_auth: None,
+            libvirt_auth: options.libvirt_auth.clone(),
             concurrency: 16,
             storage_recheck: Duration::from_secs(300),
             fencing: options.fencing.clone().unwrap_or(FencingSettings {
