@@ -3,19 +3,23 @@
 # benches/snapshots.rs), brings up a test bed for each phase, runs the measurements against it,
 # takes it down, and prints the tables.
 #
-#   bench/run.sh [--no-slow-mon] [--snapshots-only | --no-snapshots] [options, e.g. --quick]
+#   bench/run.sh [--no-slow-mon] [--snapshots-only | --no-snapshots | --failover-only]
+#                [options, e.g. --quick]
 #
 # 1. test bed "bench" (mon with a 0.05 s paxos interval, as every test bed): apply -> Started
 #    latency (1 VM, 100 VMs) against the floor, the no-op resync of 500 VMs, idle CPU and RSS,
-#    the qcow2 import and the golden clones;
+#    the qcow2 import and the golden clones, and last the failover (a host's agent killed, its
+#    1 then 50 VMs started on another host, default timings);
 # 2. test bed "bench-slowmon" (SEAPATH_CEPH_SLOW_MON=1: Ceph's default 1 s paxos interval): the
-#    1-VM latency and its floor again. Skip it with --no-slow-mon;
+#    1-VM latency and its floor, and the failover again. Skip it with --no-slow-mon;
 # 3. test bed "bench-snap": snapshot create, restore and purge (1000 snapshots) through the
 #    operator against librbd and the rbd CLI. Skip it with --no-snapshots; only it with
 #    --snapshots-only. Its options --snapshots N, --vms N, --restores N, --skip-cli go to it.
 #
-# --quick goes to every phase; other options to phases 1 and 2 (see cargo bench --bench
-# operator -- --help and cargo bench --bench snapshots -- --help).
+# --failover-only: only the failover, in phases 1 and 2 (no snapshot phase); --failover-vms N
+# (VMs of its second case, 50) and --skip-failover go to phases 1 and 2. --quick goes to every
+# phase; other options to phase 1 (see cargo bench --bench operator -- --help and cargo bench
+# --bench snapshots -- --help).
 # The report is printed and kept in target/bench/report-DATE.txt, the logs of each phase
 # (controller JSON logs, the harness's own log) in target/bench/logs-*/.
 # Environment: SEAPATH_BENCH_INSTANCE (default bench) names the test beds.
@@ -29,23 +33,30 @@ slow_mon=1
 operator=1
 snapshots=1
 args=()
+# Options of the slow-mon phase, which runs only the 1-VM latency and the failover.
+slow_args=()
 snap_args=()
 while [ $# -gt 0 ]; do
   case $1 in
     --no-slow-mon) slow_mon=0 ;;
     --no-snapshots) snapshots=0 ;;
     --snapshots-only) operator=0; slow_mon=0 ;;
+    --failover-only) snapshots=0; args+=("$1"); slow_args+=("$1") ;;
     --snapshots|--vms|--restores)
       [ $# -ge 2 ] || die "$1 needs a value"
       snap_args+=("$1" "$2"); shift ;;
+    --failover-vms)
+      [ $# -ge 2 ] || die "$1 needs a value"
+      args+=("$1" "$2"); slow_args+=("$1" "$2"); shift ;;
+    --skip-failover) args+=("$1"); slow_args+=("$1") ;;
     --skip-cli) snap_args+=("$1") ;;
-    --quick) args+=("$1"); snap_args+=("$1") ;;
-    -h|--help) sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --quick) args+=("$1"); slow_args+=("$1"); snap_args+=("$1") ;;
+    -h|--help) sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1") ;;
   esac
   shift
 done
-[ "$operator" = 1 ] || [ "$snapshots" = 1 ] || die "--snapshots-only and --no-snapshots leave nothing to run"
+[ "$operator" = 1 ] || [ "$snapshots" = 1 ] || die "--snapshots-only and --no-snapshots (or --failover-only) leave nothing to run"
 
 instance=${SEAPATH_BENCH_INSTANCE:-bench}
 command -v cargo >/dev/null || die "cargo is not installed: install Rust 1.89 or newer with rustup (https://rustup.rs) and rerun"
@@ -90,11 +101,6 @@ if [ "$operator" = 1 ]; then
 fi
 if [ "$slow_mon" = 1 ]; then
   echo >>"$report"
-  # Only the sample count matters to the slow-mon phase; other options are the main phase's.
-  slow_args=()
-  for a in "${args[@]}"; do
-    [ "$a" = --quick ] && slow_args+=(--samples 3)
-  done
   SEAPATH_CEPH_SLOW_MON=1 run_phase "$instance-slowmon" operator slow-mon --phase slow-mon "${slow_args[@]}"
 fi
 if [ "$snapshots" = 1 ]; then

@@ -12,7 +12,11 @@
 //!    reconciled once, and the Ceph, libvirt and API writes it made; then the idle controller's
 //!    CPU use and RSS;
 //! 3. a 1 GiB qcow2 import (operator vs `qemu-img convert` straight into the pool) and layered
-//!    clones of 1 GiB and 20 GiB golden images.
+//!    clones of 1 GiB and 20 GiB golden images;
+//! 4. failover, the last measurement of each phase: a hypervisor's agent is killed (its guests
+//!    stay) and its VMs (1, then 50) start on another hypervisor, with the default timings;
+//!    split into detection, fencing and restart, the restart against a plain start. It has two
+//!    simulated hypervisors and agents of its own (`benches/operator/failover.rs`).
 //!
 //! Nothing here asserts on time: the program prints numbers and which targets they meet.
 
@@ -20,6 +24,8 @@
 mod agents;
 #[path = "operator/controller.rs"]
 mod controller;
+#[path = "operator/failover.rs"]
+mod failover;
 #[path = "operator/floor.rs"]
 mod floor;
 #[path = "operator/report.rs"]
@@ -53,8 +59,9 @@ use timeline::{Micros, Timeline, Timelines, blank_vm, create_vms, key, now_us, v
 const USAGE: &str = "\
 cargo bench --bench operator -- [options]     (normally run through bench/run.sh)
 
-  --phase main|slow-mon   main: all measurements; slow-mon: only the 1-VM latency and its floor
-                          (for a test bed started with SEAPATH_CEPH_SLOW_MON=1)   [main]
+  --phase main|slow-mon   main: all measurements; slow-mon: only the 1-VM latency and its floor,
+                          and the failover (for a test bed started with
+                          SEAPATH_CEPH_SLOW_MON=1)                                [main]
   --samples N             sequential 1-VM samples (after one warm-up)             [10]
   --burst N               VMs applied at once                                     [100]
   --resync-vms N          VMs in the cluster for the resync                       [500]
@@ -63,6 +70,10 @@ cargo bench --bench operator -- [options]     (normally run through bench/run.sh
   --rounds N              rounds of the import comparison                         [2]
   --clones N              clones per golden image size                            [3]
   --skip-storage          skip measurement 3 (import, clones)
+  --failover-vms N        VMs of the second failover case (the first has 1 VM;
+                          1: only that one)                                       [50]
+  --skip-failover         skip measurement 4 (failover)
+  --failover-only         only measurement 4 (failover), in either phase
   --quick                 tiny sizes, to check the harness itself (numbers meaningless)
   --workdir DIR           logs and the qcow2 source       [$SEAPATH_TESTBED_DIR/bench]
 ";
@@ -78,6 +89,9 @@ struct Options {
     rounds: usize,
     clones: usize,
     skip_storage: bool,
+    failover_vms: usize,
+    skip_failover: bool,
+    failover_only: bool,
     workdir: Option<PathBuf>,
 }
 
@@ -92,6 +106,9 @@ fn parse_options() -> anyhow::Result<Options> {
         rounds: 2,
         clones: 3,
         skip_storage: false,
+        failover_vms: 50,
+        skip_failover: false,
+        failover_only: false,
         workdir: None,
     };
     setup::parse_args(USAGE, |arg, value| {
@@ -105,6 +122,9 @@ fn parse_options() -> anyhow::Result<Options> {
             "--rounds" => o.rounds = value()?.parse()?,
             "--clones" => o.clones = value()?.parse()?,
             "--skip-storage" => o.skip_storage = true,
+            "--failover-vms" => o.failover_vms = value()?.parse()?,
+            "--skip-failover" => o.skip_failover = true,
+            "--failover-only" => o.failover_only = true,
             "--workdir" => o.workdir = Some(value()?.into()),
             "--quick" => {
                 o.samples = 3;
@@ -114,6 +134,7 @@ fn parse_options() -> anyhow::Result<Options> {
                 o.import_mib = 64;
                 o.rounds = 1;
                 o.clones = 1;
+                o.failover_vms = 3;
             }
             _ => return Ok(false),
         }
@@ -125,8 +146,12 @@ fn parse_options() -> anyhow::Result<Options> {
         o.phase
     );
     anyhow::ensure!(
-        o.samples >= 1 && o.burst >= 1,
-        "--samples and --burst must be at least 1"
+        o.samples >= 1 && o.burst >= 1 && o.failover_vms >= 1,
+        "--samples, --burst and --failover-vms must be at least 1"
+    );
+    anyhow::ensure!(
+        !(o.skip_failover && o.failover_only),
+        "--skip-failover and --failover-only leave nothing to run"
     );
     Ok(o)
 }
@@ -675,6 +700,23 @@ impl Bench {
         Ok(())
     }
 
+    /// Measurement 4: failover (on hosts and agents of its own; see failover.rs).
+    async fn failover(&mut self) -> anyhow::Result<()> {
+        let log = self.controller().log.clone();
+        let (tables, targets) = failover::measure(
+            &self.client,
+            &self.tb,
+            &self.timelines,
+            &self.workdir,
+            &log,
+            self.opts.failover_vms,
+        )
+        .await?;
+        self.tables.extend(tables);
+        self.targets.extend(targets);
+        Ok(())
+    }
+
     /// Creates a Disabled VM whose disk comes from `source`, waits for StorageReady; returns
     /// (apply -> StorageReady, finalizer -> storage done) in µs.
     async fn storage_vm(&self, name: &str, source: serde_json::Value) -> anyhow::Result<(i64, Option<i64>)> {
@@ -904,7 +946,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         tables: Vec::new(),
     };
     let result = async {
-        if opts.phase == "slow-mon" {
+        if opts.failover_only {
+            progress("--failover-only: measurements 1 to 3 skipped");
+        } else if opts.phase == "slow-mon" {
             bench.latency("slow mon", false).await?;
         } else {
             bench.latency("fast mon", true).await?;
@@ -912,6 +956,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
             if !opts.skip_storage {
                 bench.storage().await?;
             }
+        }
+        // Last: it kills and restarts agents (its own) and leaves the controller's log with
+        // the warnings of a lost host.
+        if !opts.skip_failover {
+            bench.failover().await?;
         }
         anyhow::Ok(())
     }

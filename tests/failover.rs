@@ -92,7 +92,7 @@ fn agent_config(node: &str, uri: &str) -> AgentConfig {
         testbed_env("SEAPATH_CEPH_POOL"),
     );
     ceph.options = vec![("admin_socket".into(), String::new())];
-    ceph.namespaces = namespace_map();
+    // No namespace map: agents learn the controller's from each VM's status.
     let mut config = AgentConfig::new(node, uri, ceph);
     if !uri.starts_with("test:") {
         config.ceph_secret = ceph_secret();

@@ -27,25 +27,14 @@ pub struct Agents {
 
 impl Agents {
     /// Starts one agent per simulated hypervisor of the test bed, with the default timings
-    /// (heartbeat 10 s, resync 30 s), as `seapath-operator agent` would run.
+    /// (heartbeat 2 s, self-fence 6 s, resync 30 s), as `seapath-operator agent` would run.
     pub fn start(client: &kube::Client, tb: &Testbed) -> anyhow::Result<Agents> {
         let mut agents = Agents {
             stats: Vec::new(),
             running: Vec::new(),
         };
         for (node, uri) in &tb.nodes {
-            let mut ceph = CephConfig::new(&tb.ceph_conf, &tb.ceph_client, &tb.pool);
-            // Several Ceph clients live in this process: no admin socket each.
-            ceph.options = vec![("admin_socket".into(), String::new())];
-            let mut config = AgentConfig::new(node, uri, ceph);
-            if let (Some(uuid), Some(key)) = (tb.secret_uuid, tb.libvirt_key.clone()) {
-                config.ceph_secret = Some(CephSecretConfig {
-                    usage_name: "client.libvirt secret".into(),
-                    uuid,
-                    key_base64: key,
-                });
-            }
-            let agent = Agent::new(client.clone(), config)?;
+            let agent = Agent::new(client.clone(), agent_config(tb, node, uri))?;
             agents.stats.push(agent.stats());
             let (stop, stopped) = oneshot::channel::<()>();
             let task = tokio::spawn(agent.run(async move {
@@ -72,6 +61,23 @@ impl Agents {
             }
         }
     }
+}
+
+/// The configuration of the agent of `node` (libvirt `uri`) on the test bed: the default
+/// timings, the test bed's Ceph (no admin socket: several Ceph clients live in this process)
+/// and, with cephx, the libvirt secret the controller's domain XML refers to.
+pub fn agent_config(tb: &Testbed, node: &str, uri: &str) -> AgentConfig {
+    let mut ceph = CephConfig::new(&tb.ceph_conf, &tb.ceph_client, &tb.pool);
+    ceph.options = vec![("admin_socket".into(), String::new())];
+    let mut config = AgentConfig::new(node, uri, ceph);
+    if let (Some(uuid), Some(key)) = (tb.secret_uuid, tb.libvirt_key.clone()) {
+        config.ceph_secret = Some(CephSecretConfig {
+            usage_name: "client.libvirt secret".into(),
+            uuid,
+            key_base64: key,
+        });
+    }
+    config
 }
 
 /// The `vm` field (`namespace/name`) of an agent's `reconcile` span.

@@ -83,6 +83,24 @@ pub(crate) fn error_policy(vm: Arc<VirtualMachine>, error: &AgentError, ctx: Arc
     Action::requeue(delay)
 }
 
+/// The RBD namespace of the VM's data, as the controller recorded it in `status.storage`: the
+/// controller's Kubernetes-to-RBD namespace mapping is the one source of truth, so an agent
+/// started without the same `--rbd-namespace-map` still finds the XML and names the domain
+/// alike. Before the controller recorded the storage nothing runs anyway; the agent's own
+/// mapping only names the domain it reports as absent.
+fn rbd_namespace_of(vm: &VirtualMachine, ctx: &Context) -> String {
+    vm.status
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .map(|storage| storage.namespace.clone())
+        .unwrap_or_else(|| {
+            ctx.config
+                .ceph
+                .namespaces
+                .rbd_namespace(&vm.namespace().unwrap_or_default())
+        })
+}
+
 /// How soon a VM whose report met a newer version of the object is reconciled again (the
 /// watch brings that version within moments).
 const CONFLICT_RETRY: Duration = Duration::from_millis(100);
@@ -97,7 +115,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let name = vm.name_any();
     let uid = vm.uid().unwrap_or_default();
     let what = format!("VM {namespace}/{name}");
-    let rbd_namespace = ctx.config.ceph.namespaces.rbd_namespace(&namespace);
+    let rbd_namespace = rbd_namespace_of(vm, ctx);
     let names = VmNames::new(&rbd_namespace, &name);
     let domain_name = names.domain();
     let owner = DomainOwner::new(&namespace, &name, &uid);
