@@ -77,6 +77,13 @@ pub async fn reconcile(hv: Arc<Hypervisor>, ctx: Arc<HypervisorContext>) -> Resu
             Ok(_) => timer.ok(),
             Err(e) => timer.error(e.reason()),
         }
+        if let Err(HypervisorError::Kube(e)) = &result
+            && !matches!(e, kube::Error::Api(_))
+        {
+            // The controller does not reach the API server: it cannot see heartbeats either,
+            // so a host's silence meanwhile says nothing. Every host gets a full grace again.
+            ctx.heartbeats.restart_all();
+        }
         result
     }
     .instrument(span)
