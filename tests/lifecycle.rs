@@ -272,16 +272,56 @@ async fn two_vms_claiming_one_uuid() {
     let first = wait_phase(&env, "first", Phase::Started).await;
     assert_eq!(first.status.unwrap().domain_uuid, Some(uuid.to_string()));
     env.vms
-        .create(&PostParams::default(), &manifest("second", spec))
+        .create(&PostParams::default(), &manifest("second", spec.clone()))
         .await
         .unwrap();
     let stalled = wait_reason(&env, "second", "Stalled", "DuplicateUuid").await;
     assert!(
-        stalled.message.contains(&format!("{}/first", env.namespace)),
+        stalled.message.contains(&format!("{}/first", env.namespace))
+            && stalled.message.contains("spec.xml is immutable"),
         "{}",
         stalled.message
     );
     assert!(!rbd(&env).group_list().unwrap().contains(&"second".to_string()));
+
+    // Another tenant's VM is not named to this one.
+    let other = setup("lc-uuid-other").await;
+    other
+        .vms
+        .create(&PostParams::default(), &manifest("third", spec.clone()))
+        .await
+        .unwrap();
+    let stalled = wait_reason(&other, "third", "Stalled", "DuplicateUuid").await;
+    assert!(
+        stalled.message.contains("of another namespace") && !stalled.message.contains("first"),
+        "{}",
+        stalled.message
+    );
+    other.vms.delete("third", &DeleteParams::default()).await.unwrap();
+    wait_gone(&other, "third").await;
+
+    // Once the first VM is gone, the second one gets its UUID.
+    env.vms.delete("first", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env, "first").await;
+    let second = wait_phase(&env, "second", Phase::Started).await;
+    assert_eq!(second.status.unwrap().domain_uuid, Some(uuid.to_string()));
+}
+
+#[tokio::test]
+async fn a_vm_cloned_from_itself_is_refused() {
+    let env = setup("lc-selfclone").await;
+    let spec = blank_spec(json!({"systemDisk": {"source": {"vm": {"name": "narcissus"}}}}));
+    env.vms
+        .create(&PostParams::default(), &manifest("narcissus", spec))
+        .await
+        .unwrap();
+    let stalled = wait_reason(&env, "narcissus", "Stalled", "CloneOfItself").await;
+    assert_eq!(stalled.status, "True");
+    assert!(
+        stalled.message.contains("cannot be cloned from itself"),
+        "{}",
+        stalled.message
+    );
 }
 
 #[tokio::test]

@@ -418,7 +418,8 @@ async fn what_the_operator_must_not_do_is_forbidden() {
         ),
         other => panic!("the agent cordoned a Hypervisor: {other:?}"),
     }
-    // The controller may not write Hypervisors, the agent may not record Events.
+    // The controller may write only the fence and the Ready condition of a Hypervisor's status
+    // (admission policy); the agent may not record Events.
     refused(
         Api::<Hypervisor>::all(controller.clone())
             .patch_status(
@@ -429,6 +430,14 @@ async fn what_the_operator_must_not_do_is_forbidden() {
             .await,
         "controller writing a Hypervisor's status",
     );
+    Api::<Hypervisor>::all(controller.clone())
+        .patch_status(
+            &hv_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"fence": null}})),
+        )
+        .await
+        .expect("the controller may write a Hypervisor's fence");
     let event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
         "metadata": {"name": "intruder"}, "eventTime": "2024-01-01T00:00:00.000000Z",
         "reportingController": "x", "reportingInstance": "x", "action": "x", "reason": "x", "type": "Normal"

@@ -174,6 +174,10 @@ async fn apply(
             if err.is_retryable() {
                 return Err(err.into());
             }
+            if matches!(err, PlanError::DuplicateUuid { .. }) {
+                // The other VM may be deleted, which changes nothing of this one.
+                return Ok(Action::requeue(plan::DUPLICATE_UUID_RECHECK));
+            }
             return Ok(Action::await_change());
         }
         (None, Some(plan)) => {

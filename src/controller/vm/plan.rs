@@ -19,9 +19,15 @@ pub enum PlanError {
     #[error("{0}")]
     InvalidXml(#[from] DomainXmlError),
     #[error(
-        "the domain UUID {uuid} is already used by VirtualMachine {other}; remove <uuid> from the XML to get a fresh one"
+        "the domain UUID {uuid} is already used by {other}; spec.xml is immutable: create this VM again \
+         with an XML without <uuid> (it then gets a UUID of its own), or delete the other VM \
+         (this one is checked again every {} s)", DUPLICATE_UUID_RECHECK.as_secs()
     )]
     DuplicateUuid { uuid: Uuid, other: String },
+    #[error(
+        "disk {disk}: a VirtualMachine cannot be cloned from itself; name another VM of this namespace in source.vm.name"
+    )]
+    CloneOfItself { disk: usize },
     #[error("disk {disk}: {message}")]
     InvalidSize { disk: usize, message: String },
     #[error("disk {disk}: the controller imports files only from {allowed}; {path} is not under one of them")]
@@ -60,6 +66,7 @@ impl PlanError {
             PlanError::InvalidXml(DomainXmlError::PolicyViolations(_)) => "ForbiddenDevice",
             PlanError::InvalidXml(_) => "InvalidXml",
             PlanError::DuplicateUuid { .. } => "DuplicateUuid",
+            PlanError::CloneOfItself { .. } => "CloneOfItself",
             PlanError::InvalidSize { .. } => "InvalidSize",
             PlanError::PathNotAllowed { .. } => "PathNotAllowed",
             PlanError::SourceNotFound { .. } => "SourceNotFound",
@@ -78,6 +85,9 @@ impl PlanError {
         )
     }
 }
+
+/// How often a VM refused for a duplicate UUID is checked again: the other VM may be deleted.
+pub const DUPLICATE_UUID_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Everything the reconcile needs to act.
 #[derive(Clone, Debug)]
@@ -257,6 +267,9 @@ fn resolve_source(
         });
     }
     if let Some(clone) = &source.vm {
+        if clone.name == vm.name_any() {
+            return Err(PlanError::CloneOfItself { disk: disk_index });
+        }
         let namespace = vm.namespace().unwrap_or_default();
         let source_vm = others
             .iter()
@@ -348,10 +361,13 @@ pub fn plan(
     let summary = domain_xml::validate_base_xml(&vm.spec.xml, &policy)?;
     let uuid = summary.uuid.unwrap_or_else(|| generated_uuid(&uid));
     if let Some(other) = uuid_owner(vm, uuid, others) {
-        return Err(PlanError::DuplicateUuid {
-            uuid,
-            other: format!("{}/{}", other.namespace().unwrap_or_default(), other.name_any()),
-        });
+        // Another tenant's VM is not named to this one.
+        let other = if other.namespace() == vm.namespace() {
+            format!("VirtualMachine {namespace}/{}", other.name_any())
+        } else {
+            "a VirtualMachine of another namespace".to_owned()
+        };
+        return Err(PlanError::DuplicateUuid { uuid, other });
     }
 
     let rbd_namespace = namespace_map.rbd_namespace(&namespace);

@@ -152,6 +152,10 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         (reason.clone(), message.clone())
     } else if let Some(message) = agent_behind.filter(|_| phase == target) {
         ("WaitingForAgent".to_owned(), message)
+    } else if let Some((reason, message)) = agent_failure(node.as_deref(), previous.domain.as_ref()) {
+        // libvirt refused what the agent did (e.g. the XML at define time): say so here, not
+        // only in status.domain.
+        (reason, message)
     } else {
         (
             format!("{phase:?}"),
@@ -213,6 +217,14 @@ fn agent_behind(vm: &VirtualMachine, node: Option<&str>, domain: Option<&DomainS
             domain.node
         )
     })
+}
+
+/// What the agent of the placed node could not do, with libvirt's words.
+fn agent_failure(node: Option<&str>, domain: Option<&DomainStatus>) -> Option<(String, String)> {
+    let domain = domain.filter(|d| Some(d.node.as_str()) == node)?;
+    let reason = domain.reason.clone().filter(|r| r.ends_with("Failed"))?;
+    let message = domain.message.clone()?;
+    Some((reason, format!("hypervisor {}: {message}", domain.node)))
 }
 
 /// Whether writing `new` would change what the object already says (agent-owned fields and
@@ -354,6 +366,14 @@ mod tests {
             let (s, r, m) = ready_of(&vm, host);
             assert_eq!((s.as_str(), r.as_str()), (status, reason), "{name}: {m}");
         }
+        let mut refused = running(3, 3);
+        let domain = refused.status.as_mut().unwrap().domain.as_mut().unwrap();
+        domain.state = crate::api::DomainState::Absent;
+        domain.reason = Some("DefineFailed".into());
+        domain.message = Some("unsupported configuration: Invalid number of vCPUs: 0".into());
+        let (status, reason, message) = ready_of(&refused, HostHealth::Answering);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", "DefineFailed"));
+        assert!(message.contains("hv1: unsupported configuration"), "{message}");
         let (_, _, message) = ready_of(&running(5, 3), HostHealth::Answering);
         assert!(
             message.contains("last acted on generation 3; the VM is at generation 5"),
