@@ -67,6 +67,23 @@ async fn host(dir: &std::path::Path, name: &str, memory_gib: u64) -> libvirt::Hy
         .expect("connecting to the node file")
 }
 
+/// Where the power-fence hook of this binary's controller writes the nodes it was asked to fence.
+fn power_fence_log() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("seapath-power-fence-{}.log", std::process::id()))
+}
+
+/// A power-fence command standing for `fence_ipmilan`: it records the node and succeeds.
+fn power_fence_hook() -> std::path::PathBuf {
+    let script = std::env::temp_dir().join(format!("seapath-power-fence-{}.sh", std::process::id()));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$1\" >> {}\n", power_fence_log().display()),
+    )
+    .expect("writing the power-fence hook");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
 /// The QEMU guest's namespace maps to RBD's default namespace: libvirt 9.0 cannot name an RBD
 /// namespace in a disk source (QEMU reads `NAMESPACE/IMAGE` as an image name).
 fn namespace_map() -> NamespaceMap {
@@ -184,7 +201,7 @@ async fn bed_with(prefix: &str, hosts: Hosts<'_>) -> Bed {
             fencing: Some(FencingSettings {
                 grace: GRACE,
                 blocklist_expiry: Duration::from_secs(600),
-                power_fence_command: None,
+                power_fence_command: Some(power_fence_hook()),
             }),
             namespace_map: namespace_map(),
             libvirt_auth: ceph_secret().map(|s| CephAuthRef {
@@ -493,6 +510,11 @@ async fn a_lost_host_is_fenced_and_its_vms_fail_over_by_priority() {
     );
     assert!(fence.fenced_at.is_some() && fence.until.is_some(), "{fence:?}");
     assert_eq!(ready(&lost), Some("Unknown"), "{:?}", lost.status);
+    let powered_off = std::fs::read_to_string(power_fence_log()).unwrap_or_default();
+    assert!(
+        powered_off.lines().any(|node| node == hv1),
+        "the power-fence hook ran for {hv1} before Ceph fencing: {powered_off:?}"
+    );
 
     bed.started_on("hi", &hv2).await;
     bed.started_on("mid", &hv2).await;

@@ -149,3 +149,32 @@ pub async fn run_power_fence(command: &std::path::Path, node: &str, reason: &str
         stderr.trim()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_power_fence_command_must_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("fenced");
+        let script = dir.path().join("fence-node");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$1 $SEAPATH_FENCE_NODE $SEAPATH_FENCE_REASON\" >> {}\n[ \"$1\" != refuse ] || {{ echo 'BMC unreachable' >&2; exit 3; }}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        run_power_fence(&script, "hv1", "NodeLost").await.unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "hv1 hv1 NodeLost\n");
+        let err = run_power_fence(&script, "refuse", "NodeLost").await.unwrap_err();
+        assert!(err.contains("failed") && err.contains("BMC unreachable"), "{err}");
+        let err = run_power_fence(&dir.path().join("missing"), "hv1", "NodeLost")
+            .await
+            .unwrap_err();
+        assert!(err.contains("cannot run the power-fence command"), "{err}");
+    }
+}

@@ -12,13 +12,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{FenceState, FenceStatus, Hypervisor, VirtualMachine, condition_types as ct};
+use crate::controller::events::{self, Note};
 use crate::controller::fencing::{self, VmImages};
 use crate::controller::node_health::{self, HeartbeatClock, NodeAction, NodeFacts};
 use crate::controller::storage::{StorageContext, StorageError};
@@ -351,14 +352,11 @@ async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
+    let note = Note {
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+        reason,
+        action,
+        text: note,
     };
-    if let Err(err) = ctx.recorder.publish(&event, &hv.object_ref(&())).await {
-        warn!(error = %err, "publishing event failed");
-    }
+    events::publish(&ctx.recorder, hv, note).await;
 }

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod context;
+pub mod events;
 pub mod fencing;
 pub mod hypervisor;
 pub mod node_health;

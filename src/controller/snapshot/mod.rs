@@ -41,7 +41,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -54,6 +54,7 @@ use crate::api::{
     VirtualMachine, VirtualMachineRestore, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
 };
 use crate::controller::context::FailureCounter;
+use crate::controller::events::{self, Note};
 use crate::controller::storage::{StorageContext, StorageError};
 use crate::metrics::Metrics;
 
@@ -158,16 +159,13 @@ impl Ctx {
         action: &str,
         note: String,
     ) {
-        let event = Event {
+        let note = Note {
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
+            reason,
+            action,
+            text: note,
         };
-        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            warn!(error = %err, "publishing event failed");
-        }
+        events::publish(&self.recorder, obj, note).await;
     }
 }
 

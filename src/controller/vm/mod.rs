@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -26,6 +26,7 @@ use crate::api::{
 };
 use crate::controller::conditions;
 use crate::controller::context::Context;
+use crate::controller::events::{self, Note};
 use crate::controller::placement::{self, Candidate, Decision};
 use crate::controller::storage::{self, StorageError};
 use status::{HostHealth, Scheduling, StatusInput, StorageOutcome};
@@ -106,22 +107,13 @@ pub fn error_policy(vm: Arc<VirtualMachine>, err: &ReconcileError, ctx: Arc<Cont
 /// Publishes an Event without waiting for it: Events tell people what happened and are never
 /// what the next step waits for, so they stay off the path from apply to Started.
 fn publish(ctx: &Context, vm: &VirtualMachine, type_: EventType, reason: &str, action: &str, note: String) {
-    let event = Event {
+    let note = Note {
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
+        reason,
+        action,
+        text: note,
     };
-    let (recorder, reference) = (ctx.recorder.clone(), vm.object_ref(&()));
-    tokio::spawn(
-        async move {
-            if let Err(err) = recorder.publish(&event, &reference).await {
-                warn!(error = %err, "publishing event failed");
-            }
-        }
-        .in_current_span(),
-    );
+    events::publish_in_background(&ctx.recorder, vm, note);
 }
 
 async fn apply(
