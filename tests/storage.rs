@@ -813,7 +813,10 @@ fn golden(fx: &Fixture) -> Vec<u8> {
         .unwrap();
     let data: Vec<u8> = (0..MIB as usize).map(|i| (i % 7) as u8 + 1).collect();
     fx.write("golden", 0, &data);
-    fx.io.open_image("golden").unwrap().snap_create("v1").unwrap();
+    let image = fx.io.open_image("golden").unwrap();
+    image.snap_create("v1").unwrap();
+    // Golden sources clone protected snapshots only.
+    image.snap_protect("v1").unwrap();
     data
 }
 

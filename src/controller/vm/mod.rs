@@ -478,12 +478,20 @@ fn schedule(
     // The cache may not show our own last placement yet: remember it, so a reconcile on a stale
     // copy does not place the VM a second time, elsewhere.
     let remembered = ctx.placements.get(&vm.metadata.uid.clone().unwrap_or_default());
-    let current = vm
-        .status
-        .as_ref()
-        .and_then(|s| s.node.clone())
-        .or_else(|| vm.labels().get(NODE_LABEL).cloned())
-        .or(remembered);
+    let recorded = vm.status.as_ref().and_then(|s| s.node.clone());
+    let label = vm.labels().get(NODE_LABEL).cloned();
+    // An evacuee already sent to a healthy host (by this process, or by the leader before it)
+    // stays there: deciding again on a copy that still shows the fenced host could pick
+    // another one while the first may already start it.
+    let evacuated_to = remembered
+        .clone()
+        .into_iter()
+        .chain(label.clone())
+        .find(|node| !node_fenced(ctx, node));
+    let current = match (recorded, evacuated_to) {
+        (Some(recorded), Some(sent)) if node_fenced(ctx, &recorded) => Some(sent),
+        (recorded, _) => recorded.or(label).or(remembered),
+    };
     let allocated = allocated_memory(ctx, vm, others);
     let decision = match current.as_deref() {
         Some(node) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
