@@ -161,6 +161,7 @@ async fn act(
     match action {
         NodeAction::MarkLost { message } => {
             mark_lost(&api, hv, &message).await?;
+            ctx.metrics.operation("Hypervisor", "MarkLost", "ok");
             warn!(node = %name, "{message}");
             publish(
                 ctx,
