@@ -52,6 +52,10 @@ impl ControllerProcess {
             .env("SEAPATH_SNAPSHOTS", "true")
             // Where measurement 3 puts its qcow2 (`path` sources must be under an allowed dir).
             .env("SEAPATH_IMPORT_DIRS", import_dir)
+            // Measurement 3's golden images are in the pool's default RBD namespace, shared
+            // with every tenant as an administrator would share a namespace of golden images
+            // (a VM may clone only from its own RBD namespace or a shared one).
+            .env("SEAPATH_SHARED_IMAGE_NAMESPACES", format!("{}/", tb.pool))
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

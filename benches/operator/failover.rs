@@ -11,16 +11,26 @@
 //! host's domains outlive their agent (the agent dead, its guests alive). The test bed's
 //! hypervisors, their agents and the VMs of the other measurements are not touched.
 //!
-//! Per case (1 VM, then `--failover-vms` VMs):
+//! The test driver runs no QEMU, so nothing would hold the disks and fencing would have no
+//! Ceph client to blocklist. The harness plays the Ceph side of fo-hv1's guests as QEMU does:
+//! per VM one Ceph client of its own (one librados instance, as one QEMU process has) with
+//! each of the VM's images open read-write and written to, so that librbd took the image's
+//! exclusive lock and watches its header. Fencing then blocklists one client per VM and breaks
+//! one lock per image, as on a real host.
+//!
+//! After a warm-up VM on fo-hv2 (the first VM of a namespace makes its RBD namespace too), per
+//! case (1 VM, then `--failover-vms` VMs):
 //! 1. plain start: the VMs created at once (16 requests in flight) with `preferredNode: fo-hv2`,
 //!    apply -> Started with Ready=True there; then deleted;
-//! 2. as many VMs created with `preferredNode: fo-hv1`, all Started there;
+//! 2. as many VMs created with `preferredNode: fo-hv1`, all Started there; their guests' Ceph
+//!    clients open and lock their disks;
 //! 3. fo-hv1's agent killed right after a heartbeat the harness saw (so the whole grace runs
 //!    from the death: the worst case), then, from the harness's watches: detection (kill ->
 //!    `status.fence.state: Fencing` seen), fencing (Fencing seen -> Fenced seen), restart
 //!    (Fenced seen -> the last VM Started with Ready=True on fo-hv2);
-//! 4. fo-hv1's agent started again on the same connection: it destroys its stale domains and
-//!    the controller lifts the fence (the host rejoins); the VMs are deleted.
+//! 4. the guests' (blocklisted) Ceph clients closed; fo-hv1's agent started again on the same
+//!    connection: it destroys its stale domains and the controller lifts the fence (the host
+//!    rejoins); the VMs are deleted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +46,7 @@ use seapath_operator::agent::Agent;
 use seapath_operator::api::{
     FenceState, FenceStatus, Hypervisor, NODE_LABEL, Phase, Placement, VirtualMachine,
 };
+use seapath_operator::ceph::Image;
 use seapath_operator::libvirt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -56,8 +67,11 @@ pub const HV2: &str = "fo-hv2";
 const HOST_MEMORY_KIB: u64 = 64 << 20;
 /// Longest wait for VMs to start or go.
 const WAIT: Duration = Duration::from_secs(300);
-/// Longest wait for the fence (the grace is 10 s) and for a rejoin.
-const FENCE_WAIT: Duration = Duration::from_secs(120);
+/// Longest wait for the fence of `n` VMs' clients (the grace is 10 s, then a mon command or two
+/// per client: about 2 s each with a slow mon) and for the rejoin that lifts it.
+fn fence_wait(n: usize) -> Duration {
+    Duration::from_secs(60 + 5 * n as u64)
+}
 
 /// Targets: the VMs Started elsewhere within this long of the death (1 VM, more VMs).
 const TARGET_ONE: i64 = 15_000_000;
@@ -274,6 +288,43 @@ impl Host {
     }
 }
 
+/// The Ceph side of fo-hv1's guests, as QEMU holds it: per VM a Ceph client of its own with
+/// the VM's images open read-write and 4 KiB written at offset 0 of each, so that librbd took
+/// their exclusive locks (automatic mode, as QEMU's) and watches their headers.
+struct Guests(Vec<Vec<Image>>);
+
+impl Guests {
+    /// `disks`: per VM, (pool, RBD namespace, images).
+    async fn open(tb: &Testbed, disks: Vec<(String, String, Vec<String>)>) -> anyhow::Result<Guests> {
+        let tb = tb.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guests = Vec::new();
+            for (pool, namespace, images) in disks {
+                let io = tb.ceph_cluster()?.io_context(&pool, &namespace)?;
+                let mut opened = Vec::new();
+                for name in images {
+                    let mut image = io.open_image(&name)?;
+                    image.write_at(0, &[0x5a; 4096])?;
+                    image.flush()?;
+                    opened.push(image);
+                }
+                guests.push(opened);
+            }
+            Ok(Guests(guests))
+        })
+        .await?
+    }
+
+    /// Closes the images and the clients (blocklisted by then: librbd's lock release fails,
+    /// which close does not wait for). Whether they closed within 30 s.
+    async fn close(self) -> bool {
+        let closing = tokio::task::spawn_blocking(move || drop(self.0));
+        tokio::time::timeout(Duration::from_secs(30), closing)
+            .await
+            .is_ok()
+    }
+}
+
 /// One case: `n` VMs fail over.
 struct Case {
     n: usize,
@@ -293,6 +344,8 @@ struct Case {
     started: Vec<Micros>,
     /// Domains still running on fo-hv1 once every VM ran on fo-hv2 (the dead agent's guests).
     left_on_hv1: usize,
+    /// The guests' Ceph clients closed within 30 s after their fence.
+    guests_closed: bool,
     /// Agent started again -> fence lifted and Ready=True seen, µs.
     rejoin: i64,
     /// Domains running on fo-hv1 once it rejoined.
@@ -407,7 +460,8 @@ impl Failover<'_> {
         n: usize,
         node: &str,
     ) -> anyhow::Result<(Vec<String>, Vec<String>, Micros)> {
-        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{n}-{i}")).collect();
+        // SEAPATH names: lowercase letters and digits only.
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}{n}x{i}")).collect();
         let vms = names
             .iter()
             .map(|name| vm_on(name, node))
@@ -473,6 +527,25 @@ impl Failover<'_> {
         let (names, keys, start) = self.create("f", n, HV1).await?;
         self.wait_started(&keys, HV1, start, &format!("{n} VMs Started on {HV1}"))
             .await?;
+        let api: Api<VirtualMachine> = Api::namespaced(self.client.clone(), NS);
+        let mut disks = Vec::new();
+        for name in &names {
+            let storage = api
+                .get(name)
+                .await?
+                .status
+                .and_then(|s| s.storage)
+                .ok_or_else(|| anyhow::anyhow!("{NS}/{name} is Started but has no status.storage"))?;
+            disks.push((
+                storage.pool,
+                storage.namespace,
+                storage.images.into_iter().map(|i| i.name).collect(),
+            ));
+        }
+        progress(format!(
+            "failover, {n} VM(s): their guests' Ceph clients open and lock the disks"
+        ));
+        let guests = Guests::open(self.tb, disks).await?;
         // Let the status writes and the agents' reconciles that follow Started pass.
         tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -493,7 +566,7 @@ impl Failover<'_> {
         ));
         let killed = now_us();
         self.hosts[0].kill_agent().await;
-        let (fenced_seen, fenced) = wait_for(FENCE_WAIT, &format!("{HV1} Fenced"), || {
+        let (fenced_seen, fenced) = wait_for(fence_wait(n), &format!("{HV1} Fenced"), || {
             self.hv_first(HV1, killed, |s| s.fence_state() == Some(FenceState::Fenced))
         })
         .await?;
@@ -512,6 +585,7 @@ impl Failover<'_> {
         let placed = self
             .vms_first(&keys, killed, |s| s.label.as_deref() == Some(HV2))
             .unwrap_or_default();
+        let guests_closed = guests.close().await;
 
         progress(format!(
             "failover, {n} VM(s): restarting the agent of {HV1}; waiting for it to rejoin"
@@ -519,7 +593,7 @@ impl Failover<'_> {
         let restarted = now_us();
         self.hosts[0].start_agent(self.client, self.tb)?;
         let (rejoined, _) = wait_for(
-            FENCE_WAIT,
+            fence_wait(n),
             &format!("{HV1} rejoined (fence lifted, Ready=True)"),
             || {
                 self.hv_first(HV1, restarted, |s| {
@@ -541,6 +615,7 @@ impl Failover<'_> {
             placed,
             started,
             left_on_hv1,
+            guests_closed,
             rejoin: rejoined - restarted,
             left_after_rejoin,
         })
@@ -607,6 +682,11 @@ pub async fn measure(
             })
             .await?;
         }
+        // The first VM of a namespace makes its RBD namespace too: not part of a plain start.
+        progress(format!("failover: warm-up VM on {HV2}"));
+        let (names, keys, start) = f.create("w", 1, HV2).await?;
+        f.wait_started(&keys, HV2, start, "warm-up VM Started").await?;
+        f.delete(&names).await?;
         let mut cases = vec![f.case(1).await?];
         if many > 1 {
             cases.push(f.case(many).await?);
@@ -668,47 +748,74 @@ fn report(cases: &[Case], slow_mon: bool, controller_log: &Path) -> (Vec<Table>,
         "the kill follows a heartbeat the harness saw at once, so the grace runs from the death: the worst case; \
          a death at a random moment is detected up to one heartbeat (2 s) sooner",
     );
+    t.note(format!(
+        "{HV1}'s guests hold their disks as QEMU does (a Ceph client per VM, images open and written: exclusive lock \
+         and header watch), so fencing blocklists one client per VM (one mon command each) and breaks one lock per image"
+    ));
+    let lines = controller::read_log(controller_log);
     for c in cases {
-        let since = c.fence.since.as_ref().map(|t| t.0.as_microsecond());
-        let fenced_at = c.fence.fenced_at.as_ref().map(|t| t.0.as_microsecond());
+        let at = |t: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>| {
+            t.as_ref().map(|t| t.0.as_microsecond() - c.killed)
+        };
         let placed_last = c.placed.iter().copied().max();
-        t.note(format!(
-            "{}: killed {} ms after a heartbeat seen; fence.since - kill {}, fencedAt - since {} (controller's clock); \
-             {} Ceph client(s) blocklisted; last VM placed on {HV2} (node label seen) {} after Fenced seen; \
-             {HV1} still ran {} domain(s) of the dead agent, {} once it rejoined ({} after its agent restarted)",
-            c.label(),
-            ms(Some(c.heartbeat_age)),
-            secs(since.map(|s| s - c.killed)),
-            secs(fenced_at.zip(since).map(|(f, s)| f - s)),
-            c.fence.blocklisted.len(),
-            secs(placed_last.map(|p| p - c.fenced_seen)),
-            c.left_on_hv1,
-            c.left_after_rejoin,
-            secs(Some(c.rejoin)),
-        ));
-    }
-    if let Some(first_kill) = cases.iter().map(|c| c.killed).min() {
-        match controller::read_log(controller_log) {
+        // The controller's warnings while the VMs failed over, but those a lost host brings.
+        let warnings = match &lines {
             Ok(lines) => {
-                let after: Vec<_> = lines.into_iter().filter(|l| l.at >= first_kill).collect();
-                let failing_over = after.iter().filter(|l| l.message == "failing over").count();
+                let window: Vec<&controller::LogLine> = lines
+                    .iter()
+                    .filter(|l| l.at >= c.killed && l.at <= c.last_started())
+                    .collect();
+                let failing_over = window.iter().filter(|l| l.message == "failing over").count();
                 let expected = |l: &controller::LogLine| {
                     l.message == "failing over"
                         || l.message.starts_with("the node agent of hypervisor")
                         || l.message.contains("Ceph client(s) blocklisted")
                 };
-                let others: Vec<_> = after.into_iter().filter(|l| !expected(l)).collect();
-                let others_note = if controller::problems(&others) > 0 {
-                    controller::problem_summary(&others)
-                } else {
-                    "no other warning or error".into()
-                };
-                t.note(format!(
-                    "the controller logged {failing_over} 'failing over' line(s) (one per VM moved) and {others_note}"
-                ));
+                let mut kinds: Vec<String> = window
+                    .iter()
+                    .filter(|l| matches!(l.level.as_str(), "WARN" | "ERROR") && !expected(l))
+                    .map(|l| {
+                        let error: String = l.error.as_deref().unwrap_or_default().chars().take(90).collect();
+                        format!("{}: {error}", l.message)
+                    })
+                    .collect();
+                let others = kinds.len();
+                kinds.sort();
+                kinds.dedup();
+                format!(
+                    "the controller logged {failing_over} 'failing over' line(s) and {others} other warning(s)/error(s){}",
+                    if kinds.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " ({})",
+                            kinds.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+                        )
+                    }
+                )
             }
-            Err(e) => t.note(format!("the controller log could not be read: {e}")),
-        }
+            Err(e) => format!("the controller log could not be read: {e}"),
+        };
+        t.note(format!(
+            "{}: killed {} ms after a heartbeat seen; status.fence.since and fencedAt {} and {} after the kill \
+             (whole seconds: metav1.Time); {} Ceph client(s) blocklisted; last VM placed on {HV2} (node label seen) {} \
+             after Fenced seen; {warnings}; {HV1} still ran {} domain(s) of the dead agent, {} once it rejoined ({} after \
+             its agent restarted){}",
+            c.label(),
+            ms(Some(c.heartbeat_age)),
+            secs(at(&c.fence.since)),
+            secs(at(&c.fence.fenced_at)),
+            c.fence.blocklisted.len(),
+            secs(placed_last.map(|p| p - c.fenced_seen)),
+            c.left_on_hv1,
+            c.left_after_rejoin,
+            secs(Some(c.rejoin)),
+            if c.guests_closed {
+                ""
+            } else {
+                "; the guests' Ceph clients did not close within 30 s of their fence"
+            },
+        ));
     }
 
     let mut s = Table::new(
