@@ -444,3 +444,11 @@ pub struct RestartStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<Time>,
 }
+
+impl VirtualMachine {
+    /// `namespace/name`: how Hypervisor status, fence records and placement name a VM.
+    pub fn key(&self) -> String {
+        use kube::ResourceExt;
+        format!("{}/{}", self.namespace().unwrap_or_default(), self.name_any())
+    }
+}

@@ -97,10 +97,6 @@ pub fn error_policy(_hv: Arc<Hypervisor>, err: &HypervisorError, _ctx: Arc<Hyper
     Action::requeue(Duration::from_secs(2))
 }
 
-fn vm_key(vm: &VirtualMachine) -> String {
-    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
-}
-
 /// VMs whose status places them on `node`.
 fn placed_on<'a>(
     vms: &'a [Arc<VirtualMachine>],
@@ -119,11 +115,11 @@ fn observe<'a>(hv: &'a Hypervisor, ctx: &HypervisorContext, vms: &[Arc<VirtualMa
         .observe(name, status.and_then(|s| s.heartbeat_time.as_ref()));
     let ready = status.and_then(|s| s.conditions.iter().find(|c| c.type_ == ct::READY));
     let marked_lost = ready.is_some_and(|c| c.reason == node_health::REASON_NODE_LOST);
-    let placed_here = placed_on(vms, name).map(|vm| vm_key(vm)).collect();
+    let placed_here = placed_on(vms, name).map(|vm| vm.key()).collect();
     let reported = status.map(|s| s.vms.clone()).unwrap_or_default();
     let stray = reported.iter().any(|key| {
         vms.iter()
-            .find(|vm| &vm_key(vm) == key)
+            .find(|vm| &vm.key() == key)
             .is_some_and(|vm| vm.status.as_ref().and_then(|s| s.node.as_deref()) != Some(name))
     });
     let acknowledged = ready.is_some_and(|c| c.reason == crate::agent::hypervisor_status::REASON_FENCED);
@@ -231,7 +227,7 @@ async fn fence(
     let images: Vec<VmImages> = vms
         .iter()
         .filter(|vm| {
-            recorded.vms.contains(&vm_key(vm))
+            recorded.vms.contains(&vm.key())
                 || vm.status.as_ref().and_then(|s| s.node.as_deref()) == Some(name.as_str())
         })
         .filter_map(|vm| vm.status.as_ref().and_then(|s| s.storage.clone()))

@@ -531,12 +531,12 @@ fn evacuate(
                 .and_then(|s| s.node.as_deref())
                 .is_some_and(|node| placement::fails_over(node, o.spec.placement.as_ref(), candidates))
     };
-    let me = key(vm);
+    let me = vm.key();
     let mut evacuees: Vec<placement::Evacuee> = others
         .iter()
         .filter(|o| o.metadata.uid != vm.metadata.uid && leaving(o))
         .map(|o| placement::Evacuee {
-            key: key(o),
+            key: o.key(),
             placement: o.spec.placement.as_ref(),
             memory_mib: ctx.memory_of(o),
         })
@@ -549,10 +549,6 @@ fn evacuate(
     // The evacuees' own memory counts on the fenced host, which takes nothing: leave it out.
     let mut decisions = placement::place_evacuees(&evacuees, candidates, allocated);
     decisions.remove(&me).expect("the VM is among the evacuees")
-}
-
-fn key(vm: &VirtualMachine) -> String {
-    format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any())
 }
 
 fn candidate(hv: &Hypervisor, ctx: &Context) -> Candidate {
