@@ -1,7 +1,7 @@
 //! Command-line interface: flags (each also readable from the environment) and what each
 //! subcommand runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::agent::{AgentConfig, CephConfig as AgentCephConfig, CephSecretConfig}
 use crate::controller::context::PolicyConfig;
 use crate::controller::hypervisor::FencingSettings;
 use crate::controller::run::ControllerConfig;
-use crate::domain_xml::CephAuthRef;
+use crate::domain_xml::{AllowanceSpec, Allowances, CephAuthRef};
 use crate::naming::{NamespaceMap, SharedImageNamespaces};
 use crate::telemetry::LogFormat;
 
@@ -98,6 +98,24 @@ fn namespace_set(text: &str) -> Result<BTreeSet<String>, String> {
         .collect())
 }
 
+/// The per-namespace allowances of `--device-policy`; an empty string is none.
+fn device_policy(text: &str) -> Result<BTreeMap<String, Allowances>, String> {
+    if text.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let specs: BTreeMap<String, AllowanceSpec> =
+        serde_yaml::from_str(text).map_err(|e| format!("expected {{\"NAMESPACE\": {{...}}, ...}}: {e}"))?;
+    specs
+        .into_iter()
+        .map(|(namespace, spec)| {
+            let allowances = spec
+                .compile()
+                .map_err(|e| format!("namespace {namespace}: {e}"))?;
+            Ok((namespace, allowances))
+        })
+        .collect()
+}
+
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<u64>()
         .map(Duration::from_secs)
@@ -119,6 +137,12 @@ pub struct ControllerArgs {
     /// Namespaces whose base XML may use qemu:commandline and other QEMU passthrough.
     #[arg(long, env = "SEAPATH_ALLOW_QEMU_PASSTHROUGH_IN", default_value = "", value_parser = namespace_set)]
     pub allow_qemu_passthrough_in: BTreeSet<String>,
+    /// Fine-grained allowances per namespace, as a JSON (or YAML) object
+    /// `{"NAMESPACE": {"profile": "seapath", "bridges": ["br0"], ...}}`: emulators,
+    /// partitions, bridges, tapDevices, directDevices, vhostUserDirs, networks, pciDevices,
+    /// hugepages (docs/operations.md, "Host resources of a base XML").
+    #[arg(long, env = "SEAPATH_DEVICE_POLICY", default_value = "{}", value_parser = device_policy)]
+    pub device_policy: BTreeMap<String, Allowances>,
     /// UUID of the libvirt secret holding the Ceph key (cephx); none with `auth none`.
     #[arg(long, env = "SEAPATH_LIBVIRT_SECRET_UUID")]
     pub libvirt_secret_uuid: Option<Uuid>,
@@ -193,6 +217,7 @@ impl ControllerArgs {
                 host_devices: self.allow_host_devices_in.clone(),
                 host_paths: self.allow_host_paths_in.clone(),
                 qemu_passthrough: self.allow_qemu_passthrough_in.clone(),
+                allowances: self.device_policy.clone(),
             },
             libvirt_auth: self.libvirt_secret_uuid.map(|secret_uuid| CephAuthRef {
                 username: self.libvirt_user.clone(),
@@ -308,4 +333,78 @@ pub async fn kube_client(kubeconfig: Option<&PathBuf>) -> Result<Client, kube::E
         None => kube::Config::infer().await.map_err(kube::Error::InferConfig)?,
     };
     Client::try_from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain_xml::{AllowanceKind, PolicyFlag};
+
+    fn controller(args: &[&str]) -> Result<ControllerArgs, clap::Error> {
+        let argv = ["seapath-operator", "controller"].iter().chain(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Controller(args) => Ok(args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn device_policy_gives_namespaces_profiles_and_allowances() {
+        let args = controller(&[
+            "--allow-host-paths-in",
+            "lab",
+            "--device-policy",
+            r#"{"substation": {"profile": "seapath"}, "bay3": {"bridges": ["br-bay3"], "hugepages": true}}"#,
+        ])
+        .unwrap();
+        let policy = args.config().policy;
+        let substation = policy.for_namespace("substation");
+        assert!(
+            substation
+                .allowances
+                .allows(AllowanceKind::PciDevice, Some("0000:3b:00.1"))
+        );
+        assert!(!substation.allows(PolicyFlag::HostDevices));
+        let bay3 = policy.for_namespace("bay3");
+        assert!(bay3.allowances.allows(AllowanceKind::Bridge, Some("br-bay3")));
+        assert!(!bay3.allowances.allows(AllowanceKind::Bridge, Some("br0")));
+        assert!(bay3.allowances.allows(AllowanceKind::Hugepages, None));
+        assert!(
+            bay3.allowances
+                .allows(AllowanceKind::Emulator, Some("/usr/bin/kvm"))
+        );
+        let lab = policy.for_namespace("lab");
+        assert!(lab.allows(PolicyFlag::HostPaths));
+        assert_eq!(lab.allowances, Allowances::default());
+        assert_eq!(
+            policy.for_namespace("other"),
+            crate::domain_xml::DevicePolicy::default()
+        );
+    }
+
+    #[test]
+    fn device_policy_reads_yaml_and_an_empty_value() {
+        assert!(device_policy("").unwrap().is_empty());
+        assert!(device_policy("{}").unwrap().is_empty());
+        let yaml = "substation:\n  profile: seapath\n  pciDevices: ['0000:3b:*']\n";
+        assert!(
+            device_policy(yaml).unwrap()["substation"].allows(AllowanceKind::PciDevice, Some("0000:3b:00.0"))
+        );
+    }
+
+    #[test]
+    fn a_wrong_device_policy_stops_the_controller_with_a_message() {
+        for (value, expected) in [
+            (
+                r#"{"bay3": {"emulators": ["qemu"]}}"#,
+                "namespace bay3: emulators: \"qemu\" is not an absolute path pattern",
+            ),
+            (r#"{"bay3": {"bridge": ["br0"]}}"#, "unknown field `bridge`"),
+            (r#"{"bay3": {"profile": "all"}}"#, "unknown variant `all`"),
+            (r#"["bay3"]"#, "expected {\"NAMESPACE\": {...}, ...}"),
+        ] {
+            let err = controller(&["--device-policy", value]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{value}: {err}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! What every reconcile of the controller shares: configuration, clients, caches.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,15 +10,19 @@ use kube::runtime::reflector::Store;
 
 use crate::api::{Hypervisor, VirtualMachine};
 use crate::controller::storage::{StorageContext, StorageError};
-use crate::domain_xml::{CephAccess, DevicePolicy};
+use crate::domain_xml::{Allowances, CephAccess, DevicePolicy};
 use crate::metrics::Metrics;
 
-/// Namespaces in which a cluster admin allows base XML to reach the host.
+/// What a cluster admin allows the base XML of each namespace to reach on the host.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyConfig {
+    /// Namespaces where each all-or-nothing switch is on.
     pub host_devices: BTreeSet<String>,
     pub host_paths: BTreeSet<String>,
     pub qemu_passthrough: BTreeSet<String>,
+    /// Fine-grained allowances per namespace (`--device-policy`); a namespace not listed has
+    /// the safe defaults.
+    pub allowances: BTreeMap<String, Allowances>,
 }
 
 impl PolicyConfig {
@@ -27,6 +31,7 @@ impl PolicyConfig {
             allow_host_devices: self.host_devices.contains(namespace),
             allow_host_paths: self.host_paths.contains(namespace),
             allow_qemu_passthrough: self.qemu_passthrough.contains(namespace),
+            allowances: self.allowances.get(namespace).cloned().unwrap_or_default(),
         }
     }
 }

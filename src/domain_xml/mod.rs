@@ -24,12 +24,15 @@
 //!
 //! XML is only ever read and written through quick-xml's `Reader` and `Writer` events.
 
+mod allowances;
 mod memory;
 mod owner;
 mod policy;
 mod tree;
 mod write;
 
+#[cfg(test)]
+mod seapath_tests;
 #[cfg(test)]
 mod tests;
 
@@ -38,10 +41,14 @@ use std::str::FromStr;
 
 use uuid::Uuid;
 
+pub use allowances::{
+    AllowanceError, AllowanceKind, AllowanceSpec, Allowances, DEFAULT_EMULATORS, DEFAULT_PARTITIONS, Profile,
+    SEAPATH_VHOST_USER_DIRS,
+};
 pub use owner::{
     DomainOwner, OWNER_NAMESPACE, OwnerMarker, extract_owner, extract_owner_marker, set_name_and_owner,
 };
-pub use policy::{DevicePolicy, PolicyFlag, PolicyViolation, QEMU_NAMESPACE};
+pub use policy::{DevicePolicy, NeededAllowance, PolicyFlag, PolicyViolation, QEMU_NAMESPACE};
 
 use tree::{Element, Node, trim_xml};
 

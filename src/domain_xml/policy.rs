@@ -2,7 +2,10 @@
 //!
 //! The base XML comes from users who may not be cluster admins. Anything in it that gives the
 //! guest (or QEMU on its behalf) a host device, a host path, or a say in how the host runs QEMU
-//! is rejected unless the namespace's admin policy allows that category. Disks are special:
+//! is rejected unless the namespace's admin policy allows it: value by value for what SEAPATH's
+//! VMs use ([`Allowances`]: emulators, cgroup partitions, bridges, tap ports, macvtap devices,
+//! vhost-user sockets, libvirt networks, PCI devices, hugepages), or a whole category with one
+//! of the three all-or-nothing switches ([`PolicyFlag`]). Disks are special:
 //! the operator attaches the VM's disks itself, so a disk in the base XML is only accepted when
 //! it is an empty removable drive, or a host file / device that an admin policy allows.
 //!
@@ -14,14 +17,16 @@
 
 use std::fmt;
 
+use super::allowances::{AllowanceKind, Allowances, Profile, pci_address};
 use super::tree::{Element, trim_xml};
 
 /// libvirt's namespace for QEMU pass-through (`<qemu:commandline>`, `<qemu:override>`, ...).
 pub const QEMU_NAMESPACE: &str = "http://libvirt.org/schemas/domain/qemu/1.0";
 
 /// What an admin allows the base XMLs of a namespace to reach on the host.
-/// `Default` denies everything.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+/// `Default` allows only the safe defaults of [`Allowances`] (the host's own QEMU binaries as
+/// emulator, cgroup partitions under `/machine/`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct DevicePolicy {
     /// Host hardware and kernel devices: `<hostdev>`, `<interface type="hostdev|direct|vdpa">`,
     /// block and NVMe disks, character devices of type `dev`, host input, TPM, sound, GPU and
@@ -38,16 +43,36 @@ pub struct DevicePolicy {
     /// labels that weaken or replace sVirt confinement (`<seclabel type="none">`, static
     /// labels, `relabel="no"`).
     pub allow_qemu_passthrough: bool,
+    /// What is allowed value by value, whatever the switches say.
+    pub allowances: Allowances,
 }
 
 impl DevicePolicy {
     /// A policy that allows every category (for cluster-admin namespaces).
-    pub const fn allow_all() -> Self {
+    pub fn allow_all() -> Self {
         DevicePolicy {
             allow_host_devices: true,
             allow_host_paths: true,
             allow_qemu_passthrough: true,
+            allowances: Allowances::default(),
         }
+    }
+
+    /// No switch, and the allowances of `profile`.
+    pub fn with_profile(profile: Profile) -> Self {
+        DevicePolicy {
+            allowances: profile.allowances(),
+            ..DevicePolicy::default()
+        }
+    }
+
+    /// Whether the policy lets `violation` through: its switch is on, or an allowance covers it.
+    fn permits(&self, violation: &PolicyViolation) -> bool {
+        violation.allowed_by.is_some_and(|flag| self.allows(flag))
+            || violation
+                .allowance
+                .as_ref()
+                .is_some_and(|wanted| self.allowances.allows(wanted.kind, wanted.value.as_deref()))
     }
 
     /// Whether the policy allows a category.
@@ -77,6 +102,24 @@ impl PolicyFlag {
             PolicyFlag::QemuPassthrough => "allowQemuPassthrough",
         }
     }
+
+    /// The chart value listing the namespaces the switch is on in.
+    pub const fn chart_value(self) -> &'static str {
+        match self {
+            PolicyFlag::HostDevices => "controller.allowHostDevicesIn",
+            PolicyFlag::HostPaths => "controller.allowHostPathsIn",
+            PolicyFlag::QemuPassthrough => "controller.allowQemuPassthroughIn",
+        }
+    }
+
+    /// The controller flag listing the namespaces the switch is on in.
+    pub const fn controller_flag(self) -> &'static str {
+        match self {
+            PolicyFlag::HostDevices => "--allow-host-devices-in",
+            PolicyFlag::HostPaths => "--allow-host-paths-in",
+            PolicyFlag::QemuPassthrough => "--allow-qemu-passthrough-in",
+        }
+    }
 }
 
 impl fmt::Display for PolicyFlag {
@@ -94,8 +137,33 @@ pub struct PolicyViolation {
     pub element: String,
     /// Why it reaches the host, e.g. "passes a host device to the guest".
     pub reason: String,
-    /// The policy field that would allow it; `None` when no policy does.
+    /// The all-or-nothing switch that would allow it; `None` when no policy does.
     pub allowed_by: Option<PolicyFlag>,
+    /// The allowance (setting and value) that would allow it, when one can.
+    pub allowance: Option<NeededAllowance>,
+}
+
+/// The allowance a violation needs: a value added to a setting of the namespace's device
+/// policy (for `hugepages`, the setting turned on).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NeededAllowance {
+    pub kind: AllowanceKind,
+    /// What the base XML names (for `vhostUserDirs`, the socket's path). `None` for hugepages.
+    pub value: Option<String>,
+}
+
+impl NeededAllowance {
+    /// What to write into the setting: the value, or for a vhost-user socket its directory.
+    pub fn setting_value(&self) -> String {
+        match (&self.value, self.kind) {
+            (None, _) => "true".to_owned(),
+            (Some(path), AllowanceKind::VhostUserDir) => {
+                let dir = path.rsplit_once('/').map_or("", |(dir, _)| dir);
+                format!("[{dir:?}]")
+            }
+            (Some(value), _) => format!("[{value:?}]"),
+        }
+    }
 }
 
 impl fmt::Display for PolicyViolation {
@@ -105,9 +173,27 @@ impl fmt::Display for PolicyViolation {
             "base XML line {}: <{}> {}; ",
             self.line, self.element, self.reason
         )?;
-        match self.allowed_by {
-            Some(flag) => write!(f, "not allowed in this namespace (policy {flag})"),
-            None => f.write_str("never allowed in a base XML"),
+        match (&self.allowance, self.allowed_by) {
+            (Some(wanted), _) => {
+                write!(
+                    f,
+                    "not allowed in this namespace (a cluster admin allows it with \"{}\": {} in controller.devicePolicy.<namespace>, flag --device-policy",
+                    wanted.kind.setting(),
+                    wanted.setting_value()
+                )?;
+                let profile = Profile::Seapath;
+                if profile.allowances().allows(wanted.kind, wanted.value.as_deref()) {
+                    write!(f, ", or with \"profile\": \"{}\"", profile.name())?;
+                }
+                f.write_str(")")
+            }
+            (None, Some(flag)) => write!(
+                f,
+                "not allowed in this namespace (policy {flag}: a cluster admin allows it with {}, flag {})",
+                flag.chart_value(),
+                flag.controller_flag()
+            ),
+            (None, None) => f.write_str("never allowed in a base XML"),
         }
     }
 }
@@ -129,16 +215,27 @@ pub(crate) fn violations(root: &Element<'_>, policy: &DevicePolicy) -> Vec<Polic
             "resource" => {
                 for partition in child.elements_named("partition") {
                     if partition.has_text() {
-                        found.add(
+                        let path = partition.text();
+                        found.add_allowance(
                             partition,
                             None,
-                            "places QEMU in a host cgroup partition chosen in the XML",
-                            Some(PolicyFlag::QemuPassthrough),
+                            &format!("places QEMU in host cgroup partition {path:?}"),
+                            AllowanceKind::Partition,
+                            Some(path),
                         );
                     }
                 }
             }
             "memoryBacking" => {
+                for hugepages in child.elements_named("hugepages") {
+                    found.add_allowance(
+                        hugepages,
+                        None,
+                        "backs the guest's memory with the host's reserved huge pages",
+                        AllowanceKind::Hugepages,
+                        None,
+                    );
+                }
                 for source in child.elements_named("source") {
                     if source.attr_any("type", |t| t == "file") {
                         found.add(
@@ -170,11 +267,7 @@ pub(crate) fn violations(root: &Element<'_>, policy: &DevicePolicy) -> Vec<Polic
             _ => {}
         }
     }
-    let mut list: Vec<PolicyViolation> = found
-        .list
-        .into_iter()
-        .filter(|v| !v.allowed_by.is_some_and(|flag| policy.allows(flag)))
-        .collect();
+    let mut list: Vec<PolicyViolation> = found.list.into_iter().filter(|v| !policy.permits(v)).collect();
     list.sort_by_key(|v| v.line);
     list
 }
@@ -208,7 +301,49 @@ impl Findings {
             element: shown,
             reason: reason.to_owned(),
             allowed_by,
+            allowance: None,
         });
+    }
+
+    /// Records `element`, which the allowance `kind` allows for `value` (with `value` `None`,
+    /// only its switch allows it, except for hugepages which have no value), as does the
+    /// switch of that kind.
+    fn add_allowance(
+        &mut self,
+        element: &Element<'_>,
+        shown_attr: Option<&str>,
+        reason: &str,
+        kind: AllowanceKind,
+        value: Option<String>,
+    ) {
+        self.add(element, shown_attr, reason, Some(kind.switch()));
+        if value.is_some() || kind == AllowanceKind::Hugepages {
+            let last = self.list.last_mut().expect("just added");
+            last.allowance = Some(NeededAllowance { kind, value });
+        }
+    }
+
+    /// Records `element` once per value of what it names (an interface's bridge, device,
+    /// network, ...), each allowed by `kind`; once without a value if it names none.
+    fn add_named(
+        &mut self,
+        element: &Element<'_>,
+        values: Vec<String>,
+        reason: impl Fn(&str) -> String,
+        kind: AllowanceKind,
+    ) {
+        if values.is_empty() {
+            self.add_allowance(element, Some("type"), &reason("none"), kind, None);
+        }
+        for value in values {
+            self.add_allowance(
+                element,
+                Some("type"),
+                &reason(&format!("{value:?}")),
+                kind,
+                Some(value),
+            );
+        }
     }
 
     /// Elements in the QEMU namespace, wherever they are (only the outermost is reported).
@@ -331,12 +466,16 @@ impl Findings {
         self.rom_files(device);
         self.device_seclabels(device);
         match device.local_name() {
-            "emulator" => self.add(
-                device,
-                None,
-                "chooses the program libvirt runs on the host as the emulator",
-                Some(PolicyFlag::QemuPassthrough),
-            ),
+            "emulator" => {
+                let path = device.text();
+                self.add_allowance(
+                    device,
+                    None,
+                    &format!("makes libvirt run host program {path:?} as the emulator"),
+                    AllowanceKind::Emulator,
+                    Some(path),
+                );
+            }
             "disk" => self.disk(device),
             "filesystem" => {
                 if device.attr_any("type", |t| t == "block") {
@@ -365,12 +504,7 @@ impl Findings {
                     }
                 }
             }
-            "hostdev" => self.add(
-                device,
-                None,
-                "passes a host device to the guest",
-                Some(PolicyFlag::HostDevices),
-            ),
+            "hostdev" => self.hostdev(device),
             "interface" => self.interface(device),
             "serial" | "parallel" | "console" | "channel" | "redirdev" => self.chardev(device),
             "smartcard" => {
@@ -554,27 +688,89 @@ impl Findings {
                 element: shown,
                 reason: reason.to_owned(),
                 allowed_by,
+                allowance: None,
             });
         }
     }
 
-    /// `<interface>`: host NICs, vhost-user sockets, host scripts, backend device paths.
+    /// `<hostdev>`: a PCI device is allowed address by address, any other host device only
+    /// by its switch.
+    fn hostdev(&mut self, hostdev: &Element<'_>) {
+        let only = |attr: &str, value: &str| {
+            let values = hostdev.attr_values(attr);
+            values.iter().all(|v| v == value)
+        };
+        let is_pci =
+            hostdev.attr_any("type", |t| t == "pci") && only("type", "pci") && only("mode", "subsystem");
+        match pci_sources(hostdev).filter(|_| is_pci) {
+            Some(addresses) => {
+                for address in addresses {
+                    self.add_allowance(
+                        hostdev,
+                        Some("type"),
+                        &format!("passes host PCI device {address} to the guest"),
+                        AllowanceKind::PciDevice,
+                        Some(address),
+                    );
+                }
+            }
+            None => self.add(
+                hostdev,
+                None,
+                "passes a host device to the guest",
+                Some(PolicyFlag::HostDevices),
+            ),
+        }
+    }
+
+    /// `<interface>`: host NICs, bridges, networks, tap ports, vhost-user sockets, host
+    /// scripts, backend device paths.
     fn interface(&mut self, interface: &Element<'_>) {
         let has_type = |t: &str| interface.attr_any("type", |v| v == t);
+        let named_by = |child: &str, attr: &str| -> Vec<String> {
+            interface
+                .elements_named(child)
+                .flat_map(|c| c.attr_values(attr))
+                .collect()
+        };
         if has_type("hostdev") {
-            self.add(
-                interface,
-                Some("type"),
-                "passes a host network device to the guest",
-                Some(PolicyFlag::HostDevices),
-            );
+            match pci_sources(interface) {
+                Some(addresses) => self.add_named(
+                    interface,
+                    addresses,
+                    |a| format!("passes host PCI network device {a} to the guest"),
+                    AllowanceKind::PciDevice,
+                ),
+                None => self.add(
+                    interface,
+                    Some("type"),
+                    "passes a host network device to the guest",
+                    Some(PolicyFlag::HostDevices),
+                ),
+            }
         }
         if has_type("direct") {
-            self.add(
+            self.add_named(
                 interface,
-                Some("type"),
-                "attaches the guest directly to a host network interface (macvtap)",
-                Some(PolicyFlag::HostDevices),
+                named_by("source", "dev"),
+                |d| format!("attaches the guest directly to host network interface {d} (macvtap)"),
+                AllowanceKind::DirectDevice,
+            );
+        }
+        if has_type("bridge") {
+            self.add_named(
+                interface,
+                named_by("source", "bridge"),
+                |b| format!("connects the guest to host bridge {b}"),
+                AllowanceKind::Bridge,
+            );
+        }
+        if has_type("network") {
+            self.add_named(
+                interface,
+                named_by("source", "network"),
+                |n| format!("connects the guest to libvirt network {n} of the host"),
+                AllowanceKind::Network,
             );
         }
         if has_type("vdpa") {
@@ -586,11 +782,11 @@ impl Findings {
             );
         }
         if has_type("vhostuser") {
-            self.add(
+            self.add_named(
                 interface,
-                Some("type"),
-                "connects the guest to a vhost-user socket at a host path",
-                Some(PolicyFlag::HostPaths),
+                named_by("source", "path"),
+                |p| format!("connects the guest to vhost-user socket {p} on the host"),
+                AllowanceKind::VhostUserDir,
             );
         }
         if has_type("ethernet")
@@ -598,11 +794,11 @@ impl Findings {
                 .elements_named("target")
                 .any(|t| t.attr_any("managed", |m| m == "no"))
         {
-            self.add(
+            self.add_named(
                 interface,
-                Some("type"),
-                "uses an existing host tap device",
-                Some(PolicyFlag::HostDevices),
+                named_by("target", "dev"),
+                |d| format!("uses existing host tap device {d}"),
+                AllowanceKind::TapDevice,
             );
         }
         for child in interface.elements() {
@@ -719,6 +915,32 @@ impl Findings {
             );
         }
     }
+}
+
+/// The PCI addresses of an element's `<source><address>` children, as `dddd:bb:ss.f`; `None`
+/// when it has none, or one is not a PCI address libvirt would read the same way.
+fn pci_sources(element: &Element<'_>) -> Option<Vec<String>> {
+    let addresses: Vec<&Element<'_>> = element
+        .elements_named("source")
+        .flat_map(|s| s.elements_named("address"))
+        .collect();
+    if addresses.is_empty() {
+        return None;
+    }
+    addresses
+        .into_iter()
+        .map(|a| {
+            if !a.attr_values("type").iter().all(|t| t == "pci") {
+                return None;
+            }
+            pci_address(
+                &a.attr_values("domain"),
+                &a.attr_values("bus"),
+                &a.attr_values("slot"),
+                &a.attr_values("function"),
+            )
+        })
+        .collect()
 }
 
 /// Why a `<seclabel>` inside a device (or the domain) weakens confinement, if it does.

@@ -20,8 +20,7 @@ const BASE: &str = r#"<domain type="kvm">
   </features>
   <!-- the console is on the first serial port -->
   <devices>
-    <interface type="network">
-      <source network="default"/>
+    <interface type="user">
       <model type="virtio"/>
     </interface>
     <serial type="pty">
@@ -81,7 +80,9 @@ fn render_ok(base: &str, disks: &[DiskSpec], ceph: &CephAccess) -> RenderedDomai
         uuid(GIVEN_UUID),
         disks,
         ceph,
-        &DevicePolicy::default(),
+        // Rendering does not depend on the policy; the profile lets the bridge of the
+        // preservation test through.
+        &DevicePolicy::with_profile(Profile::Seapath),
     )
     .unwrap_or_else(|e| panic!("render failed: {e}"))
 }
@@ -132,8 +133,7 @@ fn renders_realistic_base_with_two_rbd_disks_under_cephx_in_a_namespace() {
   </features>
   <!-- the console is on the first serial port -->
   <devices>
-    <interface type="network">
-      <source network="default"/>
+    <interface type="user">
       <model type="virtio"/>
     </interface>
     <serial type="pty">
@@ -441,7 +441,7 @@ fn rendering_is_deterministic_and_idempotent() {
                 Uuid::new_v4(),
                 &two_disks(),
                 &ceph,
-                &DevicePolicy::default(),
+                &DevicePolicy::with_profile(Profile::Seapath),
             )
             .unwrap();
             assert_eq!(second.xml, first.xml);
@@ -519,6 +519,7 @@ fn only(flag: PolicyFlag) -> DevicePolicy {
         allow_host_devices: flag == PolicyFlag::HostDevices,
         allow_host_paths: flag == PolicyFlag::HostPaths,
         allow_qemu_passthrough: flag == PolicyFlag::QemuPassthrough,
+        ..DevicePolicy::default()
     }
 }
 
@@ -528,6 +529,7 @@ fn all_but(flag: PolicyFlag) -> DevicePolicy {
         allow_host_devices: flag != PolicyFlag::HostDevices,
         allow_host_paths: flag != PolicyFlag::HostPaths,
         allow_qemu_passthrough: flag != PolicyFlag::QemuPassthrough,
+        ..DevicePolicy::default()
     }
 }
 
@@ -554,8 +556,13 @@ const REJECTED_DEVICES: &[(Option<PolicyFlag>, &str)] = {
         (Some(HostPaths), r#"<interface type="vhostuser"><source type="unix" path="/run/ovs/sock0" mode="client"/><model type="virtio"/></interface>"#),
         (Some(HostDevices), r#"<interface type="ethernet"><target dev="tap7" managed="no"/></interface>"#),
         (Some(QemuPassthrough), r#"<interface type="ethernet"><script path="/tmp/evil.sh"/></interface>"#),
-        (Some(HostPaths), r#"<interface type="bridge"><source bridge="br0"/><backend tap="/dev/net/tun" vhost="/dev/vhost-net"/></interface>"#),
-        (Some(HostPaths), r#"<interface type="network"><source network="default"/><rom file="/tmp/rom.bin"/></interface>"#),
+        (Some(HostPaths), r#"<interface type="ethernet"><backend tap="/dev/net/tun" vhost="/dev/vhost-net"/></interface>"#),
+        (Some(HostPaths), r#"<interface type="user"><rom file="/tmp/rom.bin"/></interface>"#),
+        (Some(HostDevices), r#"<interface type="bridge"><source bridge="br0"/><virtualport type="openvswitch"/><model type="virtio"/></interface>"#),
+        (Some(HostDevices), r#"<interface type="network"><source network="default"/><model type="virtio"/></interface>"#),
+        (Some(HostDevices), r#"<interface type="hostdev"><source><address type="usb" bus="1" port="2"/></source></interface>"#),
+        (Some(HostDevices), r#"<hostdev mode="subsystem" type="pci"><source><address domain="0x0000" bus="0x3b" slot="0x00" function="0x8"/></source></hostdev>"#),
+        (Some(HostDevices), r#"<hostdev mode="subsystem" type="usb"><source><vendor id="0x1234"/><product id="0xbeef"/></source></hostdev>"#),
         (Some(HostPaths), r#"<serial type="file"><source path="/var/log/guest.log"/><target port="0"/></serial>"#),
         (Some(HostDevices), r#"<serial type="dev"><source path="/dev/ttyS0"/><target port="0"/></serial>"#),
         (Some(HostPaths), r#"<parallel type="pipe"><source path="/tmp/mypipe"/></parallel>"#),
@@ -583,9 +590,11 @@ const REJECTED_DEVICES: &[(Option<PolicyFlag>, &str)] = {
         (Some(HostPaths), r#"<memory model="nvdimm"><source><path>/tmp/nvdimm</path></source><target><size unit="KiB">524288</size></target></memory>"#),
         (Some(HostPaths), r#"<lease><lockspace>somearea</lockspace><key>somekey</key><target path="/some/lease/path" offset="1024"/></lease>"#),
         (Some(HostPaths), r#"<pstore backend="acpi-erst"><path>/tmp/guest_acpi_esrt</path><size unit="KiB">8</size></pstore>"#),
-        (Some(QemuPassthrough), r#"<emulator>/usr/bin/qemu-system-x86_64</emulator>"#),
+        (Some(QemuPassthrough), r#"<emulator>/opt/qemu/bin/qemu-system-x86_64</emulator>"#),
+        (Some(QemuPassthrough), r#"<emulator>/usr/bin/../../tmp/qemu-system-x86_64</emulator>"#),
+        (Some(QemuPassthrough), r#"<emulator> /usr/bin/kvm</emulator>"#),
         (Some(HostDevices), r#"<x:hostdev xmlns:x="urn:elsewhere" mode="subsystem" type="usb"/>"#),
-        (Some(HostDevices), r#"<interface xmlns:x="urn:x" x:type="direct" type="network"><source network="default"/></interface>"#),
+        (Some(HostDevices), r#"<interface xmlns:x="urn:x" x:type="direct" type="user"><source network="default"/></interface>"#),
     ]
 };
 
@@ -609,7 +618,10 @@ const REJECTED_DOMAIN: &[(Option<PolicyFlag>, &str)] = {
         (Some(QemuPassthrough), "<bootloader>/usr/bin/pygrub</bootloader>"),
         (Some(QemuPassthrough), r#"<seclabel type="none"/>"#),
         (Some(QemuPassthrough), r#"<seclabel model="none"/>"#),
-        (Some(QemuPassthrough), "<resource><partition>/machine/other</partition></resource>"),
+        (Some(QemuPassthrough), "<resource><partition>/system.slice</partition></resource>"),
+        (Some(QemuPassthrough), "<resource><partition>/machine/../system.slice</partition></resource>"),
+        (Some(QemuPassthrough), "<resource><partition>/machinery</partition></resource>"),
+        (Some(HostDevices), "<memoryBacking><hugepages/></memoryBacking>"),
         (Some(QemuPassthrough), r#"<seclabel type="static" model="dac" relabel="no"><label>+0:+0</label></seclabel>"#),
         (Some(QemuPassthrough), r#"<seclabel type="dynamic" model="selinux"><baselabel>system_u:system_r:unconfined_t:s0</baselabel></seclabel>"#),
         (Some(HostPaths), r#"<memoryBacking><source type="file"/><access mode="shared"/></memoryBacking>"#),
@@ -622,8 +634,10 @@ const REJECTED_DOMAIN: &[(Option<PolicyFlag>, &str)] = {
 const ALLOWED_DEVICES: &[&str] = &[
     r#"<disk type="file" device="cdrom"><driver name="qemu" type="raw"/><target dev="hdc" bus="ide"/><readonly/></disk>"#,
     r#"<disk device="floppy"><target dev="fda"/></disk>"#,
-    r#"<interface type="bridge"><source bridge="br0"/><virtualport type="openvswitch"/><model type="virtio"/></interface>"#,
-    r#"<interface type="network"><source network="default"/><model type="virtio"/></interface>"#,
+    r#"<interface type="user"><model type="virtio"/></interface>"#,
+    r#"<interface type="ethernet"><target dev="vnet7"/></interface>"#,
+    r#"<emulator>/usr/bin/qemu-system-x86_64</emulator>"#,
+    r#"<emulator>/usr/libexec/qemu-kvm</emulator>"#,
     r#"<serial type="pty"><source path="/dev/pts/3"/><target port="0"/></serial>"#,
     r#"<serial type="tcp"><source mode="bind" host="0.0.0.0" service="4555"/><protocol type="telnet"/></serial>"#,
     r#"<channel type="unix"><source mode="bind"/><target type="virtio" name="org.qemu.guest_agent.0"/></channel>"#,
@@ -650,7 +664,10 @@ const ALLOWED_DEVICES: &[&str] = &[
 const ALLOWED_DOMAIN: &[&str] = &[
     r#"<os firmware="efi"><type>hvm</type><loader secure="yes"/><nvram/></os>"#,
     r#"<seclabel type="dynamic" model="selinux" relabel="yes"/>"#,
-    "<memoryBacking><hugepages/></memoryBacking>",
+    "<memoryBacking><nosharepages/><locked/></memoryBacking>",
+    "<resource><partition>/machine</partition></resource>",
+    "<resource><partition>/machine/rt</partition></resource>",
+    "<resource><partition>/machine/nort/bay3</partition></resource>",
     r#"<sysinfo type="smbios"><system><entry name="manufacturer">ACME</entry></system></sysinfo>"#,
     r#"<cpu mode="host-passthrough"/>"#,
     r#"<metadata><app:c xmlns:app="urn:app"><devices><hostdev/><disk type="block"/></devices></app:c></metadata>"#,
@@ -685,10 +702,22 @@ fn each_host_reaching_element_is_rejected_and_allowed_by_its_flag_only() {
             Some(flag) => {
                 assert_eq!(check_device_policy(&base, &only(flag)), Ok(()), "{base}");
                 assert!(check_device_policy(&base, &all_but(flag)).is_err(), "{base}");
-                assert!(err.to_string().ends_with(&format!(
-                    "; not allowed in this namespace (policy {})",
-                    flag.field_name()
-                )));
+                let how = match &violations[0].allowance {
+                    Some(wanted) => {
+                        format!("(a cluster admin allows it with \"{}\": ", wanted.kind.setting())
+                    }
+                    None => format!(
+                        "(policy {}: a cluster admin allows it with {}, flag {})",
+                        flag.field_name(),
+                        flag.chart_value(),
+                        flag.controller_flag()
+                    ),
+                };
+                assert!(
+                    err.to_string()
+                        .contains(&format!("; not allowed in this namespace {how}")),
+                    "{err}"
+                );
             }
             None => {
                 assert!(
@@ -782,7 +811,7 @@ fn all_violations_are_reported_at_once_in_document_order() {
     <serial type="file">
       <source path="/tmp/out"/>
     </serial>
-    <interface type="network"><source network="default"/></interface>
+    <interface type="user"/>
     <hostdev mode="subsystem" type="usb"/>
   </devices>
   <qemu:commandline>
@@ -816,11 +845,11 @@ fn all_violations_are_reported_at_once_in_document_order() {
     assert_eq!(lines.len(), 3, "{message}");
     assert_eq!(
         lines[1],
-        "base XML line 9: <hostdev> passes a host device to the guest; not allowed in this namespace (policy allowHostDevices)"
+        "base XML line 9: <hostdev> passes a host device to the guest; not allowed in this namespace (policy allowHostDevices: a cluster admin allows it with controller.allowHostDevicesIn, flag --allow-host-devices-in)"
     );
     assert_eq!(
         lines[0],
-        "base XML line 5: <serial type=\"file\"> writes guest output into a host file; not allowed in this namespace (policy allowHostPaths)"
+        "base XML line 5: <serial type=\"file\"> writes guest output into a host file; not allowed in this namespace (policy allowHostPaths: a cluster admin allows it with controller.allowHostPathsIn, flag --allow-host-paths-in)"
     );
     assert!(lines[2].starts_with("base XML line 11: <qemu:commandline> is in libvirt's QEMU namespace"));
 
