@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, against real components: installs what it needs, brings up a private
 # test bed (kube-apiserver + etcd, Ceph, libvirt with QEMU), checks formatting, lints and CRD
-# drift, runs every test, and takes the test bed down again, whatever happened.
+# drift, builds the container image (hack/image.sh), runs every test (tests/image.rs runs that
+# image's programs from its own root file system), and takes the test bed down again, whatever
+# happened.
 #
 #   hack/test.sh [extra cargo test arguments]
 set -euo pipefail
@@ -29,8 +31,10 @@ log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "checking crds/ against the Rust types"
 cargo run --quiet -- crdgen --out-dir crds --check
+# Built before the tests: tests/image.rs runs the image's programs from its root file system.
+log "building the container image"
+SEAPATH_IMAGE=$(hack/image.sh "$PWD/target/image")
+export SEAPATH_IMAGE
 log "cargo test"
 cargo test "$@"
-log "building the container image"
-hack/image.sh
 log "test suite finished in $(( $(date +%s) - started )) s"

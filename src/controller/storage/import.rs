@@ -117,22 +117,72 @@ impl Target<'_> {
         blocking(move || rbd::create_blank(&io, &tmp, size)).await
     }
 
-    /// The qemu-img target: the temporary image through qemu's rbd driver, as a JSON spec (no
-    /// escaping of `:` or `@` needed, unlike the `rbd:` filename syntax).
+    /// The qemu-img target: the temporary image.
     fn qemu_target(&self) -> String {
-        let spec = serde_json::json!({
-            "driver": "raw",
-            "file": {
-                "driver": "rbd",
-                "pool": self.io.pool(),
-                "namespace": self.io.namespace(),
-                "image": self.tmp,
-                "conf": self.ctx.ceph_conf_path.to_string_lossy(),
-                "user": self.ctx.ceph_client_id,
-            }
-        });
-        format!("json:{spec}")
+        qemu_rbd_target(
+            self.io.pool(),
+            self.io.namespace(),
+            &self.tmp,
+            &self.ctx.ceph_conf_path,
+            &self.ctx.ceph_client_id,
+        )
     }
+}
+
+/// A qemu-img target naming an RBD image through qemu's rbd driver, as a JSON spec (no escaping
+/// of `:` or `@` needed, unlike the `rbd:` filename syntax).
+pub fn qemu_rbd_target(
+    pool: &str,
+    namespace: &str,
+    image: &str,
+    ceph_conf: &Path,
+    client_id: &str,
+) -> String {
+    let spec = serde_json::json!({
+        "driver": "raw",
+        "file": {
+            "driver": "rbd",
+            "pool": pool,
+            "namespace": namespace,
+            "image": image,
+            "conf": ceph_conf.to_string_lossy(),
+            "user": client_id,
+        }
+    });
+    format!("json:{spec}")
+}
+
+/// The program a qcow2 import runs, looked up in `PATH` (the container image has it in
+/// `/usr/bin`, see hack/image.sh).
+pub const QEMU_IMG: &str = "qemu-img";
+
+/// The arguments of `qemu-img info` on a qcow2 source (its sizes and external files, as JSON).
+pub fn qemu_img_info_args(source: &Path) -> Vec<OsString> {
+    vec![
+        "info".into(),
+        "--output=json".into(),
+        "-f".into(),
+        "qcow2".into(),
+        source.as_os_str().to_owned(),
+    ]
+}
+
+/// The arguments of the `qemu-img convert` of a qcow2 source into `target` (an existing, all-zero
+/// raw image, see [`qemu_rbd_target`]), printing its progress.
+pub fn qemu_img_convert_args(source: &Path, target: &str) -> Vec<OsString> {
+    vec![
+        "convert".into(),
+        "-n".into(),
+        "--target-is-zero".into(),
+        "-p".into(),
+        "-W".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-O".into(),
+        "raw".into(),
+        source.as_os_str().to_owned(),
+        target.into(),
+    ]
 }
 
 /// Imports a file readable by the controller.
@@ -356,7 +406,7 @@ async fn run_qemu_img(
     args: &[OsString],
     mut progress: Option<(&mut Progress, u64)>,
 ) -> Result<Vec<u8>, String> {
-    let mut child = Command::new("qemu-img")
+    let mut child = Command::new(QEMU_IMG)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -420,14 +470,7 @@ async fn run_qemu_img(
 }
 
 async fn qemu_img_info(path: &Path) -> Result<QemuImageInfo, String> {
-    let args: Vec<OsString> = vec![
-        "info".into(),
-        "--output=json".into(),
-        "-f".into(),
-        "qcow2".into(),
-        path.as_os_str().to_owned(),
-    ];
-    let out = run_qemu_img(&args, None).await?;
+    let out = run_qemu_img(&qemu_img_info_args(path), None).await?;
     plan::parse_qemu_img_info(&out)
 }
 
@@ -440,19 +483,7 @@ async fn qemu_img_convert(
 ) -> Result<()> {
     progress.set_total(Some(info.virtual_size));
     progress.update(0);
-    let args: Vec<OsString> = vec![
-        "convert".into(),
-        "-n".into(),
-        "--target-is-zero".into(),
-        "-p".into(),
-        "-W".into(),
-        "-f".into(),
-        "qcow2".into(),
-        "-O".into(),
-        "raw".into(),
-        path.as_os_str().to_owned(),
-        target.qemu_target().into(),
-    ];
+    let args = qemu_img_convert_args(path, &target.qemu_target());
     run_qemu_img(&args, Some((&mut *progress, info.virtual_size)))
         .await
         .map_err(|e| target.failed(from, format!("qemu-img convert: {e}"), false))?;

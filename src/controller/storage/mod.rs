@@ -69,6 +69,7 @@ use futures::future::join_all;
 use tokio::sync::mpsc;
 
 pub use error::{Result, StorageError};
+pub use import::{QEMU_IMG, qemu_img_convert_args, qemu_img_info_args, qemu_rbd_target};
 pub use plan::parse_mon_dump;
 pub use quantity::parse_quantity;
 
