@@ -18,7 +18,9 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use seapath_operator::api::{Hypervisor, NODE_LABEL, Phase, VirtualMachine};
 use serde_json::json;
 
-use common::chart::{ChartOperator, client_from, eventually, service_account_kubeconfig, vm_manifest};
+use common::chart::{
+    ChartOperator, client_from, eventually, node_agent_kubeconfig, service_account_kubeconfig, vm_manifest,
+};
 use common::{admin_client, fresh_namespace, install_crds};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -182,8 +184,18 @@ async fn what_the_operator_must_not_do_is_forbidden() {
         &service_account_kubeconfig(&admin, &namespace, &format!("{fullname}-controller"), dir.path()).await,
     )
     .await;
+    // The agent of the Hypervisor below, with its Pod's token: the node restriction lets it
+    // write that Hypervisor, so what refuses the writes below is what each test names.
+    let hv_name = format!("{release}-hv");
     let agent = client_from(
-        &service_account_kubeconfig(&admin, &namespace, &format!("{fullname}-agent"), dir.path()).await,
+        &node_agent_kubeconfig(
+            &admin,
+            &namespace,
+            &format!("{fullname}-agent"),
+            &hv_name,
+            dir.path(),
+        )
+        .await,
     )
     .await;
     // The admission policies are loaded asynchronously by the API server.
@@ -211,7 +223,6 @@ async fn what_the_operator_must_not_do_is_forbidden() {
         .create(&PostParams::default(), &vm)
         .await
         .expect("VM");
-    let hv_name = format!("{release}-hv");
     let hv: Hypervisor = serde_json::from_value(json!({
         "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "Hypervisor",
         "metadata": {"name": hv_name}, "spec": {}

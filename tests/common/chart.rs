@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -165,23 +165,97 @@ pub fn apply_access_objects(release: &str, namespace: &str) -> Vec<Value> {
 }
 
 /// A kubeconfig for a ServiceAccount: the test bed's operator kubeconfig (server, CA) with a
-/// fresh token of `namespace/name`.
+/// fresh token of `namespace/name`, bound to nothing.
 pub async fn service_account_kubeconfig(admin: &Client, namespace: &str, name: &str, dir: &Path) -> PathBuf {
+    let token = request_token(admin, namespace, name, None).await;
+    token_kubeconfig(namespace, name, &token, &format!("{namespace}-{name}"), dir)
+}
+
+/// A kubeconfig for the agent ServiceAccount `namespace/name` as the agent of `node` has it:
+/// the token of a Pod of that ServiceAccount bound to the Node `node` (both made here; the Pod
+/// never runs, the test bed has no kubelet). The API server puts the node's name into the user
+/// info of such a token, which the chart's admission policies confine the agent to.
+pub async fn node_agent_kubeconfig(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    node: &str,
+    dir: &Path,
+) -> PathBuf {
+    ensure_node(admin, node).await;
+    let pod = agent_pod(admin, namespace, name, node).await;
+    let bound = BoundObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: pod.metadata.name.clone(),
+        uid: pod.metadata.uid.clone(),
+    };
+    let token = request_token(admin, namespace, name, Some(bound)).await;
+    token_kubeconfig(
+        namespace,
+        name,
+        &token,
+        &format!("{namespace}-{name}-{node}"),
+        dir,
+    )
+}
+
+/// A Node object named `node` (no kubelet behind it), made unless it exists.
+async fn ensure_node(admin: &Client, node: &str) {
+    let nodes: Api<Node> = Api::all(admin.clone());
+    let object: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": node}})).unwrap();
+    match nodes.create(&PostParams::default(), &object).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("creating Node {node}: {e}"),
+    }
+}
+
+/// A Pod of ServiceAccount `account` bound to `node`, as the agent DaemonSet makes one.
+async fn agent_pod(admin: &Client, namespace: &str, account: &str, node: &str) -> Pod {
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": format!("agent-{node}")},
+        "spec": {
+            "nodeName": node,
+            "serviceAccountName": account,
+            "containers": [{"name": "agent", "image": "seapath-operator:never-pulled"}],
+        }
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating the agent Pod of {node} in {namespace}: {e}"))
+}
+
+/// A token of ServiceAccount `namespace/name` through the TokenRequest API, bound to `bound`.
+async fn request_token(
+    admin: &Client,
+    namespace: &str,
+    name: &str,
+    bound: Option<BoundObjectReference>,
+) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
     let request = TokenRequest {
         spec: Some(TokenRequestSpec {
             expiration_seconds: Some(7200),
+            bound_object_ref: bound,
             ..Default::default()
         }),
         ..Default::default()
     };
-    let token = accounts
+    accounts
         .create_token_request(name, &PostParams::default(), &request)
         .await
         .unwrap_or_else(|e| panic!("token for {namespace}/{name}: {e}"))
         .status
         .and_then(|s| s.token)
-        .expect("token in the TokenRequest status");
+        .expect("token in the TokenRequest status")
+}
+
+/// The test bed's operator kubeconfig (server, CA) with `token` of `namespace/name`, written to
+/// `<file_stem>.kubeconfig` in `dir`.
+fn token_kubeconfig(namespace: &str, name: &str, token: &str, file_stem: &str, dir: &Path) -> PathBuf {
     let template =
         std::fs::read_to_string(testbed_env("SEAPATH_OPERATOR_KUBECONFIG")).expect("operator kubeconfig");
     let mut kubeconfig: serde_yaml::Value = serde_yaml::from_str(&template).expect("kubeconfig YAML");
@@ -190,7 +264,7 @@ pub async fn service_account_kubeconfig(admin: &Client, namespace: &str, name: &
     kubeconfig["users"][0]["user"]["token"] = token.into();
     kubeconfig["contexts"][0]["context"]["user"] = user.clone().into();
     kubeconfig["contexts"][0]["context"]["namespace"] = namespace.into();
-    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+    let path = dir.join(format!("{file_stem}.kubeconfig"));
     std::fs::write(&path, serde_yaml::to_string(&kubeconfig).expect("YAML")).expect("writing kubeconfig");
     path
 }
@@ -231,7 +305,9 @@ pub struct ChartOperator {
     pub namespace: String,
     pub nodes: [String; 2],
     pub controller_kubeconfig: PathBuf,
-    pub agent_kubeconfig: PathBuf,
+    /// One per node: each agent runs with the token of its own Pod (see
+    /// [`node_agent_kubeconfig`]).
+    pub agent_kubeconfigs: [PathBuf; 2],
     pub processes: Vec<Process>,
     pub docs: Vec<Value>,
     pub dir: tempfile::TempDir,
@@ -283,8 +359,6 @@ impl ChartOperator {
         let controller_kubeconfig =
             service_account_kubeconfig(admin, &namespace, &format!("{fullname}-controller"), dir.path())
                 .await;
-        let agent_kubeconfig =
-            service_account_kubeconfig(admin, &namespace, &format!("{fullname}-agent"), dir.path()).await;
         // Policies are loaded by the API server asynchronously.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let uris: Vec<String> = testbed_env("SEAPATH_LIBVIRT_NODES")
@@ -293,6 +367,11 @@ impl ChartOperator {
             .collect();
         assert!(uris.len() >= 2, "the test bed needs two simulated hypervisors");
         let nodes = [format!("{release}-hv1"), format!("{release}-hv2")];
+        let agent_account = format!("{fullname}-agent");
+        let agent_kubeconfigs = [
+            node_agent_kubeconfig(admin, &namespace, &agent_account, &nodes[0], dir.path()).await,
+            node_agent_kubeconfig(admin, &namespace, &agent_account, &nodes[1], dir.path()).await,
+        ];
         // Hypervisors left by earlier test binaries have no agent any more: this controller
         // would judge them lost and fail their VMs over onto this binary's hosts.
         let hypervisors: kube::Api<seapath_operator::api::Hypervisor> = kube::Api::all(admin.clone());
@@ -315,11 +394,11 @@ impl ChartOperator {
                 ("SEAPATH_NODE_LOST_GRACE", "20".into()),
             ],
         )];
-        for (node, uri) in nodes.iter().zip(&uris) {
+        for ((node, uri), kubeconfig) in nodes.iter().zip(&uris).zip(&agent_kubeconfigs) {
             processes.push(spawn(
                 &format!("agent-{node}"),
                 dir.path(),
-                &agent_kubeconfig,
+                kubeconfig,
                 &[
                     "agent",
                     "--node",
@@ -340,7 +419,7 @@ impl ChartOperator {
             namespace,
             nodes,
             controller_kubeconfig,
-            agent_kubeconfig,
+            agent_kubeconfigs,
             processes,
             docs,
             dir,
