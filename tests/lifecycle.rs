@@ -235,7 +235,19 @@ async fn base_xml_reaching_the_host_is_refused_before_anything_is_made() {
         .unwrap();
     let stalled = wait_reason(&env, "hostile", "Stalled", "ForbiddenDevice").await;
     assert_eq!(stalled.status, "True");
-    assert!(stalled.message.contains("<hostdev>"), "{}", stalled.message);
+    // Each refusal names the element and the setting that would allow it.
+    assert!(
+        stalled
+            .message
+            .contains("<hostdev type=\"pci\"> passes host PCI device 0000:00:01.0 to the guest"),
+        "{}",
+        stalled.message
+    );
+    assert!(
+        stalled.message.contains("\"pciDevices\": [\"0000:00:01.0\"]"),
+        "{}",
+        stalled.message
+    );
     assert!(
         stalled.message.contains("<disk type=\"file\">"),
         "{}",
