@@ -31,7 +31,11 @@ const FIXTURES: &[(&str, &str)] = &[
 
 /// A feature of the template: its fixture, what the default policy refuses (setting, the
 /// element's start as written in the fixture), and the device policy entry allowing exactly that.
-type Feature = (&'static str, &'static [(&'static str, &'static str)], &'static str);
+type Feature = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
 
 #[rustfmt::skip]
 const FEATURES: &[Feature] = &[
