@@ -333,7 +333,7 @@ impl Findings {
         kind: AllowanceKind,
     ) {
         if values.is_empty() {
-            self.add_allowance(element, Some("type"), &reason("none"), kind, None);
+            self.add_allowance(element, Some("type"), &reason("(none named)"), kind, None);
         }
         for value in values {
             self.add_allowance(
@@ -696,12 +696,12 @@ impl Findings {
     /// `<hostdev>`: a PCI device is allowed address by address, any other host device only
     /// by its switch.
     fn hostdev(&mut self, hostdev: &Element<'_>) {
-        let only = |attr: &str, value: &str| {
-            let values = hostdev.attr_values(attr);
-            values.iter().all(|v| v == value)
-        };
-        let is_pci =
-            hostdev.attr_any("type", |t| t == "pci") && only("type", "pci") && only("mode", "subsystem");
+        // Every spelling of `type` must say pci, and of `mode` subsystem (libvirt's default):
+        // a capabilities-mode hostdev names host block or network devices instead.
+        let all_values_are = |attr: &str, value: &str| hostdev.attr_values(attr).iter().all(|v| v == value);
+        let is_pci = hostdev.attr_any("type", |t| t == "pci")
+            && all_values_are("type", "pci")
+            && all_values_are("mode", "subsystem");
         match pci_sources(hostdev).filter(|_| is_pci) {
             Some(addresses) => {
                 for address in addresses {

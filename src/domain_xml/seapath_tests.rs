@@ -468,3 +468,18 @@ fn paths_are_normal_and_pci_addresses_read_as_libvirt_does() {
     assert_eq!(address(&[], &["09"], &[], &[]), None, "9 is not octal");
     assert_eq!(address(&[], &["1", "2"], &[], &[]), None, "repeated attribute");
 }
+
+#[test]
+fn an_element_naming_no_value_is_left_to_its_switch() {
+    let xml = domain_with_devices(r#"<interface type="bridge"><model type="virtio"/></interface>"#);
+    let message = check_device_policy(&xml, &seapath()).unwrap_err().to_string();
+    assert_eq!(
+        message,
+        "base XML line 3: <interface type=\"bridge\"> connects the guest to host bridge (none named); not allowed in this namespace (policy allowHostDevices: a cluster admin allows it with controller.allowHostDevicesIn, flag --allow-host-devices-in)"
+    );
+    let switch = DevicePolicy {
+        allow_host_devices: true,
+        ..DevicePolicy::default()
+    };
+    assert_eq!(check_device_policy(&xml, &switch), Ok(()));
+}
