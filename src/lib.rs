@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod naming;
 pub mod plugin;
 pub mod telemetry;
+pub mod watch;

@@ -672,6 +672,17 @@ async fn an_agent_cut_from_the_api_server_destroys_its_domains_before_they_run_e
     let doubles = doubles.await.unwrap();
     assert!(doubles.is_empty(), "VMs ran on two hosts at once: {doubles:?}");
     bed.started_on("vm1", &hv2).await;
+
+    // hv1's watch of its VMs resumed within seconds (kube's default back-off, grown during
+    // the partition, would have kept it away for up to half a minute more).
+    let rejoined = Instant::now();
+    bed.create("vm3", 256, json!({"preferredNode": hv1})).await;
+    bed.started_on("vm3", &hv1).await;
+    assert!(
+        rejoined.elapsed() < Duration::from_secs(10),
+        "a VM placed on the rejoined host waited {:?} for its agent",
+        rejoined.elapsed()
+    );
     bed.tear_down().await;
 }
 
@@ -754,15 +765,30 @@ async fn a_fencing_decision_recorded_by_a_dead_controller_is_carried_out_once() 
     bed.tear_down().await;
 }
 
-/// The RBD namespace of the host-path test namespace, where the QEMU guest's disk lives.
-fn rbd_io(namespace: &str) -> IoCtx {
-    let cluster = Cluster::connect(ClusterConfig {
+fn ceph() -> Cluster {
+    Cluster::connect(ClusterConfig {
         conf_path: testbed_env("CEPH_CONF").into(),
         client_id: std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into()),
         ..Default::default()
     })
-    .expect("connect to Ceph");
-    cluster
+    .expect("connect to Ceph")
+}
+
+/// How long the OSD blocklist keeps `addr` from now.
+fn blocklisted_for(addr: &str) -> Duration {
+    let entries = ceph().blocklist_list().expect("the OSD blocklist");
+    let entry = entries
+        .iter()
+        .find(|e| e.addr == addr)
+        .unwrap_or_else(|| panic!("{addr} is not on the blocklist: {entries:?}"));
+    let until = jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%z", &entry.until)
+        .unwrap_or_else(|e| panic!("the blocklist's expiry {}: {e}", entry.until));
+    Duration::try_from(until.duration_since(jiff::Timestamp::now())).unwrap_or_default()
+}
+
+/// The RBD namespace of the host-path test namespace, where the QEMU guest's disk lives.
+fn rbd_io(namespace: &str) -> IoCtx {
+    ceph()
         .io_context(&testbed_env("SEAPATH_CEPH_POOL"), namespace)
         .expect("RBD namespace")
 }
@@ -853,6 +879,9 @@ async fn a_cut_off_host_is_fenced_through_ceph_and_its_guest_boots_elsewhere_wit
         !fence.blocklisted.is_empty(),
         "the old QEMU's Ceph client is blocklisted: {fence:?}"
     );
+    // For the fence's expiry (600 s here), not the hour librbd would set on breaking a lock.
+    let left = blocklisted_for(&fence.blocklisted[0]);
+    assert!(left <= Duration::from_secs(600), "blocklisted for {left:?}");
     bed.started_on(&vm, &hv2).await;
     let second = eventually("the guest booted on hv2 and counting", async || {
         counter(&namespace, &image)

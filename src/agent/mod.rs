@@ -38,7 +38,6 @@ use kube::Client;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::Controller;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::{Notify, OwnedMutexGuard, oneshot, watch};
@@ -203,7 +202,7 @@ impl Agent {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (controller_stop_tx, controller_stop_rx) = oneshot::channel::<()>();
-        let controller = Controller::new(vms, watcher::Config::default().labels(&selector));
+        let controller = crate::watch::controller(vms, watcher::Config::default().labels(&selector));
         let _ = ctx.store.set(controller.store());
         let reconciles = controller
             .graceful_shutdown_on(async move {
@@ -245,7 +244,8 @@ async fn watch_departures(
     selector: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    let stream = watcher::watcher(vms, watcher::Config::default().labels(&selector)).default_backoff();
+    let stream = watcher::watcher(vms, watcher::Config::default().labels(&selector))
+        .backoff(crate::watch::watch_backoff());
     tokio::pin!(stream);
     loop {
         tokio::select! {

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
@@ -19,6 +18,7 @@ use crate::api::{DesiredState, Hypervisor, VirtualMachine, condition_types as ct
 use crate::ceph::{Cluster, ClusterConfig};
 use crate::controller::conditions;
 use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
+use crate::controller::fencing;
 use crate::controller::hypervisor::{self, FencingSettings, HypervisorContext};
 use crate::controller::node_health::HeartbeatClock;
 use crate::controller::storage::{self, StorageContext};
@@ -77,13 +77,23 @@ async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerEr
         conf_path: config.ceph_conf.clone(),
         client_id: config.ceph_client.clone(),
         mount_timeout: Duration::from_secs(10),
-        // Without these a call to a dead OSD or mon blocks a reconcile forever; with them it
-        // fails, the VM shows CephUnavailable, and the retry comes with back-off.
-        options: [("rados_osd_op_timeout", "30"), ("rados_mon_op_timeout", "30")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .chain(config.ceph_options.clone())
-            .collect(),
+        // Without the timeouts a call to a dead OSD or mon blocks a reconcile forever; with
+        // them it fails, the VM shows CephUnavailable, and the retry comes with back-off.
+        // librbd blocklists the owner of every lock it breaks (fencing, dead owners): for as
+        // long as a fence lasts, not the mon's default hour.
+        options: [
+            ("rados_osd_op_timeout", "30".to_owned()),
+            ("rados_mon_op_timeout", "30".to_owned()),
+            ("rbd_blocklist_on_break_lock", "true".to_owned()),
+            (
+                "rbd_blocklist_expire_seconds",
+                fencing::blocklist_seconds(config.fencing.blocklist_expiry).to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(config.ceph_options.clone())
+        .collect(),
     };
     tokio::task::spawn_blocking(move || Cluster::connect(cluster_config))
         .await
@@ -168,11 +178,12 @@ pub async fn run(
 
     // The hypervisor reconciler's cache is also placement's; a second, lighter watch below
     // only triggers VMs.
-    let hv_controller = Controller::new(Api::<Hypervisor>::all(client.clone()), watcher::Config::default());
+    let hv_controller =
+        crate::watch::controller(Api::<Hypervisor>::all(client.clone()), watcher::Config::default());
     let hypervisors = hv_controller.store();
     let heartbeats = Arc::new(HeartbeatClock::default());
 
-    let controller = Controller::new(
+    let controller = crate::watch::controller(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )

@@ -646,9 +646,8 @@ async fn write_status(
     if !status::differs(vm, &new) {
         return Ok(());
     }
-    if vm.status.as_ref().and_then(|s| s.phase) != new.phase {
-        info!(phase = ?new.phase, "phase changed");
-    }
+    let phase_changed = vm.status.as_ref().and_then(|s| s.phase) != new.phase;
+    let phase = new.phase;
     let patch =
         json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": new});
     api.patch_status(
@@ -657,6 +656,10 @@ async fn write_status(
         &Patch::Apply(patch),
     )
     .await?;
+    // Logged once written: while the API server is away, every retry would claim it again.
+    if phase_changed {
+        info!(?phase, "phase changed");
+    }
     Ok(())
 }
 
