@@ -19,7 +19,7 @@ use serde_json::json;
 use std::time::Duration;
 
 use common::snapshots::{
-    create_vm, rbd, read_marker, snap_names, snapshot_controllers, wait_for, write_marker,
+    create_vm, rbd, read_marker, snap_names, snapshot_controllers, wait_for, wait_for_within, write_marker,
 };
 
 /// A status written as the controller writes it (server-side apply, its field manager).
@@ -161,6 +161,8 @@ async fn killed_controller_resumes_snapshots_and_restores() {
     )
     .await
     .unwrap();
+    // And the killed controller's librbd client still owns the exclusive lock of the disk.
+    die_holding_the_lock(&namespace, "system_victim");
 
     // The controller comes back, after the late snapshot's deadline (seeding can be faster
     // than its one second).
@@ -211,7 +213,8 @@ async fn killed_controller_resumes_snapshots_and_restores() {
         "the half-made snapshot was removed"
     );
 
-    let resumed = wait_for(&restores, "resume", "Succeeded", |r| {
+    // The dead client's watch lasts Ceph's 30 s watch timeout; then its lock is broken.
+    let resumed = wait_for_within(&restores, "resume", "Succeeded", Duration::from_secs(120), |r| {
         r.status.as_ref().and_then(|st| st.phase) == Some(RestorePhase::Succeeded)
     })
     .await;
@@ -220,4 +223,46 @@ async fn killed_controller_resumes_snapshots_and_restores() {
     let vm = vms.get("victim").await.unwrap();
     assert_eq!(vm.spec.state, DesiredState::Started);
     assert_eq!(vm.status.unwrap().phase, Some(Phase::Started));
+}
+
+/// A librbd client (`rbd bench`) takes the exclusive lock of `image` by writing to it, and is
+/// killed holding it, as a controller killed in the middle of a rollback is.
+fn die_holding_the_lock(namespace: &str, image: &str) {
+    let spec = format!("{}/{namespace}/{image}", common::testbed_env("SEAPATH_CEPH_POOL"));
+    let mut bench = std::process::Command::new("rbd")
+        .args([
+            "--conf",
+            &common::testbed_env("CEPH_CONF"),
+            "bench",
+            "--io-type",
+            "write",
+        ])
+        .args([
+            "--io-size",
+            "4096",
+            "--io-total",
+            "1G",
+            "--io-pattern",
+            "rand",
+            &spec,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run rbd bench");
+    let io = rbd(namespace);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while io.open_image(image).unwrap().lock_owners().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rbd bench never took the lock of {spec}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    assert!(
+        io.open_image(image).unwrap().lock_owners().unwrap().is_some(),
+        "the dead client still owns the lock"
+    );
 }

@@ -40,7 +40,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -48,7 +48,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::api::{
     VirtualMachine, VirtualMachineRestore, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
@@ -194,10 +194,16 @@ where
 }
 
 /// Retries with a delay that grows with the failures of this object, up to two minutes;
-/// waiting is not a failure.
+/// waiting is not a failure, nor is a disk another client holds: that client may be a dead
+/// process whose lock is broken once Ceph drops its watch (30 s), so it is polled.
 fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    if matches!(err, Error::Waiting(_)) {
-        return Action::requeue(Duration::from_secs(2));
+    match err {
+        Error::Waiting(_) => return Action::requeue(Duration::from_secs(2)),
+        Error::Storage(busy @ StorageError::ImageBusy { .. }) => {
+            info!(reason = busy.reason(), "{busy}; checking again in 5 s");
+            return Action::requeue(Duration::from_secs(5));
+        }
+        _ => {}
     }
     let failures = ctx.failures.bump(&obj.meta().uid.clone().unwrap_or_default());
     let delay = Duration::from_secs(1u64 << failures.min(7)).min(Duration::from_secs(120));
@@ -218,15 +224,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
-    let snapshot_controller = Controller::new(
+    let snapshot_controller = crate::watch::controller(
         Api::<VirtualMachineSnapshot>::all(client.clone()),
         watcher::Config::default(),
     );
-    let restore_controller = Controller::new(
+    let restore_controller = crate::watch::controller(
         Api::<VirtualMachineRestore>::all(client.clone()),
         watcher::Config::default(),
     );
-    let schedule_controller = Controller::new(
+    let schedule_controller = crate::watch::controller(
         Api::<VirtualMachineSnapshotSchedule>::all(client.clone()),
         watcher::Config::default(),
     );
@@ -318,7 +324,7 @@ pub async fn run(
     // objects, and every refresh period (snapshots taken or removed by hand leave no trace here).
     // The debounce lets the snapshot controller's cache (which says what is claimed) catch up
     // with the change that triggered the reconcile: it comes through another watch.
-    let inventory_controller = Controller::new(
+    let inventory_controller = crate::watch::controller(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )

@@ -5,6 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use crate::ceph::{Cluster, IoCtx, SnapInfo, SnapNamespace};
+use crate::controller::fencing;
 use crate::controller::storage::StorageError;
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -199,20 +200,22 @@ fn clones_of(io: &IoCtx, opened: &crate::ceph::Image, image: &str, name: &str) -
     Ok(out)
 }
 
-/// Rolls `image` back to snapshot `name`. Refuses with [`StorageError::ImageBusy`] when a client
-/// holds the image's exclusive lock (a domain still runs on it somewhere); holds the lock itself
-/// during the rollback so that no client can start writing meanwhile.
+/// Rolls `image` back to snapshot `name`. Refuses with [`StorageError::ImageBusy`] when a live
+/// client holds the image's exclusive lock (a domain still runs on it somewhere); breaks the
+/// lock of a dead one (a controller killed in the middle of an earlier rollback); holds the
+/// lock itself during the rollback so that no client can start writing meanwhile.
 pub fn rollback(io: &IoCtx, image: &str, name: &str) -> Result<()> {
     let mut opened = ceph(io.open_image(image), || format!("opening {}", io.spec(image)))?;
-    let owners = ceph(opened.lock_owners(), || {
-        format!("reading the lock owners of {}", io.spec(image))
+    let own = ceph(io.cluster().client_address(), || {
+        "reading the controller's Ceph address".to_owned()
     })?;
-    if let Some(owners) = owners.filter(|o| !o.owners.is_empty()) {
+    let alive = fencing::break_dead_owners(&opened, &own)?;
+    if !alive.is_empty() {
         return Err(StorageError::ImageBusy {
             image: io.spec(image),
             detail: format!(
-                "client(s) {} hold its exclusive lock: a domain still uses the disk, it is not rolled back",
-                owners.owners.join(", ")
+                "client(s) {} hold its exclusive lock: a domain still uses the disk (or a process that used it died less than 30 s ago), it is not rolled back",
+                alive.join(", ")
             ),
         });
     }
