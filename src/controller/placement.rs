@@ -101,16 +101,20 @@ pub fn place(
                 reason: "PinnedNodeNotReady",
                 message: format!("the VM is pinned to hypervisor {pinned}, which is not Ready"),
             },
+            // Cordoned before full: uncordoning is what the user must do, whatever the memory.
+            Some(c) if c.unschedulable => Decision::Unschedulable {
+                reason: "PinnedNodeUnschedulable",
+                message: format!(
+                    "the VM is pinned to hypervisor {pinned}, which is cordoned (spec.unschedulable is true) \
+                     and takes no new VM: uncordon it (kubectl patch hypervisor {pinned} --type merge \
+                     -p '{{\"spec\":{{\"unschedulable\":false}}}}') or pin the VM to another hypervisor"
+                ),
+            },
             Some(c) => Decision::Unschedulable {
                 reason: "PinnedNodeFull",
                 message: format!(
-                    "the VM is pinned to hypervisor {pinned}, which has {} MiB free of the {vm_memory_mib} MiB it needs{}",
-                    free(c),
-                    if c.unschedulable {
-                        " and is marked unschedulable"
-                    } else {
-                        ""
-                    }
+                    "the VM is pinned to hypervisor {pinned}, which has {} MiB free of the {vm_memory_mib} MiB it needs",
+                    free(c)
                 ),
             },
             None => Decision::Unschedulable {
@@ -294,6 +298,44 @@ mod tests {
             place(None, Some(&pinned("hv1")), 10000, &nodes, &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "PinnedNodeFull",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_cordoned_pinned_node_says_so_whatever_its_memory() {
+        let cordoned = |memory_mib| Candidate {
+            unschedulable: true,
+            ..hv("hv1", true, memory_mib)
+        };
+        for (memory_mib, vm_mib) in [(8192, 512), (256, 512)] {
+            let Decision::Unschedulable { reason, message } = place(
+                None,
+                Some(&pinned("hv1")),
+                vm_mib,
+                &[cordoned(memory_mib)],
+                &BTreeMap::new(),
+            ) else {
+                panic!("a cordoned node takes no new VM");
+            };
+            assert_eq!(reason, "PinnedNodeUnschedulable");
+            assert!(
+                message.contains("hypervisor hv1, which is cordoned (spec.unschedulable is true)")
+                    && message.contains("uncordon it")
+                    && !message.contains("MiB"),
+                "{message}"
+            );
+        }
+        // A node that is not Ready says that first: uncordoning would not be enough.
+        let down = Candidate {
+            unschedulable: true,
+            ..hv("hv1", false, 8192)
+        };
+        assert!(matches!(
+            place(None, Some(&pinned("hv1")), 512, &[down], &BTreeMap::new()),
+            Decision::Unschedulable {
+                reason: "PinnedNodeNotReady",
                 ..
             }
         ));
