@@ -21,6 +21,27 @@ CEPH_POOL=rbd
 CEPH_MON_ID=a
 CEPH_LIBVIRT_USER=libvirt
 
+# One cephx user per role, with the caps docs/operations.md ("Ceph users") gives; client.admin
+# stays for the test harness. Each role's key is also in the keyring ceph.conf names (qemu-img,
+# which the controller runs for qcow2 imports, reads its key only from there) and alone in
+# $TESTBED_DIR/ceph/<user>.keyring, which the tests give each role (librados' `keyring`).
+CEPH_CONTROLLER_USER=seapath-controller
+CEPH_AGENT_USER=seapath-agent
+# The controller: images, snapshots, groups, namespaces of the pool; fencing adds a lost host's
+# clients to the OSD blocklist (`profile rbd` allows `osd blocklist add` only) and lifts the fence
+# (`osd blocklist rm`); `mon dump`, `df`, `osd dump`, `osd blocklist ls` are reads `profile rbd`
+# allows.
+CEPH_CONTROLLER_MON_CAPS="profile rbd, allow command 'osd blocklist' with blocklistop=rm"
+CEPH_CONTROLLER_OSD_CAPS="profile rbd pool=$CEPH_POOL"
+# The agents read the XML in image metadata through read-only opens: no writes, no blocklisting.
+CEPH_AGENT_MON_CAPS="profile simple-rados-client"
+CEPH_AGENT_OSD_CAPS="profile rbd-read-only pool=$CEPH_POOL"
+# QEMU (through libvirt) reads and writes the disks. `profile rbd` on the mon lets librbd
+# blocklist a dead exclusive-lock owner before breaking its lock: without it a guest restarted
+# after its QEMU crashed fails every write with EACCES.
+CEPH_QEMU_MON_CAPS="profile rbd"
+CEPH_QEMU_OSD_CAPS="profile rbd pool=$CEPH_POOL"
+
 ceph_install() {
   apt_ensure ceph-mon ceph-osd ceph-common librbd-dev librados-dev qemu-utils qemu-block-extra
 }
@@ -171,20 +192,28 @@ ceph_up() {
   _ceph_write_conf "$dir" "$fsid" "$port"
 
   # All keys are made here and given to the mon at mkfs, which puts them in its auth database:
-  # no round trip to the mon is needed to create the OSD's or libvirt's user.
-  local mon_key admin_key osd_key libvirt_key
+  # no round trip to the mon is needed to create the OSD's user or the roles' users.
+  local mon_key admin_key osd_key libvirt_key controller_key agent_key
   mon_key=$(ceph-authtool --gen-print-key) && admin_key=$(ceph-authtool --gen-print-key) &&
-    osd_key=$(ceph-authtool --gen-print-key) && libvirt_key=$(ceph-authtool --gen-print-key) ||
+    osd_key=$(ceph-authtool --gen-print-key) && libvirt_key=$(ceph-authtool --gen-print-key) &&
+    controller_key=$(ceph-authtool --gen-print-key) && agent_key=$(ceph-authtool --gen-print-key) ||
     die "ceph-authtool cannot generate keys: reinstall ceph-common"
   _ceph_keyring_entry client.admin "$admin_key" mds 'allow *' mgr 'allow *' mon 'allow *' osd 'allow *' >"$dir/client.keyring"
+  _ceph_keyring_entry "client.$CEPH_CONTROLLER_USER" "$controller_key" \
+    mon "$CEPH_CONTROLLER_MON_CAPS" osd "$CEPH_CONTROLLER_OSD_CAPS" >"$dir/$CEPH_CONTROLLER_USER.keyring"
+  _ceph_keyring_entry "client.$CEPH_AGENT_USER" "$agent_key" \
+    mon "$CEPH_AGENT_MON_CAPS" osd "$CEPH_AGENT_OSD_CAPS" >"$dir/$CEPH_AGENT_USER.keyring"
   _ceph_keyring_entry "client.$CEPH_LIBVIRT_USER" "$libvirt_key" \
-    mon 'profile rbd' osd "profile rbd pool=$CEPH_POOL" mgr "profile rbd pool=$CEPH_POOL" >>"$dir/client.keyring"
+    mon "$CEPH_QEMU_MON_CAPS" osd "$CEPH_QEMU_OSD_CAPS" >"$dir/$CEPH_LIBVIRT_USER.keyring"
+  cat "$dir/$CEPH_CONTROLLER_USER.keyring" "$dir/$CEPH_AGENT_USER.keyring" "$dir/$CEPH_LIBVIRT_USER.keyring" \
+    >>"$dir/client.keyring"
   _ceph_keyring_entry osd.0 "$osd_key" mgr 'allow profile osd' mon 'allow profile osd' osd 'allow *' >"$dir/osd/keyring"
   {
     _ceph_keyring_entry mon. "$mon_key" mon 'allow *'
     cat "$dir/client.keyring" "$dir/osd/keyring"
   } >"$dir/mkfs.keyring"
-  chmod 600 "$dir/client.keyring" "$dir/osd/keyring" "$dir/mkfs.keyring"
+  chmod 600 "$dir/client.keyring" "$dir/osd/keyring" "$dir/mkfs.keyring" "$dir/$CEPH_CONTROLLER_USER.keyring" \
+    "$dir/$CEPH_AGENT_USER.keyring" "$dir/$CEPH_LIBVIRT_USER.keyring"
   if [ "$CEPH_AUTH" = cephx ]; then
     echo "$libvirt_key" >"$dir/libvirt.key"
   else
@@ -238,6 +267,12 @@ SEAPATH_CEPH_MON_HOST 127.0.0.1
 SEAPATH_CEPH_MON_PORT $(cat "$dir/port")
 SEAPATH_CEPH_AUTH $(if [ -s "$dir/libvirt.key" ]; then echo cephx; else echo none; fi)
 SEAPATH_CEPH_CLIENT admin
+SEAPATH_CEPH_CONTROLLER_ID $CEPH_CONTROLLER_USER
+SEAPATH_CEPH_CONTROLLER_KEYRING $dir/$CEPH_CONTROLLER_USER.keyring
+SEAPATH_CEPH_AGENT_ID $CEPH_AGENT_USER
+SEAPATH_CEPH_AGENT_KEYRING $dir/$CEPH_AGENT_USER.keyring
+SEAPATH_CEPH_QEMU_ID $CEPH_LIBVIRT_USER
+SEAPATH_CEPH_QEMU_KEYRING $dir/$CEPH_LIBVIRT_USER.keyring
 SEAPATH_CEPH_LIBVIRT_USER $CEPH_LIBVIRT_USER
 SEAPATH_CEPH_LIBVIRT_KEY $(cat "$dir/libvirt.key" 2>/dev/null)
 EOF
