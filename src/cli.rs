@@ -241,6 +241,7 @@ impl ControllerArgs {
             snapshots: self.snapshots,
             unmanaged_snapshot_refresh: self.unmanaged_snapshot_refresh,
             instance: self.identity(),
+            guard_object: format!("seapath-controller-guard.{}", self.lease_namespace),
         }
     }
 }

@@ -862,6 +862,59 @@ fn exclusive_lock_acquire_owners_release_and_break() {
     drop(other_cluster);
 }
 
+/// Two controllers on one pool (a leader that lost its Lease mid-call, or a second one started
+/// without leader election): the one that takes the guard fences the other through Ceph, whose
+/// writes then fail, and which sees that it lost the guard.
+#[test]
+fn the_controller_guard_fences_the_controller_before() {
+    use seapath_operator::controller::guard::Guard;
+    let s = Scratch::new("guard");
+    let object = format!("guard-{}", s.ns);
+    let expiry = Duration::from_secs(600);
+    let (first_cluster, first_io) = s.other_client();
+    let first_addr = first_cluster.client_address().unwrap();
+    drop(s.create("disk", MIB));
+    let mut first_disk = first_io.open_image("disk").unwrap();
+    let (first, fenced) = Guard::take(&first_cluster, &pool(), &object, expiry).unwrap();
+    assert!(fenced.is_empty(), "nobody held it: {fenced:?}");
+    assert!(first.held().unwrap());
+    first_disk.write_at(0, b"first").unwrap();
+
+    let (second_cluster, _second_io) = s.other_client();
+    let (second, fenced) = Guard::take(&second_cluster, &pool(), &object, expiry).unwrap();
+    assert_eq!(fenced, vec![first_addr.clone()]);
+    assert!(second.held().unwrap());
+    assert!(!first.held().unwrap(), "the first controller sees it was fenced");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(first_disk.write_at(0, b"late!").map_err(|e| e.errno));
+        drop(first_disk);
+        drop(first_io);
+        drop(first);
+        drop(first_cluster);
+    });
+    let late = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a fenced write returns");
+    assert_eq!(late, Err(libc::ESHUTDOWN), "the fenced controller cannot write");
+
+    // A clean stop releases it: the next controller fences nobody.
+    second.release().unwrap();
+    let (third_cluster, _third_io) = s.other_client();
+    let (third, fenced) = Guard::take(&third_cluster, &pool(), &object, expiry).unwrap();
+    assert!(fenced.is_empty(), "{fenced:?}");
+    third.release().unwrap();
+    s.cluster.blocklist_remove(&first_addr).unwrap();
+    let pool_io = s.cluster.io_context(&pool(), "").unwrap();
+    assert!(
+        pool_io
+            .object_lockers(&object, "seapath-controller")
+            .unwrap()
+            .lockers
+            .is_empty()
+    );
+}
+
 #[test]
 fn advisory_locks_list_and_break() {
     let s = Scratch::new("alock");

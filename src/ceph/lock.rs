@@ -234,58 +234,78 @@ impl Image {
 
     /// The advisory locks of the image.
     pub fn list_lockers(&self) -> Result<Lockers> {
-        const OP: &str = "rbd advisory list lockers";
-        let mut sizes = [256usize; 4];
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let [mut tag, mut clients, mut cookies, mut addrs] = sizes.map(|s| vec![0u8; s]);
-            let mut lens = sizes;
-            let mut exclusive = 0;
-            // SAFETY: open image; each buffer is writable for the length passed with it; on
-            // ERANGE librbd stores the needed lengths.
-            let r = unsafe {
+        // SAFETY: open image; `read_lockers` passes buffers writable for the lengths given.
+        read_lockers(
+            "rbd advisory list lockers",
+            self.spec(),
+            |exclusive, [tag, clients, cookies, addrs]| unsafe {
                 rbd::rbd_list_lockers(
-                    self.raw,
-                    &mut exclusive,
-                    tag.as_mut_ptr().cast(),
-                    &mut lens[0],
-                    clients.as_mut_ptr().cast(),
-                    &mut lens[1],
-                    cookies.as_mut_ptr().cast(),
-                    &mut lens[2],
-                    addrs.as_mut_ptr().cast(),
-                    &mut lens[3],
+                    self.raw, exclusive, tag.0, tag.1, clients.0, clients.1, cookies.0, cookies.1, addrs.0,
+                    addrs.1,
                 )
-            };
-            if r == -(libc::ERANGE as isize) {
-                let grown = lens.iter().zip(sizes).any(|(&l, s)| l > s);
-                sizes = std::array::from_fn(|i| {
-                    if grown {
-                        lens[i].max(sizes[i])
-                    } else {
-                        sizes[i] * 2
-                    }
-                });
-                continue;
-            }
-            let n = ffi::check_isize(OP, self.spec(), r)?;
-            let clients = ffi::split_nul_list(&clients);
-            let cookies = ffi::split_nul_list(&cookies);
-            let addrs = ffi::split_nul_list(&addrs);
-            let lockers = (0..n)
-                .map(|i| Locker {
-                    client: clients.get(i).cloned().unwrap_or_default(),
-                    cookie: cookies.get(i).cloned().unwrap_or_default(),
-                    address: addrs.get(i).cloned().unwrap_or_default(),
-                })
-                .collect();
-            return Ok(Lockers {
-                exclusive: exclusive != 0,
-                tag: ffi::string_from_buf(&tag),
-                lockers,
-            });
-        }
-        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+            },
+        )
     }
+}
+
+/// One buffer of a lockers query: where to write, and its length (updated by the callee).
+pub(crate) type LockerBuffer = (*mut std::ffi::c_char, *mut usize);
+
+/// Runs a lockers query of librbd or librados (tag, clients, cookies and addresses written
+/// into four buffers), growing the buffers on `ERANGE`.
+pub(crate) fn read_lockers(
+    op: &'static str,
+    target: &str,
+    mut query: impl FnMut(&mut std::ffi::c_int, [LockerBuffer; 4]) -> isize,
+) -> Result<Lockers> {
+    let mut sizes = [256usize; 4];
+    for _ in 0..MAX_ERANGE_RETRIES {
+        let mut buffers = sizes.map(|s| vec![0u8; s]);
+        let mut lens = sizes;
+        let mut exclusive = 0;
+        let [tag, clients, cookies, addrs] = &mut buffers;
+        let [tag_len, clients_len, cookies_len, addrs_len] = &mut lens;
+        let r = query(
+            &mut exclusive,
+            [
+                (tag.as_mut_ptr().cast(), tag_len),
+                (clients.as_mut_ptr().cast(), clients_len),
+                (cookies.as_mut_ptr().cast(), cookies_len),
+                (addrs.as_mut_ptr().cast(), addrs_len),
+            ],
+        );
+        if r == -(libc::ERANGE as isize) {
+            let grown = lens.iter().zip(sizes).any(|(&l, s)| l > s);
+            sizes = std::array::from_fn(|i| {
+                if grown {
+                    lens[i].max(sizes[i])
+                } else {
+                    sizes[i] * 2
+                }
+            });
+            continue;
+        }
+        let n = ffi::check_isize(op, target, r)?;
+        let [tag, clients, cookies, addrs] = &buffers;
+        let (clients, cookies, addrs) = (
+            ffi::split_nul_list(clients),
+            ffi::split_nul_list(cookies),
+            ffi::split_nul_list(addrs),
+        );
+        let lockers = (0..n)
+            .map(|i| Locker {
+                client: clients.get(i).cloned().unwrap_or_default(),
+                cookie: cookies.get(i).cloned().unwrap_or_default(),
+                address: addrs.get(i).cloned().unwrap_or_default(),
+            })
+            .collect();
+        return Ok(Lockers {
+            exclusive: exclusive != 0,
+            tag: ffi::string_from_buf(tag),
+            lockers,
+        });
+    }
+    Err(CephError::new(op, target, -i64::from(libc::ERANGE)))
 }
 
 impl Cluster {

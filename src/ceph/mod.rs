@@ -9,6 +9,7 @@
 //!   namespaces. `Send + Sync`, cheap to clone.
 //! - [`Image`]: an open image (closed on drop), `Send`: size/stat/resize, read/write/flush,
 //!   metadata, snapshots, deep copy, flatten, parent/children, managed and advisory locks.
+//! - advisory locks on plain RADOS objects ([`IoCtx::object_lock_exclusive`]).
 //!
 //! Every failure is a [`CephError`] naming the operation, the target
 //! (`pool/namespace/image@snap`) and the errno.
@@ -44,6 +45,7 @@ mod group;
 mod image;
 mod lock;
 mod metadata;
+mod object_lock;
 mod process_exit;
 mod snapshot;
 

@@ -4,6 +4,7 @@ pub mod conditions;
 pub mod context;
 pub mod events;
 pub mod fencing;
+pub mod guard;
 pub mod hypervisor;
 pub mod node_health;
 pub mod phase;

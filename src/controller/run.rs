@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -12,13 +13,14 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{DesiredState, Hypervisor, VirtualMachine, condition_types as ct};
 use crate::ceph::{Cluster, ClusterConfig};
 use crate::controller::conditions;
 use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
 use crate::controller::fencing;
+use crate::controller::guard;
 use crate::controller::hypervisor::{self, FencingSettings, HypervisorContext};
 use crate::controller::node_health::HeartbeatClock;
 use crate::controller::storage::{self, StorageContext};
@@ -58,6 +60,9 @@ pub struct ControllerConfig {
     pub unmanaged_snapshot_refresh: Duration,
     /// Name reported on Events (the Pod name in a cluster).
     pub instance: String,
+    /// The RADOS object (in the pool's default namespace) whose lock the active controller
+    /// holds, fencing any earlier holder (see `guard.rs`): one per installation.
+    pub guard_object: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,12 @@ pub enum ControllerError {
     },
     #[error("reading the Ceph monitors: {0}")]
     Monitors(#[source] storage::StorageError),
+    #[error("taking the controller guard: {0}")]
+    Guard(#[source] storage::StorageError),
+    #[error(
+        "another controller took over the storage and fenced this one through Ceph: it stops (restarted, it starts over)"
+    )]
+    Fenced,
 }
 
 async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerError> {
@@ -169,12 +180,21 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
-    let shutdown = shutdown.shared();
     let cluster = connect_ceph(&config).await?;
     let monitors = storage::monitors(&cluster)
         .await
         .map_err(ControllerError::Monitors)?;
     info!(?monitors, pool = %config.pool, "connected to Ceph");
+    let guard = guard::take(
+        cluster.clone(),
+        config.pool.clone(),
+        config.guard_object.clone(),
+        config.fencing.blocklist_expiry,
+    )
+    .await
+    .map_err(ControllerError::Guard)?;
+    let fenced = Arc::new(AtomicBool::new(false));
+    let shutdown = stop_on_guard_loss(shutdown, guard.clone(), fenced.clone());
 
     // The hypervisor reconciler's cache is also placement's; a second, lighter watch below
     // only triggers VMs.
@@ -288,6 +308,31 @@ pub async fn run(
     if let Some(snapshots) = snapshots {
         snapshots.await.ok();
     }
+    if fenced.load(Ordering::SeqCst) {
+        return Err(ControllerError::Fenced);
+    }
+    if let Err(e) = storage::blocking(move || guard.release()).await {
+        warn!(error = %e, "the controller guard stays held: the next controller fences this one");
+    }
     info!("controller stopped");
     Ok(())
+}
+
+/// `shutdown`, or the loss of the guard (then `fenced` is set).
+fn stop_on_guard_loss(
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    guard: Arc<guard::Guard>,
+    fenced: Arc<AtomicBool>,
+) -> futures::future::Shared<futures::future::BoxFuture<'static, ()>> {
+    async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = guard::lost(guard) => {
+                error!("{}", ControllerError::Fenced);
+                fenced.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+    .boxed()
+    .shared()
 }

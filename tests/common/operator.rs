@@ -112,6 +112,9 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             snapshots: options.snapshots,
             unmanaged_snapshot_refresh: seapath_operator::controller::snapshot::inventory::DEFAULT_REFRESH,
             instance: format!("{prefix}-controller"),
+            // One per test binary: binaries run one at a time in CI, but a developer may run
+            // two at once against the same test bed.
+            guard_object: format!("seapath-test-guard.{prefix}"),
         };
         let agents: Vec<AgentConfig> = nodes
             .iter()
