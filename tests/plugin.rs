@@ -173,3 +173,42 @@ async fn status_start_stop_disable_and_clear_errors() {
         refusals.join("\n")
     );
 }
+
+/// A request the API server refuses is reported in the API server's words, on one line, with
+/// its reason: not kube's `ApiError { .. }` dump. Needs no operator: the plugin only checks
+/// that the VM object exists before it creates the snapshot object.
+#[tokio::test]
+async fn a_refused_request_prints_the_api_servers_message_and_reason() {
+    let admin = admin_client().await;
+    install_crds(&admin).await;
+    let ns = fresh_namespace(&admin, "plugin-refused").await;
+    let vms: Api<VirtualMachine> = Api::namespaced(admin.clone(), &ns);
+    let mut manifest = vm_manifest("guest", &ns, None, "");
+    manifest["spec"]["state"] = json!("Disabled");
+    vms.create(&PostParams::default(), &serde_json::from_value(manifest).unwrap())
+        .await
+        .expect("VM");
+
+    let (ok, _, err) = kubectl_seapath(None, &["snapshot", "guest", "Bad_Name", "-n", &ns]);
+    assert!(!ok);
+    assert!(
+        err.starts_with(&format!(
+            "error: create virtualmachinesnapshots {ns}/Bad_Name: VirtualMachineSnapshot.seapath.lfenergy.org \"Bad_Name\" is invalid: "
+        )) && err.contains("metadata.name: Invalid value: \"Bad_Name\"")
+            && err.trim_end().ends_with("(Invalid)")
+            && err.trim_end().lines().count() == 1
+            && !err.contains("ApiError"),
+        "{err}"
+    );
+
+    let (ok, _, err) = kubectl_seapath(None, &["snapshot", "guest", "first", "-n", &ns]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = kubectl_seapath(None, &["snapshot", "guest", "first", "-n", &ns]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "error: create virtualmachinesnapshots {ns}/first: virtualmachinesnapshots.seapath.lfenergy.org \"first\" already exists (AlreadyExists)"
+        )
+    );
+}

@@ -149,6 +149,13 @@ pub enum PluginError {
     },
     #[error("kubeconfig: {0}")]
     Config(String),
+    /// The API server refused the call: its message (one line) and reason, not kube's dump.
+    #[error("{context}: {message} ({reason})")]
+    Refused {
+        context: String,
+        message: String,
+        reason: String,
+    },
     #[error("{context}: {source}")]
     Kube {
         context: String,
@@ -199,13 +206,42 @@ impl Call {
                     };
                 }
                 404 => return PluginError::KindNotServed { kind: self.kind },
-                _ => {}
+                _ => return refused(self.context(), status),
             }
         }
         PluginError::Kube {
-            context: format!("{} {} {}/{}", self.verb, self.resource, self.namespace, self.name),
+            context: self.context(),
             source: err,
         }
+    }
+
+    fn context(&self) -> String {
+        format!("{} {} {}/{}", self.verb, self.resource, self.namespace, self.name)
+    }
+}
+
+/// The API server's own words for a refusal, on one line (a validation failure lists one
+/// cause per line), with its reason, or the HTTP code when it gives none.
+fn refused(context: String, status: &kube::core::Status) -> PluginError {
+    let mut message = String::new();
+    for line in status.message.lines().map(|l| l.trim().trim_start_matches("* ")) {
+        if line.is_empty() {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(if message.ends_with(':') { " " } else { "; " });
+        }
+        message.push_str(line);
+    }
+    let reason = if status.reason.is_empty() {
+        format!("HTTP {}", status.code)
+    } else {
+        status.reason.clone()
+    };
+    PluginError::Refused {
+        context,
+        message,
+        reason,
     }
 }
 
@@ -822,6 +858,34 @@ async fn restore(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_is_the_api_servers_message_on_one_line() {
+        let call = Call {
+            verb: "create",
+            resource: "virtualmachinesnapshots",
+            kind: "VirtualMachineSnapshot",
+            namespace: "ns".into(),
+            name: "Bad".into(),
+        };
+        let status = kube::core::Status::failure(
+            "VirtualMachineSnapshot.seapath.lfenergy.org \"Bad\" is invalid: \n* metadata.name: Invalid value: \"Bad\"\n* metadata: Invalid value: name bad",
+            "Invalid",
+        )
+        .with_code(422);
+        let text = call.error(kube::Error::Api(status.boxed())).to_string();
+        assert_eq!(
+            text,
+            "create virtualmachinesnapshots ns/Bad: VirtualMachineSnapshot.seapath.lfenergy.org \"Bad\" is invalid: \
+             metadata.name: Invalid value: \"Bad\"; metadata: Invalid value: name bad (Invalid)"
+        );
+        let bare = kube::core::Status::failure("the server is shutting down", "").with_code(503);
+        let text = call.error(kube::Error::Api(bare.boxed())).to_string();
+        assert_eq!(
+            text,
+            "create virtualmachinesnapshots ns/Bad: the server is shutting down (HTTP 503)"
+        );
+    }
 
     #[test]
     fn durations() {
