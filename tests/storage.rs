@@ -20,7 +20,7 @@ use seapath_operator::ceph::{CloneFormat, Cluster, ClusterConfig, ImageOptions, 
 use seapath_operator::controller::storage::{
     DeleteOutcome, DiskRequest, ResolvedSource, StorageContext, StorageError, StorageObservation,
     VmStorageRequest, delete_storage, dependent_clones, ensure_storage, monitors, observe_storage,
-    read_metadata,
+    read_metadata, stored_domain_uuid,
 };
 use seapath_operator::naming::NamespaceMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1045,6 +1045,177 @@ fn vm_manager_vm(fx: &Fixture, name: &str) -> (Vec<u8>, Vec<u8>) {
     img.metadata_set("_pacemaker_meta", "{\"a\": 1}").unwrap();
     img.metadata_set("_additional_disks", "1").unwrap();
     (sys_data, d0_data)
+}
+
+/// A VM the way vm_manager's `create` makes it (reference: its `_create_xml` and
+/// `_configure_vm`): images imported, a group named like the VM, and on the system image
+/// `vm_name`, `_base_xml` (without `<uuid>`), `xml` (the only place of the random UUID; one RBD
+/// disk per image with `<auth>`, monitors by host name on port 6789, one bus for all),
+/// `_disk_bus`, `_additional_disks`; no `_stop_timeout` (not given); a snapshot on every disk.
+struct VmManagerVm {
+    name: String,
+    uuid: Uuid,
+    images: Vec<String>,
+    data: Vec<Vec<u8>>,
+}
+
+const VMM_BASE_XML: &str = "<domain type='kvm'>\n  <name>template</name>\n  <memory unit='MiB'>64</memory>\n  \
+<vcpu>1</vcpu>\n  <os><type arch='x86_64'>hvm</type></os>\n  <devices><serial type='pty'/></devices>\n</domain>\n";
+
+/// The `xml` vm_manager generates for `name` with these images on `bus`.
+fn vm_manager_xml(name: &str, uuid: Uuid, images: &[String], bus: &str) -> String {
+    let disks: String = images
+        .iter()
+        .enumerate()
+        .map(|(i, image)| {
+            format!(
+                "<disk type=\"network\" device=\"disk\"><driver name=\"qemu\" type=\"raw\" cache=\"writeback\" />\
+                 <auth username=\"libvirt\"><secret type=\"ceph\" uuid=\"7f3e6a52-93b4-4a8e-9d11-0c6a2b8e4f10\" /></auth>\
+                 <source protocol=\"rbd\" name=\"rbd/{image}\"><host name=\"hv1\" port=\"6789\" />\
+                 <host name=\"hv2\" port=\"6789\" /></source><target dev=\"vd{}\" bus=\"{bus}\" /></disk>",
+                (b'a' + i as u8) as char
+            )
+        })
+        .collect();
+    format!(
+        "<domain type=\"kvm\"><name>{name}</name><memory unit=\"MiB\">64</memory><vcpu>1</vcpu>\
+         <os><type arch=\"x86_64\">hvm</type></os><devices><serial type=\"pty\" />{disks}</devices>\
+         <uuid>{uuid}</uuid></domain>"
+    )
+}
+
+fn vm_manager_create(fx: &Fixture, name: &str, data_disks: usize, bus: &str) -> VmManagerVm {
+    let images: Vec<String> = std::iter::once(format!("system_{name}"))
+        .chain((0..data_disks).map(|i| format!("data_{name}_{i}")))
+        .collect();
+    let mut data = Vec::new();
+    fx.io.group_create(name).unwrap();
+    for (index, image) in images.iter().enumerate() {
+        fx.io
+            .create_image(image, 4 * MIB, &ImageOptions::default())
+            .unwrap();
+        let content: Vec<u8> = format!("{name} disk {index} ")
+            .bytes()
+            .cycle()
+            .take(64 * 1024)
+            .collect();
+        fx.write(image, MIB, &content);
+        data.push(content);
+        fx.io.group_image_add(name, &fx.io, image).unwrap();
+    }
+    let uuid = Uuid::new_v4();
+    let system = fx.io.open_image(&images[0]).unwrap();
+    system.metadata_set("vm_name", name).unwrap();
+    system
+        .metadata_set("xml", &vm_manager_xml(name, uuid, &images, bus))
+        .unwrap();
+    system.metadata_set("_base_xml", VMM_BASE_XML).unwrap();
+    system.metadata_set("_disk_bus", bus).unwrap();
+    system
+        .metadata_set("_pacemaker_meta", "{\"is-managed\": \"true\"}")
+        .unwrap();
+    if data_disks > 0 {
+        system
+            .metadata_set("_additional_disks", &data_disks.to_string())
+            .unwrap();
+    }
+    drop(system);
+    for image in &images {
+        fx.io.open_image(image).unwrap().snap_create("before").unwrap();
+    }
+    VmManagerVm {
+        name: name.to_string(),
+        uuid,
+        images,
+        data,
+    }
+}
+
+/// A request that adopts `vm` as it is: its base XML, its disks, no setting of its own.
+fn adopting_request(fx: &Fixture, vm: &VmManagerVm, uid: &str) -> VmStorageRequest {
+    let mut req = fx.request(&vm.name, uid, vm.images.iter().map(|_| blank(4 * MIB)).collect());
+    req.base_xml = VMM_BASE_XML.to_string();
+    req.rendered_xml = format!(
+        "<domain type='kvm'><name>{}</name><uuid>{}</uuid></domain>",
+        vm.name, vm.uuid
+    );
+    req.metadata.clear();
+    req.internal = [("_disk_bus".to_string(), "virtio".to_string())].into();
+    req
+}
+
+/// The system image's metadata, and each disk's data and snapshots.
+type VmManagerView = (BTreeMap<String, String>, Vec<(Vec<u8>, Vec<String>)>);
+
+/// Everything vm_manager reads of a VM: the system image's metadata but the operator's own
+/// `_k8s_*` keys, every image's data at the written offset, and its snapshots.
+fn vm_manager_view(fx: &Fixture, vm: &VmManagerVm) -> VmManagerView {
+    let meta = fx
+        .metadata(&vm.images[0])
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("_k8s_"))
+        .collect();
+    let disks = vm
+        .images
+        .iter()
+        .zip(&vm.data)
+        .map(|(image, data)| {
+            let snaps = fx
+                .io
+                .open_image_read_only(image, None)
+                .unwrap()
+                .snap_list()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect();
+            (fx.read(image, MIB, data.len()), snaps)
+        })
+        .collect();
+    (meta, disks)
+}
+
+#[tokio::test]
+async fn the_uuid_of_a_vm_manager_vm_is_read_from_its_xml() {
+    let fx = Fixture::new("vmm-uuid");
+    let vm = vm_manager_create(&fx, "VM1", 1, "virtio");
+    let uid = uid();
+    assert!(!VMM_BASE_XML.contains("<uuid>"), "vm_manager's base XML has none");
+    assert_eq!(
+        stored_domain_uuid(&fx.ctx, &fx.kube_ns, "VM1", &uid)
+            .await
+            .unwrap(),
+        Some(vm.uuid),
+        "the UUID lives only in `xml`"
+    );
+    assert_eq!(
+        stored_domain_uuid(&fx.ctx, &fx.kube_ns, "vm1", &uid)
+            .await
+            .unwrap(),
+        None,
+        "names are case-sensitive"
+    );
+    // Once adopted, this object keeps reading it; another object does not.
+    let before = vm_manager_view(&fx, &vm);
+    fx.ensure(&adopting_request(&fx, &vm, &uid)).await.expect("adopt");
+    assert_eq!(vm_manager_view(&fx, &vm).1, before.1, "data and snapshots kept");
+    assert_eq!(
+        stored_domain_uuid(&fx.ctx, &fx.kube_ns, "VM1", &uid)
+            .await
+            .unwrap(),
+        Some(vm.uuid)
+    );
+    assert_eq!(
+        seapath_operator::domain_xml::extract_uuid(&fx.metadata("system_VM1")["xml"]).unwrap(),
+        Some(vm.uuid),
+        "adoption keeps the UUID the VM runs with"
+    );
+    assert_eq!(
+        stored_domain_uuid(&fx.ctx, &fx.kube_ns, "VM1", &self::uid())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

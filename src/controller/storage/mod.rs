@@ -10,7 +10,8 @@
 //! - [`ensure_storage`]: create, resume, adopt; idempotent (a second call writes nothing).
 //! - [`observe_storage`]: read-only look (no Ceph write at all).
 //! - [`delete_storage`]: remove snapshots, images, group, if this object owns them.
-//! - [`read_metadata`]: the system image's metadata (for UUID uniqueness checks).
+//! - [`read_metadata`]: the system image's metadata.
+//! - [`stored_domain_uuid`]: the UUID the stored `xml` runs (kept when a VM is adopted).
 //! - [`dependent_clones`]: clones that keep a VM from being deleted.
 //! - [`monitors`]: the monitors' addresses for the domain XML.
 //!
@@ -671,6 +672,18 @@ pub async fn read_metadata(
         ctx.vm_names(kube_namespace, name),
     );
     blocking(move || rbd::read_metadata(&cluster, &pool, &names)).await
+}
+
+/// The domain UUID in the stored `xml` of the VM `name`, when that VM is `uid`'s or adoptable
+/// by it (see [`plan::stored_uuid`]); `None` when there is none. Read-only.
+pub async fn stored_domain_uuid(
+    ctx: &StorageContext,
+    kube_namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Option<uuid::Uuid>> {
+    let metadata = read_metadata(ctx, kube_namespace, name).await?;
+    Ok(plan::stored_uuid(&metadata, name, uid))
 }
 
 /// The monitors' `(host, port)` as they listen (msgr2 address when they have one), for the

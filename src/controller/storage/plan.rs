@@ -292,6 +292,23 @@ pub(crate) fn owner_metadata(req: &VmStorageRequest) -> [(String, String); 2] {
     ]
 }
 
+/// The UUID of the domain that the system image's `xml` runs, when that image is a VM this
+/// object may run: named `vm` (`vm_name`) and owned by it or by no object (adoptable). vm_manager
+/// keeps a random UUID only there when the base XML has none; adopting the VM keeps it, so the
+/// guest and vm_manager's `list_all_uuids` still see the same machine.
+pub fn stored_uuid(metadata: &BTreeMap<String, String>, vm: &str, uid: &str) -> Option<uuid::Uuid> {
+    if metadata.get(META_VM_NAME).map(String::as_str) != Some(vm) {
+        return None;
+    }
+    match metadata.get(META_OWNER_UID) {
+        Some(owner) if owner != uid => return None,
+        _ => {}
+    }
+    crate::domain_xml::extract_uuid(metadata.get(META_XML)?)
+        .ok()
+        .flatten()
+}
+
 /// Writes needed to go from `current` to `desired`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MetadataPlan {

@@ -126,12 +126,33 @@ async fn apply(
     let others = ctx.vms.state();
     let previous = vm.status.clone().unwrap_or_default();
 
+    let stored_uuid = match plan::uuid_source(vm) {
+        plan::UuidSource::BaseXml => None,
+        plan::UuidSource::Recorded(uuid) => Some(uuid),
+        plan::UuidSource::Storage => {
+            let namespace = vm.namespace().unwrap_or_default();
+            match storage::stored_domain_uuid(&ctx.storage, &namespace, &vm.name_any(), &uid).await {
+                Ok(uuid) => uuid,
+                Err(err) => {
+                    // Never guess: a generated UUID would replace the one the VM runs with.
+                    let outcome = StorageOutcome::Failing {
+                        reason: err.reason().into(),
+                        message: format!("cannot read the domain UUID the VM's stored XML runs with: {err}"),
+                        storage: previous.storage.clone(),
+                    };
+                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
+                    return Err(err.into());
+                }
+            }
+        }
+    };
     let plan = plan::plan(
         vm,
         &ctx.settings,
         &ctx.storage.pool,
         &ctx.storage.namespace_map,
         &others,
+        stored_uuid,
     );
     let (storage_outcome, plan) = match plan {
         Ok(plan) => (None, Some(plan)),

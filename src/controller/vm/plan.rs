@@ -106,6 +106,36 @@ pub fn generated_uuid(object_uid: &str) -> Uuid {
     )
 }
 
+/// Where the domain UUID of a VM comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UuidSource {
+    /// Its base XML has one (or cannot be read: the plan reports that).
+    BaseXml,
+    /// Its status records the UUID the storage was checked with (StorageReady is True).
+    Recorded(Uuid),
+    /// The stored `xml` must be read: an existing VM (adopted, or a status lost) keeps the UUID
+    /// it runs with; none there means a new one is generated.
+    Storage,
+}
+
+/// Where the domain UUID of `vm` comes from (pure: the reconcile reads Ceph only for
+/// [`UuidSource::Storage`]).
+pub fn uuid_source(vm: &VirtualMachine) -> UuidSource {
+    if !matches!(domain_xml::extract_uuid(&vm.spec.xml), Ok(None)) {
+        return UuidSource::BaseXml;
+    }
+    let recorded = vm.status.as_ref().and_then(|s| {
+        let ready =
+            crate::controller::conditions::is_true(&s.conditions, api::condition_types::STORAGE_READY);
+        let uuid = s.domain_uuid.as_deref().and_then(|u| Uuid::parse_str(u).ok());
+        uuid.filter(|_| ready && s.storage.is_some())
+    });
+    match recorded {
+        Some(uuid) => UuidSource::Recorded(uuid),
+        None => UuidSource::Storage,
+    }
+}
+
 /// The UUID a VM has or will have: the one its status records, else its XML's, else generated.
 fn effective_uuid(vm: &VirtualMachine) -> Option<Uuid> {
     if let Some(uuid) = vm.status.as_ref().and_then(|s| s.domain_uuid.as_deref()) {
@@ -347,19 +377,25 @@ fn internal_metadata(vm: &VirtualMachine) -> BTreeMap<String, String> {
 }
 
 /// Checks a VM's spec against the policy and the other VMs, and computes what to build.
+/// `stored_uuid` is the UUID the VM's stored `xml` runs with (see [`uuid_source`]): when the
+/// base XML has none, it is kept, and only a VM without one gets a generated UUID.
 pub fn plan(
     vm: &VirtualMachine,
     settings: &ControllerSettings,
     pool: &str,
     namespace_map: &NamespaceMap,
     others: &[std::sync::Arc<VirtualMachine>],
+    stored_uuid: Option<Uuid>,
 ) -> Result<Plan, PlanError> {
     let namespace = vm.namespace().unwrap_or_default();
     let name = vm.name_any();
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let policy = settings.policy.for_namespace(&namespace);
     let summary = domain_xml::validate_base_xml(&vm.spec.xml, &policy)?;
-    let uuid = summary.uuid.unwrap_or_else(|| generated_uuid(&uid));
+    let uuid = summary
+        .uuid
+        .or(stored_uuid)
+        .unwrap_or_else(|| generated_uuid(&uid));
     if let Some(other) = uuid_owner(vm, uuid, others) {
         // Another tenant's VM is not named to this one.
         let other = if other.namespace() == vm.namespace() {
@@ -505,6 +541,74 @@ mod tests {
              ('tenant-a' of pool rbd) and a cluster admin has not shared it (the controller's \
              --shared-image-namespaces); copy or clone only from your own namespace or from a shared one"
         );
+    }
+
+    #[test]
+    fn the_uuid_comes_from_the_xml_the_status_or_the_stored_xml() {
+        let recorded = "5c4f1e0a-3d2b-4c1a-9e8f-7a6b5c4d3e2f";
+        let vm = |xml: &str, ready: &str, domain_uuid: Option<&str>, storage: bool| -> VirtualMachine {
+            let mut status = serde_json::json!({
+                "conditions": [{"type": "StorageReady", "status": ready, "reason": "r", "message": "",
+                                "lastTransitionTime": "2024-01-01T00:00:00Z"}],
+            });
+            if let Some(u) = domain_uuid {
+                status["domainUuid"] = u.into();
+            }
+            if storage {
+                status["storage"] =
+                    serde_json::json!({"pool": "rbd", "namespace": "", "group": "vm1", "images": []});
+            }
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": "vm1", "namespace": "ns", "uid": "u1"},
+                "spec": {"xml": xml, "systemDisk": {"source": {"blank": {}}, "size": "1Mi"}},
+                "status": status,
+            }))
+            .unwrap()
+        };
+        let with_uuid = "<domain><uuid>0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0</uuid></domain>";
+        let without = "<domain><name>x</name></domain>";
+        let parsed = Uuid::parse_str(recorded).unwrap();
+        let table = [
+            (
+                "the base XML has one",
+                vm(with_uuid, "True", Some(recorded), true),
+                UuidSource::BaseXml,
+            ),
+            (
+                "an unreadable XML: the plan says so",
+                vm("<domain", "False", None, false),
+                UuidSource::BaseXml,
+            ),
+            (
+                "recorded with ready storage",
+                vm(without, "True", Some(recorded), true),
+                UuidSource::Recorded(parsed),
+            ),
+            (
+                "storage not ready: read it",
+                vm(without, "False", Some(recorded), true),
+                UuidSource::Storage,
+            ),
+            (
+                "no storage recorded: read it",
+                vm(without, "True", Some(recorded), false),
+                UuidSource::Storage,
+            ),
+            (
+                "no UUID recorded (a status lost): read it",
+                vm(without, "True", None, true),
+                UuidSource::Storage,
+            ),
+            (
+                "a garbled UUID: read it",
+                vm(without, "True", Some("nope"), true),
+                UuidSource::Storage,
+            ),
+        ];
+        for (case, vm, expected) in table {
+            assert_eq!(uuid_source(&vm), expected, "{case}");
+        }
     }
 
     #[test]

@@ -373,3 +373,51 @@ fn byte_checks() {
     assert_eq!(parent_spec("rbd", "", "golden", "v1"), "rbd/golden@v1");
     assert_eq!(parent_spec("rbd", "lab", "golden", "v1"), "rbd/lab/golden@v1");
 }
+
+#[test]
+fn the_stored_uuid_is_kept_for_this_object_or_an_adoptable_vm() {
+    let xml = "<domain><name>VM1</name><uuid>5c4f1e0a-3d2b-4c1a-9e8f-7a6b5c4d3e2f</uuid></domain>";
+    let uuid = uuid::Uuid::parse_str("5c4f1e0a-3d2b-4c1a-9e8f-7a6b5c4d3e2f").unwrap();
+    let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let table = [
+        (
+            "vm_manager's VM",
+            meta(&[("vm_name", "VM1"), ("xml", xml)]),
+            Some(uuid),
+        ),
+        (
+            "this object's",
+            meta(&[("vm_name", "VM1"), ("xml", xml), ("_k8s_owner_uid", "u1")]),
+            Some(uuid),
+        ),
+        (
+            "another object's",
+            meta(&[("vm_name", "VM1"), ("xml", xml), ("_k8s_owner_uid", "u2")]),
+            None,
+        ),
+        (
+            "another VM's name",
+            meta(&[("vm_name", "VM2"), ("xml", xml)]),
+            None,
+        ),
+        ("no system image", meta(&[]), None),
+        (
+            "an xml without uuid",
+            meta(&[("vm_name", "VM1"), ("xml", "<domain><name>VM1</name></domain>")]),
+            None,
+        ),
+        (
+            "an unreadable xml",
+            meta(&[("vm_name", "VM1"), ("xml", "<domain")]),
+            None,
+        ),
+    ];
+    for (case, metadata, expected) in table {
+        assert_eq!(stored_uuid(&metadata, "VM1", "u1"), expected, "{case}");
+    }
+}
