@@ -862,6 +862,55 @@ fn exclusive_lock_acquire_owners_release_and_break() {
     drop(other_cluster);
 }
 
+/// Fencing a live holder: blocklisted for the fence's expiry (librbd's blocklist on break is
+/// off on the fencing connection: Pacific refuses a custom expiry there with `EINVAL`, and its
+/// default hour would shorten the fence), its lock broken, its next write refused.
+#[test]
+fn fencing_blocklists_a_live_holder_for_the_fence_expiry_and_breaks_its_lock() {
+    use seapath_operator::controller::fencing::{VmImages, fence_images};
+    let s = Scratch::new("fencexp");
+    drop(s.create("disk", MIB));
+    let (holder_cluster, holder_io) = s.other_client();
+    let holder_addr = holder_cluster.client_address().unwrap();
+    let mut holder = holder_io.open_image("disk").unwrap();
+    holder.write_at(0, b"held").unwrap();
+    let mut cfg = config();
+    cfg.options
+        .push(("rbd_blocklist_on_break_lock".into(), "false".into()));
+    let fencer = Cluster::connect(cfg).unwrap();
+    let vm = VmImages {
+        pool: pool(),
+        namespace: s.ns.clone(),
+        images: vec!["disk".into(), "missing".into()],
+    };
+    let own = fencer.client_address().unwrap();
+    let fenced = fence_images(&fencer, &[vm], &own, Duration::from_secs(7200)).unwrap();
+    assert_eq!(fenced.blocklisted, vec![holder_addr.clone()]);
+    assert_eq!(fenced.locks_broken, 1);
+    let entry = fencer
+        .blocklist_list()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.addr == holder_addr)
+        .expect("the holder is blocklisted");
+    let until = jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.f%z", &entry.until).unwrap();
+    let left = until.duration_since(jiff::Timestamp::now()).as_secs();
+    assert!((7000..=7200).contains(&left), "blocklisted for {left} s");
+    assert!(s.io.open_image("disk").unwrap().lock_owners().unwrap().is_none());
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(holder.write_at(0, b"late").map_err(|e| e.errno));
+        drop(holder);
+        drop(holder_io);
+        drop(holder_cluster);
+    });
+    let late = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a fenced write returns");
+    assert_eq!(late, Err(libc::ESHUTDOWN));
+    s.cluster.blocklist_remove(&holder_addr).unwrap();
+}
+
 /// Two controllers on one pool (a leader that lost its Lease mid-call, or a second one started
 /// without leader election): the one that takes the guard fences the other through Ceph, whose
 /// writes then fail, and which sees that it lost the guard.

@@ -34,12 +34,12 @@ pub struct Fenced {
 const FENCE_CONCURRENCY: usize = 16;
 
 /// Blocklists every client (but `own_address`) that owns the lock of, or watches, one of the
-/// images, for `expiry`, and breaks the locks they held. Blocking: run it off the runtime.
+/// images, for `expiry`, then breaks the locks they held. Blocking: run it off the runtime.
 ///
-/// librbd blocklists a lock's owner before it breaks the lock, so the owners are blocklisted
-/// that way and only the other watchers here: one OSD map update per client, not two. The
-/// cluster connection must therefore keep `rbd_blocklist_on_break_lock` (librbd's default)
-/// and set `rbd_blocklist_expire_seconds` to [`blocklist_seconds`] of `expiry`.
+/// The cluster connection must have `rbd_blocklist_on_break_lock = false`: the clients are
+/// blocklisted here first, with the fence's own expiry, and librbd's blocklist on break would
+/// replace it with the mon's default hour (Pacific refuses another expiry there with
+/// `EINVAL`) and cost one more OSD map update per lock.
 pub fn fence_images(
     cluster: &Cluster,
     vms: &[VmImages],
@@ -53,10 +53,9 @@ pub fn fence_images(
         clients.extend(vm_clients);
         locks.extend(vm_locks);
     }
-    let owners: BTreeSet<&String> = locks.iter().map(|(_, _, _, owner)| owner).collect();
-    let watchers_only: Vec<&String> = clients.iter().filter(|c| !owners.contains(c)).collect();
+    let clients: Vec<String> = clients.into_iter().collect();
     let expire_secs = blocklist_seconds(expiry);
-    concurrently(&watchers_only, |client| {
+    concurrently(&clients, |client| {
         cluster
             .blocklist_add(client, expire_secs)
             .map_err(|e| StorageError::from_ceph(format!("blocklisting {client}"), e))
@@ -67,7 +66,7 @@ pub fn fence_images(
         .into_iter()
         .collect::<Result<Vec<bool>, _>>()?;
     Ok(Fenced {
-        blocklisted: clients.into_iter().collect(),
+        blocklisted: clients,
         locks_broken: broken.into_iter().filter(|b| *b).count(),
     })
 }
@@ -80,7 +79,8 @@ pub fn blocklist_seconds(expiry: Duration) -> u32 {
 /// Breaks the exclusive lock of an image whose owners are dead, and says which owners are
 /// alive (then nothing is broken). A librbd client keeps a watch on every image it has open,
 /// so an owner without one crashed, or hangs and lost its watch: it will never release the
-/// lock, and, blocklisted by librbd on the break, it cannot write again if it wakes up.
+/// lock, and, blocklisted by librbd on the break (`rbd_blocklist_on_break_lock`, librbd's
+/// default, for the mon's default hour), it cannot write again if it wakes up.
 pub fn break_dead_owners(opened: &Image, own_address: &str) -> Result<Vec<String>, StorageError> {
     let spec = opened.spec();
     let Some(owners) = opened
@@ -112,8 +112,8 @@ pub fn break_dead_owners(opened: &Image, own_address: &str) -> Result<Vec<String
     Ok(Vec::new())
 }
 
-/// Blocklists a lock's owner and breaks the lock (librbd does both); false when it was gone
-/// already (released by its owner, or broken meanwhile).
+/// Breaks the lock of a blocklisted owner; false when it was gone already (released by its
+/// owner before the blocklist took hold, or broken meanwhile).
 fn break_held_lock((io, image, mode, owner): &HeldLock) -> Result<bool, StorageError> {
     let opened = io
         .open_image(image)

@@ -19,10 +19,11 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::api::{FenceState, FenceStatus, Hypervisor, VirtualMachine, condition_types as ct};
+use crate::ceph::Cluster;
 use crate::controller::events::{self, Note};
 use crate::controller::fencing::{self, VmImages};
 use crate::controller::node_health::{self, HeartbeatClock, NodeAction, NodeFacts};
-use crate::controller::storage::{StorageContext, StorageError};
+use crate::controller::storage::StorageError;
 use crate::metrics::Metrics;
 
 /// Field manager of the controller's writes to Hypervisor status (fence, lost mark).
@@ -41,7 +42,9 @@ pub struct FencingSettings {
 
 pub struct HypervisorContext {
     pub client: Client,
-    pub storage: StorageContext,
+    /// A Ceph connection of its own, on which librbd does not blocklist the owners of the
+    /// locks it breaks (see `fencing::fence_images`).
+    pub fencing_cluster: Cluster,
     pub vms: Store<VirtualMachine>,
     pub heartbeats: Arc<HeartbeatClock>,
     pub settings: FencingSettings,
@@ -189,7 +192,7 @@ async fn act(
                 .and_then(|s| s.fence.as_ref())
                 .map(|f| f.blocklisted.clone())
                 .unwrap_or_default();
-            let cluster = ctx.storage.cluster.clone();
+            let cluster = ctx.fencing_cluster.clone();
             let list = blocklisted.clone();
             blocking(move || fencing::lift(&cluster, &list)).await?;
             write_fence(&api, hv, None, false).await?;
@@ -237,7 +240,7 @@ async fn fence(
             images: s.images.into_iter().map(|i| i.name).collect(),
         })
         .collect();
-    let cluster = ctx.storage.cluster.clone();
+    let cluster = ctx.fencing_cluster.clone();
     let expiry = ctx.settings.blocklist_expiry;
     let fenced = blocking(move || {
         let own = cluster

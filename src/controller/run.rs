@@ -19,7 +19,6 @@ use crate::api::{DesiredState, Hypervisor, VirtualMachine, condition_types as ct
 use crate::ceph::{Cluster, ClusterConfig};
 use crate::controller::conditions;
 use crate::controller::context::{Context, ControllerSettings, ImageListings, PolicyConfig};
-use crate::controller::fencing;
 use crate::controller::guard;
 use crate::controller::hypervisor::{self, FencingSettings, HypervisorContext};
 use crate::controller::node_health::HeartbeatClock;
@@ -83,28 +82,19 @@ pub enum ControllerError {
     Fenced,
 }
 
-async fn connect_ceph(config: &ControllerConfig) -> Result<Cluster, ControllerError> {
+async fn connect_ceph(config: &ControllerConfig, extra: &[(&str, &str)]) -> Result<Cluster, ControllerError> {
     let cluster_config = ClusterConfig {
         conf_path: config.ceph_conf.clone(),
         client_id: config.ceph_client.clone(),
         mount_timeout: Duration::from_secs(10),
         // Without the timeouts a call to a dead OSD or mon blocks a reconcile forever; with
         // them it fails, the VM shows CephUnavailable, and the retry comes with back-off.
-        // librbd blocklists the owner of every lock it breaks (fencing, dead owners): for as
-        // long as a fence lasts, not the mon's default hour.
-        options: [
-            ("rados_osd_op_timeout", "30".to_owned()),
-            ("rados_mon_op_timeout", "30".to_owned()),
-            ("rbd_blocklist_on_break_lock", "true".to_owned()),
-            (
-                "rbd_blocklist_expire_seconds",
-                fencing::blocklist_seconds(config.fencing.blocklist_expiry).to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .chain(config.ceph_options.clone())
-        .collect(),
+        options: [("rados_osd_op_timeout", "30"), ("rados_mon_op_timeout", "30")]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .chain(config.ceph_options.clone())
+            .collect(),
     };
     tokio::task::spawn_blocking(move || Cluster::connect(cluster_config))
         .await
@@ -180,7 +170,11 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
-    let cluster = connect_ceph(&config).await?;
+    let cluster = connect_ceph(&config, &[]).await?;
+    // Fencing blocklists clients itself, for the fence's expiry, before it breaks their locks:
+    // librbd must not blocklist them again on the break (Pacific refuses a custom expiry there,
+    // and its default hour would shorten the fence).
+    let fencing_cluster = connect_ceph(&config, &[("rbd_blocklist_on_break_lock", "false")]).await?;
     let monitors = storage::monitors(&cluster)
         .await
         .map_err(ControllerError::Monitors)?;
@@ -239,7 +233,7 @@ pub async fn run(
     };
     let hv_context = Arc::new(HypervisorContext {
         client: client.clone(),
-        storage: storage.clone(),
+        fencing_cluster,
         vms: vms.clone(),
         heartbeats: heartbeats.clone(),
         settings: config.fencing.clone(),
