@@ -21,6 +21,22 @@ pub const META_ADDITIONAL_DISKS: &str = "_additional_disks";
 pub const META_OWNER_UID: &str = "_k8s_owner_uid";
 /// Operator-only key: `namespace/name` of the owning object, for humans reading `rbd image-meta`.
 pub const META_OWNER: &str = "_k8s_owner";
+/// Operator-only key: the VM (RBD) name the owner keys were written for. A deep copy (vm_manager's
+/// `clone`) carries every key of its source onto images of another VM: there the owner keys
+/// name nobody, and the copy can be adopted.
+pub const META_OWNER_VM: &str = "_k8s_owner_vm";
+
+/// Whether an image's owner keys were written for an image of the VM `vm`, and not copied
+/// along from another VM's image. Keys written before [`META_OWNER_VM`] existed name the VM in
+/// `_k8s_owner` (`namespace/name`; the object was then named like its VM); keys that say
+/// nothing of the VM count (never treat a possible owner as absent).
+pub fn owner_keys_written_for(metadata: &BTreeMap<String, String>, vm: &str) -> bool {
+    match (metadata.get(META_OWNER_VM), metadata.get(META_OWNER)) {
+        (Some(written_for), _) => written_for == vm,
+        (None, Some(owner)) => owner.rsplit_once('/').map_or(true, |(_, name)| name == vm),
+        (None, None) => true,
+    }
+}
 
 /// Keys a user may not set in `spec.metadata`.
 pub fn is_reserved_metadata_key(key: &str) -> bool {
@@ -208,6 +224,56 @@ mod tests {
             "namespace mapped twice"
         );
         assert!(NamespaceMap::parse("a=x/y").is_err());
+    }
+
+    #[test]
+    fn owner_keys_count_only_on_the_vm_they_were_written_for() {
+        let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let table = [
+            (
+                "written for this VM",
+                meta(&[("_k8s_owner_vm", "VM1"), ("_k8s_owner", "ns/vm1")]),
+                true,
+            ),
+            (
+                "copied by vm_manager's clone of opvm1",
+                meta(&[("_k8s_owner_vm", "opvm1"), ("_k8s_owner", "ns/opvm1")]),
+                false,
+            ),
+            (
+                "names are case-sensitive",
+                meta(&[("_k8s_owner_vm", "vm1")]),
+                false,
+            ),
+            (
+                "older keys naming this VM",
+                meta(&[("_k8s_owner", "ns/VM1")]),
+                true,
+            ),
+            (
+                "older keys copied from opvm1",
+                meta(&[("_k8s_owner", "ns/opvm1")]),
+                false,
+            ),
+            (
+                "a bare uid: an owner all the same",
+                meta(&[("_k8s_owner_uid", "u")]),
+                true,
+            ),
+            (
+                "an unreadable owner: an owner all the same",
+                meta(&[("_k8s_owner", "x")]),
+                true,
+            ),
+        ];
+        for (case, metadata, expected) in table {
+            assert_eq!(owner_keys_written_for(&metadata, "VM1"), expected, "{case}");
+        }
     }
 
     #[test]

@@ -433,6 +433,7 @@ async fn blank_vm_with_two_data_disks_then_idempotent() {
         ("_additional_disks", "2".to_string()),
         ("_k8s_owner_uid", uid.clone()),
         ("_k8s_owner", owner.clone()),
+        ("_k8s_owner_vm", "vm1".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -441,6 +442,7 @@ async fn blank_vm_with_two_data_disks_then_idempotent() {
     let owner_only: BTreeMap<String, String> = [
         ("_k8s_owner_uid".to_string(), uid.clone()),
         ("_k8s_owner".to_string(), owner),
+        ("_k8s_owner_vm".to_string(), "vm1".to_string()),
     ]
     .into();
     assert_eq!(fx.metadata("data_vm1_0"), owner_only);
@@ -1216,6 +1218,102 @@ async fn the_uuid_of_a_vm_manager_vm_is_read_from_its_xml() {
             .unwrap(),
         None
     );
+}
+
+/// What vm_manager's `clone` does: deep-copy every image of `src` (snapshots and ALL image
+/// metadata along, the operator's owner keys included), group the copies, then rewrite
+/// `vm_name`, `xml` (a fresh UUID) and `_base_xml` on the copy's system image.
+fn vm_manager_clone(fx: &Fixture, src: &str, dst: &str, data_disks: usize) -> VmManagerVm {
+    let images: Vec<String> = std::iter::once(format!("system_{dst}"))
+        .chain((0..data_disks).map(|i| format!("data_{dst}_{i}")))
+        .collect();
+    let sources: Vec<String> = std::iter::once(format!("system_{src}"))
+        .chain((0..data_disks).map(|i| format!("data_{src}_{i}")))
+        .collect();
+    fx.io.group_create(dst).unwrap();
+    let mut data = Vec::new();
+    for (source, image) in sources.iter().zip(&images) {
+        fx.io
+            .open_image_read_only(source, None)
+            .unwrap()
+            .deep_copy(&fx.io, image, &ImageOptions::default())
+            .unwrap();
+        fx.io.group_image_add(dst, &fx.io, image).unwrap();
+        data.push(fx.read(image, MIB, 64 * 1024));
+    }
+    let uuid = Uuid::new_v4();
+    let system = fx.io.open_image(&images[0]).unwrap();
+    let bus = system
+        .metadata_get("_disk_bus")
+        .unwrap_or_else(|_| "virtio".into());
+    let base = system.metadata_get("_base_xml").unwrap();
+    system.metadata_set("vm_name", dst).unwrap();
+    system
+        .metadata_set("xml", &vm_manager_xml(dst, uuid, &images, &bus))
+        .unwrap();
+    system.metadata_set("_base_xml", &base).unwrap();
+    VmManagerVm {
+        name: dst.to_string(),
+        uuid,
+        images,
+        data,
+    }
+}
+
+#[tokio::test]
+async fn a_vm_manager_clone_of_an_operator_vm_is_adoptable() {
+    let fx = Fixture::new("vmm-clone");
+    let (uid_source, uid_clone, uid_third) = (uid(), uid(), uid());
+    let mut source = fx.request("opvm1", &uid_source, vec![blank(4 * MIB), blank(4 * MIB)]);
+    source.base_xml = VMM_BASE_XML.to_string();
+    fx.ensure(&source).await.expect("the operator's VM");
+    for image in ["system_opvm1", "data_opvm1_0"] {
+        fx.write(image, MIB, format!("{image} content").as_bytes());
+        fx.io.open_image(image).unwrap().snap_create("before").unwrap();
+    }
+    let clone = vm_manager_clone(&fx, "opvm1", "opclone", 1);
+    assert_eq!(
+        fx.metadata("data_opclone_0")["_k8s_owner_uid"],
+        uid_source,
+        "the deep copy carries the source's owner keys"
+    );
+    let before = vm_manager_view(&fx, &clone);
+    let obs = fx
+        .ensure(&adopting_request(&fx, &clone, &uid_clone))
+        .await
+        .expect("the clone is adoptable");
+    assert!(obs.adopted);
+    assert_eq!(
+        vm_manager_view(&fx, &clone).1,
+        before.1,
+        "data and snapshots kept"
+    );
+    for image in &clone.images {
+        let meta = fx.metadata(image);
+        assert_eq!(meta["_k8s_owner_uid"], uid_clone, "{image}");
+        assert_eq!(meta["_k8s_owner_vm"], "opclone", "{image}");
+    }
+    // The protection stays: the source is its object's, the clone now the adopter's.
+    for (vm, uid) in [
+        ("opvm1", &uid_third),
+        ("opclone", &uid_third),
+        ("opvm1", &uid_clone),
+    ] {
+        let state = fx.state();
+        let mut req = fx.request(vm, uid, vec![blank(4 * MIB), blank(4 * MIB)]);
+        req.base_xml = VMM_BASE_XML.to_string();
+        expect_err(fx.ensure(&req).await, "OwnedByAnotherObject");
+        assert_eq!(fx.state(), state, "{vm}: nothing changed");
+    }
+    // Deleting the clone's object removes the clone only.
+    match delete_storage(&fx.ctx, &fx.kube_ns, "opclone", &uid_clone)
+        .await
+        .unwrap()
+    {
+        DeleteOutcome::Deleted { images, .. } => assert_eq!(images.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fx.images(), ["data_opvm1_0", "system_opvm1"]);
 }
 
 #[tokio::test]

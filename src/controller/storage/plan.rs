@@ -9,7 +9,8 @@ use serde_json::Value;
 use super::error::{Result, StorageError, human_bytes};
 use super::{DiskRequest, ResolvedSource, VmStorageRequest};
 use crate::naming::{
-    META_ADDITIONAL_DISKS, META_BASE_XML, META_OWNER, META_OWNER_UID, META_VM_NAME, META_XML,
+    META_ADDITIONAL_DISKS, META_BASE_XML, META_OWNER, META_OWNER_UID, META_OWNER_VM, META_VM_NAME, META_XML,
+    owner_keys_written_for,
 };
 
 /// Prefix of the temporary images disks are built under.
@@ -55,9 +56,10 @@ fn is_alnum_name(s: &str) -> bool {
 }
 
 /// Keys this layer computes itself; the request may not set them.
-const COMPUTED_KEYS: [&str; 6] = [
+const COMPUTED_KEYS: [&str; 7] = [
     META_OWNER_UID,
     META_OWNER,
+    META_OWNER_VM,
     META_BASE_XML,
     META_ADDITIONAL_DISKS,
     META_XML,
@@ -165,9 +167,27 @@ fn validate_disk(index: usize, disk: &DiskRequest) -> Result<()> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct ImageFacts {
     pub name: String,
+    /// The owner keys, when they were written for this VM's image (see
+    /// [`ImageFacts::of_vm`]).
     pub owner_uid: Option<String>,
     pub owner: Option<String>,
     pub vm_name: Option<String>,
+}
+
+impl ImageFacts {
+    /// The facts of image `name` of the VM `vm` from its metadata. Owner keys copied along from
+    /// another VM's image (vm_manager's `clone` deep-copies every key) own nothing here: they are
+    /// left out, so the copy is adoptable like any vm_manager VM.
+    pub fn of_vm(name: &str, vm: &str, metadata: &BTreeMap<String, String>) -> ImageFacts {
+        let written_here = owner_keys_written_for(metadata, vm);
+        let owner_key = |key: &str| metadata.get(key).filter(|_| written_here).cloned();
+        ImageFacts {
+            name: name.to_string(),
+            owner_uid: owner_key(META_OWNER_UID),
+            owner: owner_key(META_OWNER),
+            vm_name: metadata.get(META_VM_NAME).cloned(),
+        }
+    }
 }
 
 /// What exists under the VM's names before anything is done.
@@ -261,13 +281,7 @@ pub(crate) fn decide_ownership(
 /// half-written state is already ours), `vm_name` last (vm_manager's tools see a VM as complete
 /// once it has its name).
 pub(crate) fn desired_metadata(req: &VmStorageRequest) -> Vec<(String, String)> {
-    let mut out = vec![
-        (META_OWNER_UID.to_string(), req.uid.clone()),
-        (
-            META_OWNER.to_string(),
-            format!("{}/{}", req.kube_namespace, req.name),
-        ),
-    ];
+    let mut out = owner_metadata(req).to_vec();
     out.extend(req.internal.iter().map(|(k, v)| (k.clone(), v.clone())));
     out.extend(req.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     out.push((META_BASE_XML.to_string(), req.base_xml.clone()));
@@ -281,9 +295,11 @@ pub(crate) fn desired_metadata(req: &VmStorageRequest) -> Vec<(String, String)> 
     out
 }
 
-/// The owner keys alone (written on every image the object owns).
-pub(crate) fn owner_metadata(req: &VmStorageRequest) -> [(String, String); 2] {
+/// The owner keys alone (written on every image the object owns), the VM they are written for
+/// first: keys being written never look copied from another VM.
+pub(crate) fn owner_metadata(req: &VmStorageRequest) -> [(String, String); 3] {
     [
+        (META_OWNER_VM.to_string(), req.name.clone()),
         (META_OWNER_UID.to_string(), req.uid.clone()),
         (
             META_OWNER.to_string(),
@@ -297,10 +313,11 @@ pub(crate) fn owner_metadata(req: &VmStorageRequest) -> [(String, String); 2] {
 /// keeps a random UUID only there when the base XML has none; adopting the VM keeps it, so the
 /// guest and vm_manager's `list_all_uuids` still see the same machine.
 pub fn stored_uuid(metadata: &BTreeMap<String, String>, vm: &str, uid: &str) -> Option<uuid::Uuid> {
-    if metadata.get(META_VM_NAME).map(String::as_str) != Some(vm) {
+    let facts = ImageFacts::of_vm("", vm, metadata);
+    if facts.vm_name.as_deref() != Some(vm) {
         return None;
     }
-    match metadata.get(META_OWNER_UID) {
+    match facts.owner_uid {
         Some(owner) if owner != uid => return None,
         _ => {}
     }

@@ -7,7 +7,7 @@ use super::error::{Result, StorageError};
 use super::plan::{self, ExistingState, ImageFacts, Ownership, SizeAction};
 use super::{DeleteOutcome, ImageObservation, StorageObservation, VmStorageRequest};
 use crate::ceph::{CephError, CloneFormat, Cluster, GroupImage, GroupImageState, Image, ImageOptions, IoCtx};
-use crate::naming::{META_OWNER, META_OWNER_UID, META_VM_NAME, VmNames};
+use crate::naming::{META_OWNER_UID, VmNames};
 
 /// Adds a context to a Ceph result.
 pub(crate) trait CephContext<T> {
@@ -79,7 +79,7 @@ pub(crate) struct Inspected {
 }
 
 /// `None` if the image does not exist.
-fn inspect(io: &IoCtx, name: &str) -> Result<Option<Inspected>> {
+fn inspect(io: &IoCtx, name: &str, vm: &str) -> Result<Option<Inspected>> {
     let Some(image) =
         optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
     else {
@@ -90,20 +90,15 @@ fn inspect(io: &IoCtx, name: &str) -> Result<Option<Inspected>> {
         .ctx(|| format!("reading the metadata of {}", io.spec(name)))?;
     let observation = observe_open(&image)?.expect("an open image is observed");
     Ok(Some(Inspected {
-        facts: ImageFacts {
-            name: name.to_string(),
-            owner_uid: metadata.get(META_OWNER_UID).cloned(),
-            owner: metadata.get(META_OWNER).cloned(),
-            vm_name: metadata.get(META_VM_NAME).cloned(),
-        },
+        facts: ImageFacts::of_vm(name, vm, &metadata),
         observation,
         metadata,
     }))
 }
 
-/// Owner keys and vm_name of an image; `None` if it does not exist.
-fn image_facts(io: &IoCtx, name: &str) -> Result<Option<ImageFacts>> {
-    Ok(inspect(io, name)?.map(|i| i.facts))
+/// Owner keys (written for `vm`) and vm_name of an image; `None` if it does not exist.
+fn image_facts(io: &IoCtx, name: &str, vm: &str) -> Result<Option<ImageFacts>> {
+    Ok(inspect(io, name, vm)?.map(|i| i.facts))
 }
 
 fn meta_opt(image: &Image, key: &str) -> Result<Option<String>> {
@@ -200,7 +195,7 @@ pub(crate) fn prepare(
     for name in wanted.iter().chain(group_members.iter()) {
         if images.contains(name)
             && !inspected.contains_key(name)
-            && let Some(found) = inspect(&io, name)?
+            && let Some(found) = inspect(&io, name, &names.vm)?
         {
             inspected.insert(name.clone(), found);
         }
@@ -793,7 +788,7 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
     }
 
     if images.contains(&system) {
-        let facts = image_facts(&io, &system)?.unwrap_or_default();
+        let facts = image_facts(&io, &system, &names.vm)?.unwrap_or_default();
         if facts.owner_uid.as_deref() != Some(uid) {
             return Ok(DeleteOutcome::NotOwned {
                 owner_uid: facts.owner_uid,
@@ -808,7 +803,7 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
             ours.push(name.clone());
             continue;
         }
-        match image_facts(&io, name)? {
+        match image_facts(&io, name, &names.vm)? {
             Some(f) if f.owner_uid.as_deref() == Some(uid) => ours.push(name.clone()),
             Some(_) => kept.push(name.clone()),
             None => {}
@@ -817,7 +812,7 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
     let system_present = images.contains(&system);
     if !system_present && ours.is_empty() && !kept.is_empty() {
         // Nothing here is ours: images of the VM's names made by someone else.
-        let first = image_facts(&io, &kept[0])?.unwrap_or_default();
+        let first = image_facts(&io, &kept[0], &names.vm)?.unwrap_or_default();
         return Ok(DeleteOutcome::NotOwned {
             owner_uid: first.owner_uid,
             owner: first.owner,

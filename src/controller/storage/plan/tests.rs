@@ -193,6 +193,7 @@ fn metadata_order_and_diff() {
     assert_eq!(
         keys,
         [
+            "_k8s_owner_vm",
             "_k8s_owner_uid",
             "_k8s_owner",
             "_stop_timeout",
@@ -420,4 +421,60 @@ fn the_stored_uuid_is_kept_for_this_object_or_an_adoptable_vm() {
     for (case, metadata, expected) in table {
         assert_eq!(stored_uuid(&metadata, "VM1", "u1"), expected, "{case}");
     }
+}
+
+#[test]
+fn owner_keys_copied_by_a_clone_own_nothing() {
+    let meta = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    // vm_manager's clone of the operator's opvm1 into opclone: every key deep-copied, then
+    // vm_name, xml and _base_xml rewritten on the copy's system image.
+    let copied = [
+        ("_k8s_owner_uid", "u-source"),
+        ("_k8s_owner", "prod/opvm1"),
+        ("_k8s_owner_vm", "opvm1"),
+    ];
+    let mut system = meta(&copied);
+    system.insert("vm_name".into(), "opclone".into());
+    let state = ExistingState {
+        system: Some(ImageFacts::of_vm("system_opclone", "opclone", &system)),
+        others: vec![ImageFacts::of_vm("data_opclone_0", "opclone", &meta(&copied))],
+        group_exists: true,
+        group_members: vec!["system_opclone".into(), "data_opclone_0".into()],
+    };
+    assert_eq!(
+        decide_ownership(&state, "opclone", "u-new", "rbd").unwrap(),
+        (Ownership::Adopt, vec!["data_opclone_0".to_string()]),
+        "the clone is adoptable, its data disk with it"
+    );
+    // The source itself stays its owner's.
+    let mut source = meta(&copied);
+    source.insert("vm_name".into(), "opvm1".into());
+    let state = ExistingState {
+        system: Some(ImageFacts::of_vm("system_opvm1", "opvm1", &source)),
+        ..Default::default()
+    };
+    let e = decide_ownership(&state, "opvm1", "u-new", "rbd").unwrap_err();
+    assert_eq!(e.reason(), "OwnedByAnotherObject");
+    // Once adopted, the clone is the new object's: a third object is refused.
+    let mut adopted = system.clone();
+    adopted.extend(meta(&[
+        ("_k8s_owner_uid", "u-new"),
+        ("_k8s_owner", "prod/opclone"),
+        ("_k8s_owner_vm", "opclone"),
+    ]));
+    let state = ExistingState {
+        system: Some(ImageFacts::of_vm("system_opclone", "opclone", &adopted)),
+        ..Default::default()
+    };
+    assert_eq!(
+        decide_ownership(&state, "opclone", "u-new", "rbd").unwrap().0,
+        Ownership::Ours
+    );
+    let e = decide_ownership(&state, "opclone", "u-third", "rbd").unwrap_err();
+    assert_eq!(e.reason(), "OwnedByAnotherObject");
 }
