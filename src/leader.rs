@@ -246,6 +246,30 @@ impl LeaderElector {
     ///
     /// Transient API errors are retried (with back-off); errors that retrying cannot fix end
     /// the election with [`LeaderError::Lease`].
+    /// Says, once per wait, whom this replica waits for: a new controller is otherwise silent
+    /// until the Lease of a killed one expires, and VMs created meanwhile show no status.
+    async fn say_who_holds_it(&self, client: &Client) {
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(client.clone(), &self.config.namespace);
+        let holder = match leases.get_opt(&self.config.lease_name).await {
+            Ok(lease) => lease
+                .and_then(|l| l.spec)
+                .and_then(|spec| spec.holder_identity)
+                .filter(|holder| !holder.is_empty() && *holder != self.config.identity),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the lease holder");
+                None
+            }
+        };
+        if let Some(holder) = holder {
+            tracing::info!(
+                %holder,
+                lease_duration = ?self.config.lease_duration,
+                "standing by: another replica holds the lease; this one takes over when it stops renewing it (VMs get no status meanwhile)"
+            );
+        }
+    }
+
     pub async fn run<F, Fut>(
         self,
         mut work: F,
@@ -286,6 +310,7 @@ impl LeaderElector {
             };
 
             // Follower: wait for the lease.
+            self.say_who_holds_it(&client).await;
             loop {
                 let changed = tokio::select! {
                     biased;
