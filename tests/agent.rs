@@ -65,13 +65,12 @@ fn node_uris() -> (String, String) {
 }
 
 fn ceph_config() -> CephConfig {
-    let mut ceph = CephConfig::new(
-        testbed_env("CEPH_CONF"),
-        testbed_env("SEAPATH_CEPH_CLIENT"),
-        testbed_env("SEAPATH_CEPH_POOL"),
-    );
+    // The agents' own Ceph user (read-only caps), as in a cluster.
+    let (id, options) = common::operator::role_ceph_user("AGENT");
+    let mut ceph = CephConfig::new(testbed_env("CEPH_CONF"), id, testbed_env("SEAPATH_CEPH_POOL"));
     // Several Ceph clients in one process: no admin socket each (they would share a path).
-    ceph.options = vec![("admin_socket".into(), String::new())];
+    ceph.options = options;
+    ceph.options.push(("admin_socket".into(), String::new()));
     ceph
 }
 

@@ -189,11 +189,15 @@ fn kustomize_base_and_overlay_apply_with_server_side_dry_run() {
         .find(|e| e["name"] == "SEAPATH_CEPH_POOL")
         .unwrap();
     assert_eq!(pool["value"], "vms");
-    assert!(
-        of_kind(&overlay, "Secret")
-            .iter()
-            .any(|s| s["metadata"]["name"] == "seapath-ceph")
-    );
+    // One Secret per role, each with its own Ceph user's keyring.
+    for secret in ["seapath-ceph-controller", "seapath-ceph-agent"] {
+        assert!(
+            of_kind(&overlay, "Secret")
+                .iter()
+                .any(|s| s["metadata"]["name"] == secret),
+            "{secret}"
+        );
+    }
 }
 
 /// (apiGroup, resource) -> verbs of every rule of a role, resourceNames noted.

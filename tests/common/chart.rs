@@ -326,7 +326,6 @@ fn spawn(name: &str, dir: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str,
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("CEPH_CONF", testbed_env("CEPH_CONF"))
-        .env("SEAPATH_CEPH_CLIENT", testbed_env("SEAPATH_CEPH_CLIENT"))
         .env("SEAPATH_CEPH_POOL", testbed_env("SEAPATH_CEPH_POOL"))
         .env("SEAPATH_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -338,6 +337,17 @@ fn spawn(name: &str, dir: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str,
         .stderr(file);
     for (key, value) in env {
         command.env(key, value);
+    }
+    // Each role as its own Ceph user, with its own keyring, as the chart's Secrets give them.
+    let role = if args.first() == Some(&"agent") {
+        "AGENT"
+    } else {
+        "CONTROLLER"
+    };
+    let (client_id, options) = super::operator::role_ceph_user(role);
+    command.env("SEAPATH_CEPH_CLIENT", client_id);
+    for (_, keyring) in options.iter().filter(|(key, _)| key == "keyring") {
+        command.env("SEAPATH_CEPH_KEYRING", keyring);
     }
     let child = command.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
     Process {

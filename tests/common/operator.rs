@@ -31,6 +31,29 @@ pub const HOST_PATHS_NAMESPACE: &str = "lifecycle-hostpaths";
 /// The RBD namespace the test operator shares with every tenant as a source of images.
 pub const SHARED_IMAGE_NAMESPACE: &str = "shared-images";
 
+/// The Ceph user a role of the operator runs as in the test bed (`role`: `CONTROLLER` or
+/// `AGENT`): its id `SEAPATH_CEPH_<ROLE>_ID` and, as librados options, its own keyring
+/// `SEAPATH_CEPH_<ROLE>_KEYRING`, so the suite exercises the least caps of
+/// docs/operations.md ("Ceph users"). A test bed older than those users has neither: its
+/// `SEAPATH_CEPH_CLIENT` (admin) then.
+pub fn role_ceph_user(role: &str) -> (String, Vec<(String, String)>) {
+    let var = |what: &str| {
+        std::env::var(format!("SEAPATH_CEPH_{role}_{what}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    match (var("ID"), var("KEYRING")) {
+        (Some(id), Some(keyring)) => (id, vec![("keyring".to_owned(), keyring)]),
+        _ => {
+            eprintln!("SEAPATH_CEPH_{role}_ID/_KEYRING not set: the {role} runs as SEAPATH_CEPH_CLIENT");
+            (
+                std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into()),
+                Vec::new(),
+            )
+        }
+    }
+}
+
 /// The directory the test operator imports `path` disk sources from.
 pub fn import_dir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join("seapath-test-imports");
@@ -78,7 +101,9 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let ceph_conf = testbed_env("CEPH_CONF");
         let pool = testbed_env("SEAPATH_CEPH_POOL");
-        let client_id = std::env::var("SEAPATH_CEPH_CLIENT").unwrap_or_else(|_| "admin".into());
+        let (controller_id, mut controller_options) = role_ceph_user("CONTROLLER");
+        controller_options.extend(options.ceph_options.iter().cloned());
+        let (agent_id, agent_options) = role_ceph_user("AGENT");
         let uris = node_files();
         assert!(
             uris.len() >= 2,
@@ -88,8 +113,8 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
         let metrics = Metrics::new();
         let controller_config = ControllerConfig {
             ceph_conf: ceph_conf.clone().into(),
-            ceph_client: client_id.clone(),
-            ceph_options: options.ceph_options.clone(),
+            ceph_client: controller_id,
+            ceph_options: controller_options,
             pool: pool.clone(),
             namespace_map: options.namespace_map.clone(),
             policy: PolicyConfig {
@@ -120,7 +145,9 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             .iter()
             .zip(&uris)
             .map(|(node, uri)| {
-                let mut config = AgentConfig::new(node, uri, CephConfig::new(&ceph_conf, &client_id, &pool));
+                let mut ceph = CephConfig::new(&ceph_conf, &agent_id, &pool);
+                ceph.options = agent_options.clone();
+                let mut config = AgentConfig::new(node, uri, ceph);
                 config.heartbeat_interval = Duration::from_secs(2);
                 config.resync_period = Duration::from_secs(10);
                 config.restart_backoff_base = Duration::from_secs(1);

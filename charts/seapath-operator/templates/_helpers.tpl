@@ -44,19 +44,25 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "seapath.fullname" . }}-agent
 {{- end -}}
 
-{{/* Environment shared by both components: Ceph access through the mounted Secret. */}}
+{{/* Ceph access through the mounted Secret of one role: include with (list . "controller")
+or (list . "agent"). */}}
 {{- define "seapath.cephEnv" -}}
+{{- $root := index . 0 -}}
+{{- $role := index $root.Values.ceph (index . 1) -}}
+{{- if or (hasKey $root.Values.ceph "secretName") (hasKey $root.Values.ceph "client") -}}
+{{- fail "ceph.secretName and ceph.client were replaced by one user and Secret per role: ceph.controller.{secretName,client} and ceph.agent.{secretName,client} (docs/operations.md, \"Ceph users\")" -}}
+{{- end -}}
 - name: CEPH_CONF
   value: /etc/seapath/ceph/ceph.conf
 - name: SEAPATH_CEPH_KEYRING
   value: /etc/seapath/ceph/keyring
 - name: SEAPATH_CEPH_CLIENT
-  value: {{ .Values.ceph.client | quote }}
+  value: {{ required "ceph.<role>.client is required" $role.client | quote }}
 - name: SEAPATH_CEPH_POOL
-  value: {{ .Values.ceph.pool | quote }}
+  value: {{ $root.Values.ceph.pool | quote }}
 - name: SEAPATH_RBD_NAMESPACE_MAP
-  value: {{ .Values.ceph.rbdNamespaceMap | quote }}
-{{- with .Values.ceph.libvirtSecretUUID }}
+  value: {{ $root.Values.ceph.rbdNamespaceMap | quote }}
+{{- with $root.Values.ceph.libvirtSecretUUID }}
 - name: SEAPATH_LIBVIRT_SECRET_UUID
   value: {{ . | quote }}
 {{- end }}
