@@ -197,7 +197,8 @@ async fn a_refused_request_prints_the_api_servers_message_and_reason() {
         )) && err.contains("metadata.name: Invalid value: \"Bad_Name\"")
             && err.trim_end().ends_with("(Invalid)")
             && err.trim_end().lines().count() == 1
-            && !err.contains("ApiError"),
+            && !err.contains("ApiError")
+            && !err.contains("<nil>"),
         "{err}"
     );
 

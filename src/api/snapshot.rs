@@ -56,7 +56,7 @@ const DURATION_RULE: &str = "self == '0' || self.matches('^([0-9]+(ms|s|m|h|d))+
     printcolumn(name = "Created", type_ = "date", json_path = ".status.creationTime"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name.matches('^[a-z0-9]+$')").message("the object name names the RBD snapshot, and SEAPATH allows only letters and digits there: use such a name or set spec.snapshotName"),
+    validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name.matches('^[a-z0-9]+$')").message("the object name names the RBD snapshot, and SEAPATH allows only letters and digits there: use such a name or set spec.snapshotName").field_path(".metadata"),
 )]
 #[x_kube(validation = Rule::new("(has(self.adopt) && self.adopt) == (has(oldSelf.adopt) && oldSelf.adopt)").message("spec.adopt is immutable"))]
 // On the parent, not on the optional field: a field's transition rule is skipped when the
@@ -204,13 +204,23 @@ pub struct OperationError {
     printcolumn(name = "VM", type_ = "string", json_path = ".spec.vmName"),
     printcolumn(name = "Snapshot", type_ = "string", json_path = ".spec.snapshot"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.spec == oldSelf.spec").message("a VirtualMachineRestore's spec is immutable: create a new one"),
-    validation = Rule::new("!has(self.spec.target) || self.spec.target.name != self.spec.vmName").message("spec.target.name must differ from spec.vmName (omit target to roll the VM back in place)"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
+// On the spec, not the root: a root rule's failure is reported with no field ("<nil>").
+#[x_kube(validation = Rule::new("self == oldSelf").message("a VirtualMachineRestore's spec is immutable: create a new one"))]
+#[x_kube(validation = Rule::new("!has(self.target) || self.target.name != self.vmName").message("spec.target.name must differ from spec.vmName (omit target to roll the VM back in place)").field_path(".target.name"))]
 pub struct VirtualMachineRestoreSpec {
     /// The VirtualMachine (same namespace) to roll back.
     #[schemars(length(min = 1, max = 63))]
@@ -313,11 +323,12 @@ pub struct VirtualMachineRestoreStatus {
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("has(self.spec.schedule) || has(self.spec.retention)").message("a schedule needs spec.schedule, spec.retention, or both"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("a schedule name may be at most 40 characters long (it prefixes the names of the snapshots it takes)"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("a schedule name may be at most 40 characters long (it prefixes the names of the snapshots it takes)").field_path(".metadata"),
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("size(self.vmNames) > 0 || has(self.selector)").message("select VMs with vmNames or selector"))]
+#[x_kube(validation = Rule::new("has(self.schedule) || has(self.retention)").message("a schedule needs spec.schedule, spec.retention, or both"))]
+// vmNames is left out when empty: has() first, or the rule fails with "no such key".
+#[x_kube(validation = Rule::new("(has(self.vmNames) && size(self.vmNames) > 0) || has(self.selector)").message("select VMs with vmNames or selector"))]
 pub struct VirtualMachineSnapshotScheduleSpec {
     /// VMs (same namespace) by name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

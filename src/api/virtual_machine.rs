@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]+$')").message("a VirtualMachine name may contain only lowercase letters and digits (SEAPATH names the RBD group and images after it and allows only [a-zA-Z0-9]; Kubernetes allows only lowercase)"),
-    validation = Rule::new("size(self.metadata.name) <= 40").message("a VirtualMachine name may be at most 40 characters long (it names the RBD images data_NAME_<i>)"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]+$')").message("a VirtualMachine name may contain only lowercase letters and digits (SEAPATH names the RBD group and images after it and allows only [a-zA-Z0-9]; Kubernetes allows only lowercase)").field_path(".metadata"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("a VirtualMachine name may be at most 40 characters long (it names the RBD images data_NAME_<i>)").field_path(".metadata"),
 )]
 #[serde(rename_all = "camelCase")]
 // Immutability is checked here, on the parent, and not with `self == oldSelf` on each field:
