@@ -691,6 +691,94 @@ async fn retention_purges_only_what_the_schedule_owns() {
     );
 }
 
+/// With includeUnowned, retention never touches another schedule's snapshots, and deletes the
+/// ones taken by hand only once older than unownedMinAge, which admission requires with it.
+#[tokio::test]
+async fn retention_of_unowned_snapshots_is_guarded() {
+    let env = setup("snap-unowned").await;
+    create_vm(&env.vms, "guarded", 0, "Disabled", Phase::Disabled).await;
+    let io = rbd(&env.namespace);
+    let purge_all = |min_age: Option<&str>| {
+        let mut retention = json!({"all": true, "includeUnowned": true});
+        if let Some(min_age) = min_age {
+            retention["unownedMinAge"] = json!(min_age);
+        }
+        json!({"vmNames": ["guarded"], "retention": retention})
+    };
+    let err = env
+        .schedules
+        .create(&PostParams::default(), &schedule("rash", purge_all(None)))
+        .await
+        .expect_err("includeUnowned without unownedMinAge");
+    assert!(
+        err.to_string().contains(
+            "spec.retention.unownedMinAge: Invalid value: includeUnowned deletes snapshots taken by hand: set unownedMinAge too"
+        ),
+        "{err}"
+    );
+
+    let other = env
+        .schedules
+        .create(
+            &PostParams::default(),
+            &schedule(
+                "other",
+                json!({"vmNames": ["guarded"], "suspend": true, "retention": {"keepLast": 5}}),
+            ),
+        )
+        .await
+        .unwrap();
+    env.snaps
+        .create(
+            &PostParams::default(),
+            &owned_snapshot("theirs", "guarded", &other),
+        )
+        .await
+        .unwrap();
+    env.snaps
+        .create(&PostParams::default(), &snapshot("mine", "guarded", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "theirs", SnapshotPhase::Ready).await;
+    wait_snap_phase(&env, "mine", SnapshotPhase::Ready).await;
+
+    let purge = env
+        .schedules
+        .create(&PostParams::default(), &schedule("purge", purge_all(Some("1h"))))
+        .await
+        .unwrap();
+    env.snaps
+        .create(&PostParams::default(), &owned_snapshot("ours", "guarded", &purge))
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "ours").await;
+    let s = wait_for(&env.schedules, "purge", "the snapshot by hand kept", |s| {
+        sched_ready(s).is_some_and(|c| c.message.contains("taken by hand"))
+    })
+    .await;
+    let ready = sched_ready(&s).unwrap();
+    assert_eq!((ready.reason.as_str(), ready.status.as_str()), ("Active", "True"));
+    assert_eq!(
+        ready.message,
+        "1 VM(s); retention only; 1 snapshot(s) taken by hand kept until older than unownedMinAge (1h)"
+    );
+    env.snaps.get("mine").await.expect("the snapshot by hand stays");
+    env.snaps.get("theirs").await.expect("the other schedule's stays");
+
+    // Saying any age may go: the snapshot by hand goes, the other schedule's still stays.
+    env.schedules
+        .patch(
+            "purge",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"retention": {"unownedMinAge": "0"}}})),
+        )
+        .await
+        .unwrap();
+    wait_gone(&env.snaps, "mine").await;
+    env.snaps.get("theirs").await.expect("never another schedule's");
+    assert_eq!(snap_names(&io, "system_guarded"), ["theirs"]);
+}
+
 /// A cron schedule takes snapshots named after itself and the time; a VM that cannot be
 /// snapshotted makes the run fail, and the schedule suspends itself after maxFailures.
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Reconciles one VirtualMachineSnapshotSchedule: takes the snapshots of each run (objects
 //! named `<schedule>-<vm>-<yyyymmddhhmm>`, labelled as the schedule's), counts failed runs and
 //! suspends itself after `maxFailures`, and applies retention to the snapshots it owns (and to
-//! the others of its VMs only with `includeUnowned`).
+//! those of its VMs taken by hand only with `includeUnowned`, once older than `unownedMinAge`;
+//! never to another schedule's).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -40,21 +41,68 @@ pub struct SnapView {
     /// (the times have a one-second resolution).
     pub id: Option<i64>,
     pub phase: Option<SnapshotPhase>,
-    pub owned: bool,
+    pub origin: Origin,
+}
+
+/// Who took a snapshot, as its labels say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    ThisSchedule,
+    /// Labelled with another schedule's UID (that schedule may be gone): never this one's to
+    /// delete.
+    OtherSchedule,
+    /// No schedule label: taken by hand (kubectl, the plugin) or adopted.
+    ByHand,
+}
+
+impl Origin {
+    pub fn of(snap: &VirtualMachineSnapshot, schedule_uid: &str) -> Origin {
+        match snap.labels().get(SCHEDULE_UID_LABEL) {
+            Some(uid) if uid == schedule_uid => Origin::ThisSchedule,
+            Some(_) => Origin::OtherSchedule,
+            None => Origin::ByHand,
+        }
+    }
+}
+
+/// What retention decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Selection {
+    /// Snapshot objects to delete.
+    pub delete: Vec<String>,
+    /// Snapshots taken by hand that retention would delete but that are younger than
+    /// `unownedMinAge`.
+    pub kept_by_hand: Vec<String>,
 }
 
 /// The snapshots retention deletes: per VM, those older than `keepLast` newer Ready ones, older
-/// than `maxAge` or `before`, or all; never one still being taken; only owned ones unless
-/// `includeUnowned`.
+/// than `maxAge` or `before`, or all; never one still being taken, nor another schedule's;
+/// those taken by hand only with `includeUnowned`, and only once older than `unownedMinAge`
+/// (never without it).
 pub fn select_for_deletion(
     snaps: &[SnapView],
     retention: &Retention,
     now: Timestamp,
-) -> Result<Vec<String>, String> {
+) -> Result<Selection, String> {
     let max_age = retention.max_age.as_deref().map(parse_duration).transpose()?;
+    let by_hand_min_age = retention
+        .unowned_min_age
+        .as_deref()
+        .map(parse_duration)
+        .transpose()?;
+    let old_enough = |s: &SnapView, min: std::time::Duration| {
+        let min = k8s_openapi::jiff::SignedDuration::try_from(min)
+            .unwrap_or(k8s_openapi::jiff::SignedDuration::MAX);
+        now.duration_since(s.time) >= min
+    };
     let mut by_vm: BTreeMap<&str, Vec<&SnapView>> = BTreeMap::new();
     for s in snaps {
-        if !s.owned && !retention.include_unowned {
+        let counted = match s.origin {
+            Origin::ThisSchedule => true,
+            Origin::ByHand => retention.include_unowned,
+            Origin::OtherSchedule => false,
+        };
+        if !counted {
             continue;
         }
         if !matches!(s.phase, Some(SnapshotPhase::Ready | SnapshotPhase::Failed)) {
@@ -62,7 +110,7 @@ pub fn select_for_deletion(
         }
         by_vm.entry(&s.vm).or_default().push(s);
     }
-    let mut out = Vec::new();
+    let mut out = Selection::default();
     for (_, mut list) in by_vm {
         list.sort_by(|a, b| (b.time, b.id, &b.name).cmp(&(a.time, a.id, &a.name)));
         let mut ready_seen = 0i64;
@@ -86,8 +134,14 @@ pub fn select_for_deletion(
             if let Some(before) = &retention.before {
                 delete |= s.time < before.0;
             }
-            if delete {
-                out.push(s.name.clone());
+            if !delete {
+                continue;
+            }
+            // A snapshot taken by hand still counts among the kept ones above while too young.
+            match (s.origin, by_hand_min_age) {
+                (Origin::ByHand, Some(min)) if old_enough(s, min) => out.delete.push(s.name.clone()),
+                (Origin::ByHand, _) => out.kept_by_hand.push(s.name.clone()),
+                _ => out.delete.push(s.name.clone()),
             }
         }
     }
@@ -405,6 +459,7 @@ async fn apply(
 
     // Retention.
     let mut purged = 0;
+    let mut kept_by_hand = 0;
     if let (false, Some(retention)) = (suspended, &schedule.spec.retention) {
         let mut views: Vec<SnapView> = Vec::new();
         let candidates = if retention.include_unowned {
@@ -416,9 +471,9 @@ async fn apply(
             .iter()
             .filter(|s| vms.contains(&s.spec.vm_name) && s.metadata.deletion_timestamp.is_none())
         {
-            let owned = s.labels().get(SCHEDULE_UID_LABEL) == Some(&uid);
+            let origin = Origin::of(s, &uid);
             // A failed run not counted yet stays until it is.
-            if owned
+            if origin == Origin::ThisSchedule
                 && s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Failed)
                 && scheduled_at(s)
                     .is_some_and(|t| status.last_evaluated_time.as_ref().is_none_or(|e| t > e.0))
@@ -436,11 +491,11 @@ async fn apply(
                     .unwrap_or(now_ts),
                 id: st.disks.first().and_then(|d| d.snapshot_id),
                 phase: st.phase,
-                owned,
+                origin,
             });
         }
-        let doomed = match select_for_deletion(&views, retention, now_ts) {
-            Ok(d) => d,
+        let selection = match select_for_deletion(&views, retention, now_ts) {
+            Ok(selection) => selection,
             Err(message) => {
                 write(status, conditions_for(false, "InvalidRetention", &message, true)).await?;
                 return Ok(Action::await_change());
@@ -448,6 +503,8 @@ async fn apply(
         };
         // A purge of hundreds of snapshots: the DELETE requests go out a few at a time rather
         // than one after the other (the RBD work happens in each snapshot's own cleanup).
+        kept_by_hand = selection.kept_by_hand.len();
+        let doomed = selection.delete;
         let deletions: Vec<_> = futures::stream::iter(doomed.clone())
             .map(|name| {
                 let snapshots = snapshots.clone();
@@ -523,10 +580,21 @@ async fn apply(
     } else if vms.is_empty() {
         conditions_for(true, "NoVirtualMachines", "no VirtualMachine matches", false)
     } else {
-        let what = match &status.next_schedule_time {
+        let mut what = match &status.next_schedule_time {
             Some(next) => format!("{} VM(s); next run {}", vms.len(), next.0),
             None => format!("{} VM(s); retention only", vms.len()),
         };
+        if kept_by_hand > 0 {
+            let min_age = schedule
+                .spec
+                .retention
+                .as_ref()
+                .and_then(|r| r.unowned_min_age.as_deref());
+            what.push_str(&format!(
+                "; {kept_by_hand} snapshot(s) taken by hand kept until older than unownedMinAge ({})",
+                min_age.unwrap_or("unset: never")
+            ));
+        }
         conditions_for(true, "Active", &what, false)
     };
     write(status, conditions).await?;
@@ -578,8 +646,16 @@ mod tests {
             time: Timestamp::from_second(secs).unwrap(),
             id: None,
             phase: Some(phase),
-            owned,
+            origin: if owned {
+                Origin::ThisSchedule
+            } else {
+                Origin::ByHand
+            },
         }
+    }
+
+    fn deleted(snaps: &[SnapView], retention: &Retention, now: Timestamp) -> Vec<String> {
+        select_for_deletion(snaps, retention, now).unwrap().delete
     }
 
     #[test]
@@ -598,15 +674,65 @@ mod tests {
             ..Default::default()
         };
         let now = Timestamp::from_second(1000).unwrap();
-        assert_eq!(select_for_deletion(&snaps, &retention, now).unwrap(), vec!["a1"]);
+        assert_eq!(deleted(&snaps, &retention, now), vec!["a1"]);
         let unowned = Retention {
             include_unowned: true,
+            unowned_min_age: Some("0".into()),
             ..retention.clone()
         };
-        assert_eq!(
-            select_for_deletion(&snaps, &unowned, now).unwrap(),
-            vec!["a1", "x"]
-        );
+        assert_eq!(deleted(&snaps, &unowned, now), vec!["a1", "x"]);
+    }
+
+    #[test]
+    fn snapshots_taken_by_hand_go_only_when_old_enough_and_another_schedules_never() {
+        use SnapshotPhase::*;
+        let other = SnapView {
+            origin: Origin::OtherSchedule,
+            ..view("theirs", "a", 10, Ready, false)
+        };
+        let snaps = vec![
+            view("ours", "a", 100, Ready, true),
+            view("old-by-hand", "a", 200, Ready, false),
+            view("new-by-hand", "a", 950, Ready, false),
+            other,
+        ];
+        let now = Timestamp::from_second(1000).unwrap();
+        let all = |include_unowned, min_age: Option<&str>| Retention {
+            all: Some(true),
+            include_unowned,
+            unowned_min_age: min_age.map(Into::into),
+            ..Default::default()
+        };
+        let table: [(Retention, &[&str], &[&str]); 4] = [
+            (all(false, None), &["ours"], &[]),
+            // No age floor given (an object older than the rule): none taken by hand goes.
+            (all(true, None), &["ours"], &["old-by-hand", "new-by-hand"]),
+            (all(true, Some("5m")), &["ours", "old-by-hand"], &["new-by-hand"]),
+            (all(true, Some("0")), &["ours", "old-by-hand", "new-by-hand"], &[]),
+        ];
+        for (retention, delete, kept) in table {
+            let mut selection = select_for_deletion(&snaps, &retention, now).unwrap();
+            selection.delete.sort();
+            selection.kept_by_hand.sort();
+            let sorted = |names: &[&str]| {
+                let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+                names.sort();
+                names
+            };
+            assert_eq!(selection.delete, sorted(delete), "{retention:?}");
+            assert_eq!(selection.kept_by_hand, sorted(kept), "{retention:?}");
+        }
+        // A snapshot taken by hand counts among the kept ones: keepLast 1 keeps the newest,
+        // taken by hand, and would delete the two older ones; the one by hand is too young.
+        let keep_one = Retention {
+            keep_last: Some(1),
+            include_unowned: true,
+            unowned_min_age: Some("1h".into()),
+            ..Default::default()
+        };
+        let selection = select_for_deletion(&snaps, &keep_one, now).unwrap();
+        assert_eq!(selection.delete, ["ours"]);
+        assert_eq!(selection.kept_by_hand, ["old-by-hand"]);
     }
 
     #[test]
@@ -624,10 +750,7 @@ mod tests {
             ..Default::default()
         };
         let now = Timestamp::from_second(1000).unwrap();
-        assert_eq!(
-            select_for_deletion(&snaps, &keep_one, now).unwrap(),
-            vec!["y", "z"]
-        );
+        assert_eq!(deleted(&snaps, &keep_one, now), vec!["y", "z"]);
     }
 
     #[test]
@@ -643,28 +766,22 @@ mod tests {
             max_age: Some("5m".into()),
             ..Default::default()
         };
-        assert_eq!(
-            select_for_deletion(&snaps, &by_age, now).unwrap(),
-            vec!["failed", "old"]
-        );
+        assert_eq!(deleted(&snaps, &by_age, now), vec!["failed", "old"]);
         let by_date = Retention {
             before: Some(Time(Timestamp::from_second(120).unwrap())),
             ..Default::default()
         };
-        assert_eq!(select_for_deletion(&snaps, &by_date, now).unwrap(), vec!["old"]);
+        assert_eq!(deleted(&snaps, &by_date, now), vec!["old"]);
         let all = Retention {
             all: Some(true),
             ..Default::default()
         };
-        assert_eq!(select_for_deletion(&snaps, &all, now).unwrap().len(), 3);
+        assert_eq!(deleted(&snaps, &all, now).len(), 3);
         let keep_one = Retention {
             keep_last: Some(1),
             ..Default::default()
         };
-        assert_eq!(
-            select_for_deletion(&snaps, &keep_one, now).unwrap(),
-            vec!["failed", "old"]
-        );
+        assert_eq!(deleted(&snaps, &keep_one, now), vec!["failed", "old"]);
     }
 
     #[test]
