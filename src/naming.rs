@@ -33,7 +33,7 @@ pub const META_OWNER_VM: &str = "_k8s_owner_vm";
 pub fn owner_keys_written_for(metadata: &BTreeMap<String, String>, vm: &str) -> bool {
     match (metadata.get(META_OWNER_VM), metadata.get(META_OWNER)) {
         (Some(written_for), _) => written_for == vm,
-        (None, Some(owner)) => owner.rsplit_once('/').map_or(true, |(_, name)| name == vm),
+        (None, Some(owner)) => owner.rsplit_once('/').is_none_or(|(_, name)| name == vm),
         (None, None) => true,
     }
 }
