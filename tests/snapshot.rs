@@ -562,6 +562,48 @@ async fn restore_refusals() {
     );
 }
 
+/// A restore of a snapshot that never comes fails after a short wait, and no longer holds
+/// back the VM's later restores.
+#[tokio::test]
+async fn a_restore_of_a_missing_snapshot_fails_and_lets_the_next_one_go() {
+    let env = setup("snap-missing").await;
+    create_vm(&env.vms, "gamma", 0, "Stopped", Phase::Stopped).await;
+    env.snaps
+        .create(&PostParams::default(), &snapshot("real", "gamma", json!({})))
+        .await
+        .unwrap();
+    wait_snap_phase(&env, "real", SnapshotPhase::Ready).await;
+
+    env.restores
+        .create(&PostParams::default(), &restore("lost", "gamma", "never"))
+        .await
+        .unwrap();
+    let waiting = wait_for(&env.restores, "lost", "waiting for its snapshot", |r| {
+        restore_ready(r).is_some_and(|c| c.reason == "SnapshotNotFound")
+    })
+    .await;
+    let message = &restore_ready(&waiting).unwrap().message;
+    assert!(
+        message.starts_with("VirtualMachineSnapshot never does not exist; the restore fails in "),
+        "{message}"
+    );
+    let failed = wait_restore_phase(&env, "lost", RestorePhase::Failed).await;
+    let ready = restore_ready(&failed).unwrap();
+    assert_eq!(ready.reason, "SnapshotNotFound");
+    assert_eq!(
+        ready.message,
+        "VirtualMachineSnapshot never does not exist (waited 30 s for it); create the snapshot, then a new \
+         VirtualMachineRestore. Later restores of VirtualMachine gamma are no longer held back; nothing was \
+         stopped or changed"
+    );
+
+    env.restores
+        .create(&PostParams::default(), &restore("next", "gamma", "real"))
+        .await
+        .unwrap();
+    wait_restore_phase(&env, "next", RestorePhase::Succeeded).await;
+}
+
 /// Deleting a snapshot a clone depends on is refused with a condition until the clone goes.
 #[tokio::test]
 async fn deletion_waits_for_dependent_clones() {

@@ -46,6 +46,22 @@ use crate::controller::phase;
 
 const KIND: &str = "VirtualMachineRestore";
 const POLL: Duration = Duration::from_secs(2);
+/// How long a restore waits for a snapshot that does not exist: it may be created together
+/// with (just after) the restore. Past that the restore fails, since while it waits it holds
+/// back every later restore of the VM.
+pub const MISSING_SNAPSHOT_GRACE: Duration = Duration::from_secs(30);
+
+/// How much longer a restore created at `created` may wait for its missing snapshot (`None`:
+/// fail now).
+pub fn missing_snapshot_wait(
+    created: Option<&k8s_openapi::jiff::Timestamp>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> Option<Duration> {
+    let waited = created.map_or(Duration::ZERO, |c| now.duration_since(*c).unsigned_abs());
+    MISSING_SNAPSHOT_GRACE
+        .checked_sub(waited)
+        .filter(|left| !left.is_zero())
+}
 
 /// A restore that has started and not finished (it holds the VM).
 pub fn is_active(restore: &VirtualMachineRestore) -> bool {
@@ -319,10 +335,25 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
     let spec = &step.restore.spec;
     let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(step.ctx.client.clone(), &step.namespace);
     let Some(snapshot) = snapshots.get_opt(&spec.snapshot).await? else {
-        let message = format!("VirtualMachineSnapshot {} does not exist (yet)", spec.snapshot);
+        let created = step.restore.metadata.creation_timestamp.as_ref().map(|t| &t.0);
+        let Some(left) = missing_snapshot_wait(created, k8s_openapi::jiff::Timestamp::now()) else {
+            let message = format!(
+                "VirtualMachineSnapshot {} does not exist (waited {} s for it); create the snapshot, \
+                 then a new VirtualMachineRestore. Later restores of VirtualMachine {} are no longer held back",
+                spec.snapshot,
+                MISSING_SNAPSHOT_GRACE.as_secs(),
+                spec.vm_name
+            );
+            return step.refuse(status, "SnapshotNotFound", message).await;
+        };
+        let message = format!(
+            "VirtualMachineSnapshot {} does not exist; the restore fails in {} s unless it is created",
+            spec.snapshot,
+            left.as_secs().max(1)
+        );
         step.write(status, RestorePhase::Pending, "SnapshotNotFound", &message)
             .await?;
-        return Ok(Action::requeue(Duration::from_secs(5)));
+        return Ok(Action::requeue(left.min(Duration::from_secs(5))));
     };
     if snapshot.spec.vm_name != spec.vm_name {
         return step
@@ -949,6 +980,35 @@ mod tests {
         let running = restore("b", 5, Some(RestorePhase::RollingBack));
         let new = restore("c", 10, None);
         assert_eq!(
+    #[test]
+    fn a_missing_snapshot_is_waited_for_a_short_while_only() {
+        let at = |s| Timestamp::from_second(s).unwrap();
+        let grace = MISSING_SNAPSHOT_GRACE.as_secs() as i64;
+        let table = [
+            (Some(at(100)), at(100), Some(MISSING_SNAPSHOT_GRACE)),
+            (
+                Some(at(100)),
+                at(110),
+                Some(MISSING_SNAPSHOT_GRACE - Duration::from_secs(10)),
+            ),
+            (Some(at(100)), at(100 + grace), None),
+            (Some(at(100)), at(1000), None),
+            // A clock behind the API server's: still waits at most the grace.
+            (
+                Some(at(100)),
+                at(90),
+                Some(MISSING_SNAPSHOT_GRACE - Duration::from_secs(10)),
+            ),
+        ];
+        for (created, now, expected) in table {
+            assert_eq!(
+                missing_snapshot_wait(created.as_ref(), now),
+                expected,
+                "{created:?} {now}"
+            );
+        }
+    }
+
             competing(&new, &[old_done.clone(), running.clone(), new.clone()]).as_deref(),
             Some("b")
         );
