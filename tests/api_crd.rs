@@ -52,6 +52,7 @@ fn vm(name: &str) -> VirtualMachine {
             metadata: [("site".to_string(), "substation1".to_string())].into(),
             placement: None,
             stop_timeout_seconds: Some(30),
+            storage_name: None,
             deletion_policy: DeletionPolicy::Delete,
         },
     )

@@ -510,6 +510,94 @@ async fn an_existing_vm_manager_vm_is_adopted_not_overwritten() {
     assert_eq!(&buf, b"substation data");
 }
 
+/// vm_manager's `VM1` (upper case: no Kubernetes name) with its random UUID only in `xml`, adopted
+/// by `vm1` through `spec.storageName`: it runs as domain `<ns>_VM1` with that UUID, and nothing
+/// vm_manager reads is rewritten. `storageName` can be neither changed nor removed.
+#[tokio::test]
+async fn a_vm_manager_vm_is_adopted_under_its_own_name_and_uuid() {
+    let env = setup("lc-vmm").await;
+    let io = rbd(&env);
+    let uuid = uuid::Uuid::new_v4();
+    let pool = common::testbed_env("SEAPATH_CEPH_POOL");
+    let stored_xml = XML.replace(
+        "<devices>",
+        &format!(
+            "<uuid>{uuid}</uuid><devices><disk type=\"network\" device=\"disk\">\
+             <driver name=\"qemu\" type=\"raw\" cache=\"writeback\" /><source protocol=\"rbd\" \
+             name=\"{pool}/system_VM1\"><host name=\"hv1\" port=\"6789\" /></source>\
+             <target dev=\"vda\" bus=\"virtio\" /></disk>"
+        ),
+    );
+    io.group_create("VM1").unwrap();
+    io.create_image("system_VM1", 16 << 20, &ImageOptions::default())
+        .unwrap();
+    {
+        let mut image = io.open_image("system_VM1").unwrap();
+        image.write_at(0, b"substation data").unwrap();
+        image.metadata_set("vm_name", "VM1").unwrap();
+        image.metadata_set("_base_xml", XML).unwrap();
+        image.metadata_set("xml", &stored_xml).unwrap();
+        image.metadata_set("_disk_bus", "virtio").unwrap();
+        image.snap_create("before").unwrap();
+    }
+    io.group_image_add("VM1", &io, "system_VM1").unwrap();
+    let before = io.open_image("system_VM1").unwrap().metadata_list().unwrap();
+
+    let spec = json!({
+        "xml": XML, "storageName": "VM1",
+        "systemDisk": {"source": {"blank": {}}, "size": "16Mi"}
+    });
+    env.vms
+        .create(&PostParams::default(), &manifest("vm1", spec))
+        .await
+        .unwrap();
+    let vm = wait_phase(&env, "vm1", Phase::Started).await;
+    let status = vm.status.unwrap();
+    assert_eq!(
+        status.domain_uuid,
+        Some(uuid.to_string()),
+        "the UUID vm_manager gave it"
+    );
+    assert_eq!(status.domain.unwrap().name, format!("{}_VM1", env.namespace));
+    assert_eq!(status.storage.unwrap().group, "VM1");
+    let after: std::collections::BTreeMap<String, String> = io
+        .open_image("system_VM1")
+        .unwrap()
+        .metadata_list()
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("_k8s_"))
+        .collect();
+    assert_eq!(after, before, "nothing vm_manager reads was rewritten");
+    let mut buf = [0u8; 15];
+    io.open_image("system_VM1").unwrap().read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf, b"substation data");
+
+    for patch in [
+        json!({"spec": {"storageName": "VM2"}}),
+        json!({"spec": {"storageName": null}}),
+    ] {
+        let refused = env
+            .vms
+            .patch("vm1", &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .expect_err("storageName is immutable");
+        assert!(
+            refused.to_string().contains("storageName is immutable"),
+            "{refused}"
+        );
+    }
+    let refused = env
+        .vms
+        .create(
+            &PostParams::default(),
+            &manifest("vm2", json!({"xml": XML, "storageName": "xml", "systemDisk": {"source": {"blank": {}}, "size": "16Mi"}})),
+        )
+        .await
+        .expect_err("vm_manager refuses the name xml");
+    assert!(refused.to_string().contains("may not be 'xml'"), "{refused}");
+}
+
 #[tokio::test]
 async fn placement_honours_pinned_and_unknown_nodes() {
     let env = setup("lc-place").await;

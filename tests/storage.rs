@@ -103,12 +103,14 @@ impl Fixture {
         VmStorageRequest {
             kube_namespace: self.kube_ns.clone(),
             name: name.into(),
+            object_name: name.to_lowercase(),
             uid: uid.into(),
             disks,
             base_xml: format!("<domain type='qemu'><name>{name}</name></domain>"),
             rendered_xml: format!("<domain type='qemu'><name>{name}</name><uuid>u</uuid></domain>"),
             metadata: [("site".to_string(), "north".to_string())].into(),
             internal: [("_stop_timeout".to_string(), "60".to_string())].into(),
+            creation_defaults: BTreeMap::new(),
         }
     }
 
@@ -1136,13 +1138,23 @@ fn vm_manager_create(fx: &Fixture, name: &str, data_disks: usize, bus: &str) -> 
 /// A request that adopts `vm` as it is: its base XML, its disks, no setting of its own.
 fn adopting_request(fx: &Fixture, vm: &VmManagerVm, uid: &str) -> VmStorageRequest {
     let mut req = fx.request(&vm.name, uid, vm.images.iter().map(|_| blank(4 * MIB)).collect());
-    req.base_xml = VMM_BASE_XML.to_string();
-    req.rendered_xml = format!(
-        "<domain type='kvm'><name>{}</name><uuid>{}</uuid></domain>",
-        vm.name, vm.uuid
-    );
+    req.base_xml = VMM_BASE_XML.trim_end().to_string();
+    // The operator's rendering: the same UUID and disks, its own monitors and owner marker.
+    let bus = fx
+        .metadata(&vm.images[0])
+        .get("_disk_bus")
+        .cloned()
+        .unwrap_or_else(|| "virtio".into());
+    req.rendered_xml = vm_manager_xml(&vm.name, vm.uuid, &vm.images, &bus)
+        .replace("name=\"hv1\" port=\"6789\"", "name=\"10.0.0.1\" port=\"3300\"")
+        .replace(
+            "<devices>",
+            "<metadata><seapath:owner xmlns:seapath=\"https://seapath.lfenergy.org/operator/v1\" \
+             namespace=\"ns\" name=\"vm\" uid=\"u\"/></metadata><devices>",
+        );
     req.metadata.clear();
-    req.internal = [("_disk_bus".to_string(), "virtio".to_string())].into();
+    req.internal = [("_disk_bus".to_string(), bus)].into();
+    req.creation_defaults = [("_stop_timeout".to_string(), "60".to_string())].into();
     req
 }
 
@@ -1316,6 +1328,61 @@ async fn a_vm_manager_clone_of_an_operator_vm_is_adoptable() {
     assert_eq!(fx.images(), ["data_opvm1_0", "system_opvm1"]);
 }
 
+/// Every kind of VM vm_manager makes is adopted keeping its data, snapshots, UUID and every key
+/// vm_manager reads; only the operator's `_k8s_*` keys are added. A second call writes nothing.
+#[tokio::test]
+async fn adoption_keeps_everything_vm_manager_reads() {
+    let fx = Fixture::new("vmm-keep");
+    let long = format!("Substation{}", "A1".repeat(28));
+    assert_eq!(long.len(), 66);
+    let mut kinds = vec![
+        vm_manager_create(&fx, "VM1", 0, "virtio"),
+        vm_manager_create(&fx, &long, 2, "virtio"),
+        vm_manager_create(&fx, "sata1", 1, "sata"),
+    ];
+    // A clone of the upper-case one, made by vm_manager.
+    kinds.push(vm_manager_clone(&fx, "VM1", "VM1copy", 0));
+    for vm in &kinds {
+        let uid = uid();
+        let before = vm_manager_view(&fx, vm);
+        assert!(!before.0.contains_key("_stop_timeout"));
+        let req = adopting_request(&fx, vm, &uid);
+        let obs = fx
+            .ensure(&req)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", vm.name));
+        assert!(obs.adopted, "{}", vm.name);
+        assert_eq!(
+            vm_manager_view(&fx, vm),
+            before,
+            "{}: what vm_manager reads is kept",
+            vm.name
+        );
+        let meta = fx.metadata(&vm.images[0]);
+        assert_eq!(meta["_k8s_owner_uid"], uid);
+        assert_eq!(meta["_k8s_owner_vm"], vm.name);
+        assert_eq!(
+            seapath_operator::domain_xml::extract_uuid(&meta["xml"]).unwrap(),
+            Some(vm.uuid)
+        );
+        let again = fx.ensure(&req).await.unwrap();
+        assert!(again.changes.is_empty(), "{}: {:?}", vm.name, again.changes);
+
+        // What the user asks for is written: a stop timeout, and a bus of its own for the
+        // system disk (the XML then is the operator's).
+        let mut asked = req.clone();
+        asked.internal.insert("_stop_timeout".into(), "45".into());
+        fx.ensure(&asked).await.unwrap();
+        let meta = fx.metadata(&vm.images[0]);
+        assert_eq!(meta["_stop_timeout"], "45");
+        assert_eq!(
+            meta["xml"], before.0["xml"],
+            "{}: the XML still says what the spec says",
+            vm.name
+        );
+    }
+}
+
 #[tokio::test]
 async fn adopts_a_vm_manager_vm_without_touching_its_data() {
     let fx = Fixture::new("adopt");
@@ -1346,7 +1413,10 @@ async fn adopts_a_vm_manager_vm_without_touching_its_data() {
     let meta = fx.metadata("system_old");
     assert_eq!(meta["_k8s_owner_uid"], uid);
     assert_eq!(meta["_pacemaker_meta"], "{\"a\": 1}", "vm_manager keys stay");
-    assert_eq!(meta["xml"], req.rendered_xml);
+    assert_eq!(
+        meta["xml"], req.rendered_xml,
+        "a base XML other than vm_manager's: the operator's XML"
+    );
     assert_eq!(fx.metadata("data_old_0")["_k8s_owner_uid"], uid);
 
     let again = fx.ensure(&req).await.unwrap();

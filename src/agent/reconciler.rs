@@ -101,6 +101,18 @@ fn rbd_namespace_of(vm: &VirtualMachine, ctx: &Context) -> String {
         })
 }
 
+/// The VM's name in RBD and libvirt as the controller recorded it (`status.storage.group`,
+/// named like the VM), else `spec.storageName` or the object's name: the domain and the image
+/// the XML is read from are named alike by both.
+fn storage_name_of(vm: &VirtualMachine) -> String {
+    vm.status
+        .as_ref()
+        .and_then(|s| s.storage.as_ref())
+        .map(|storage| storage.group.clone())
+        .filter(|group| !group.is_empty())
+        .unwrap_or_else(|| vm.storage_name())
+}
+
 /// How soon a VM whose report met a newer version of the object is reconciled again (the
 /// watch brings that version within moments).
 const CONFLICT_RETRY: Duration = Duration::from_millis(100);
@@ -116,7 +128,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let uid = vm.uid().unwrap_or_default();
     let what = format!("VM {namespace}/{name}");
     let rbd_namespace = rbd_namespace_of(vm, ctx);
-    let names = VmNames::new(&rbd_namespace, &name);
+    let names = VmNames::new(&rbd_namespace, &storage_name_of(vm));
     let domain_name = names.domain();
     let owner = DomainOwner::new(&namespace, &name, &uid);
     let intent = intent_of(vm, node);
@@ -238,7 +250,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     }
 
     // Act.
-    let stop_timeout = Duration::from_secs(u64::try_from(vm.spec.stop_timeout_seconds).unwrap_or(0));
+    let stop_timeout = vm.spec.stop_timeout();
     let mut stopped = stopped_by_agent;
     let acted = !decision.steps.is_empty();
     for step in decision.steps.clone() {

@@ -40,7 +40,7 @@ pub fn verdict(
         // Gone, or re-created as another object.
         return release(default_timeout, AbsentReason::NotAssigned);
     };
-    let timeout = Duration::from_secs(u64::try_from(vm.spec.stop_timeout_seconds).unwrap_or(0));
+    let timeout = vm.spec.stop_timeout();
     match vm.labels().get(NODE_LABEL).map(String::as_str) {
         Some(here) if here == node => {}
         // Assigned to another node, which may run it already (a failover after this host was
@@ -218,7 +218,8 @@ mod tests {
                 data_disks: vec![],
                 metadata: BTreeMap::new(),
                 placement: None,
-                stop_timeout_seconds: 7,
+                stop_timeout_seconds: Some(7),
+                storage_name: None,
                 deletion_policy: Default::default(),
             },
         );

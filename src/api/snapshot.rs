@@ -57,6 +57,7 @@ const DURATION_RULE: &str = "self == '0' || self.matches('^([0-9]+(ms|s|m|h|d))+
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name.matches('^[a-z0-9]+$')").message("the object name names the RBD snapshot, and SEAPATH allows only letters and digits there: use such a name or set spec.snapshotName").field_path(".metadata"),
+    validation = Rule::new("has(self.spec.snapshotName) || self.metadata.name != 'xml'").message("vm_manager refuses 'xml' as a snapshot name: use another name or set spec.snapshotName").field_path(".metadata"),
 )]
 #[x_kube(validation = Rule::new("(has(self.adopt) && self.adopt) == (has(oldSelf.adopt) && oldSelf.adopt)").message("spec.adopt is immutable"))]
 // On the parent, not on the optional field: a field's transition rule is skipped when the
@@ -73,7 +74,7 @@ pub struct VirtualMachineSnapshotSpec {
     /// requires). Default: the object name. Immutable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9]+$')").message("snapshotName may contain only letters and digits (SEAPATH vm_manager rule)"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9]+$') && self != 'xml'").message("snapshotName may contain only letters and digits and may not be 'xml' (SEAPATH vm_manager rules)"))]
     pub snapshot_name: Option<String>,
 
     /// Free text for humans.

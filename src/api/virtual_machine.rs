@@ -30,12 +30,14 @@ use serde::{Deserialize, Serialize};
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("self.metadata.name.matches('^[a-z0-9]+$')").message("a VirtualMachine name may contain only lowercase letters and digits (SEAPATH names the RBD group and images after it and allows only [a-zA-Z0-9]; Kubernetes allows only lowercase)").field_path(".metadata"),
     validation = Rule::new("size(self.metadata.name) <= 40").message("a VirtualMachine name may be at most 40 characters long (it names the RBD images data_NAME_<i>)").field_path(".metadata"),
+    validation = Rule::new("has(self.spec.storageName) || self.metadata.name != 'xml'").message("a VirtualMachine may not be named 'xml' (vm_manager reserves it): choose another name or set spec.storageName").field_path(".metadata"),
 )]
 #[serde(rename_all = "camelCase")]
 // Immutability is checked here, on the parent, and not with `self == oldSelf` on each field:
 // the API server skips a field's transition rule when the field is absent on either side, so
 // removing it and setting it again in two steps would pass.
 #[x_kube(validation = Rule::new("(has(self.metadata) ? self.metadata : {}) == (has(oldSelf.metadata) ? oldSelf.metadata : {})").message("spec.metadata is immutable (it may not be removed, added or changed): SEAPATH VMs change their metadata by cloning"))]
+#[x_kube(validation = Rule::new("(has(self.storageName) ? self.storageName : '') == (has(oldSelf.storageName) ? oldSelf.storageName : '')").message("spec.storageName is immutable (it may not be removed, added or changed): it names the RBD group, images and libvirt domain the VM is"))]
 #[x_kube(validation = Rule::new("self.systemDisk.source == oldSelf.systemDisk.source && (has(self.dataDisks) ? self.dataDisks.map(d, d.source) : []) == (has(oldSelf.dataDisks) ? oldSelf.dataDisks.map(d, d.source) : [])").message("disk sources are immutable and data disks cannot be added or removed (a disk's size may grow and its bus may change): to change the disks, clone the VM into a new VirtualMachine"))]
 pub struct VirtualMachineSpec {
     /// Desired state: `Started` (run it), `Stopped` (enabled on the cluster but shut down) or
@@ -49,6 +51,16 @@ pub struct VirtualMachineSpec {
     #[schemars(length(min = 1, max = 262144))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.xml is immutable: SEAPATH VMs change their configuration by cloning; create a new VirtualMachine with spec.systemDisk.source.vm"))]
     pub xml: String,
+
+    /// The name of the VM in RBD and libvirt (group `NAME`, images `system_NAME`,
+    /// `data_NAME_<i>`, domain `NAME`) when it differs from the object's name: SEAPATH names
+    /// may have upper case letters and be longer than Kubernetes allows, so `VM1` is adopted by
+    /// a VirtualMachine `vm1` with `storageName: VM1`. Letters and digits, not `xml` (vm_manager's
+    /// rules). Immutable. Unset: the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-zA-Z0-9]+$') && self != 'xml'").message("storageName may contain only letters and digits and may not be 'xml' (SEAPATH vm_manager rules)"))]
+    pub storage_name: Option<String>,
 
     /// The system disk (RBD image `system_NAME`).
     pub system_disk: Disk,
@@ -69,10 +81,12 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 
-    /// Seconds a graceful shutdown may take before the domain is destroyed.
-    #[serde(default = "default_stop_timeout_seconds")]
+    /// Seconds a graceful shutdown may take before the domain is destroyed. Unset: 60, written
+    /// as vm_manager's `_stop_timeout` on a VM the operator creates; an adopted VM keeps the
+    /// `_stop_timeout` it has (vm_manager uses 30 s without one). Set, it is written there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
-    pub stop_timeout_seconds: i32,
+    pub stop_timeout_seconds: Option<i32>,
 
     /// What happens to the RBD data when this object is deleted: `Delete` removes the
     /// snapshots, images and group; `Retain` keeps them (reported in an Event).
@@ -80,8 +94,15 @@ pub struct VirtualMachineSpec {
     pub deletion_policy: DeletionPolicy,
 }
 
-fn default_stop_timeout_seconds() -> i32 {
-    60
+/// The stop timeout of a VM whose spec sets none.
+pub const DEFAULT_STOP_TIMEOUT_SECONDS: i32 = 60;
+
+impl VirtualMachineSpec {
+    /// How long a graceful shutdown may take: `stopTimeoutSeconds`, else 60 s.
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        let seconds = self.stop_timeout_seconds.unwrap_or(DEFAULT_STOP_TIMEOUT_SECONDS);
+        std::time::Duration::from_secs(u64::try_from(seconds).unwrap_or(0))
+    }
 }
 
 /// Desired run state of a VM.
@@ -446,6 +467,12 @@ pub struct RestartStatus {
 }
 
 impl VirtualMachine {
+    /// The VM's name in RBD and libvirt: `spec.storageName`, else the object's name.
+    pub fn storage_name(&self) -> String {
+        use kube::ResourceExt;
+        self.spec.storage_name.clone().unwrap_or_else(|| self.name_any())
+    }
+
     /// `namespace/name`: how Hypervisor status, fence records and placement name a VM.
     pub fn key(&self) -> String {
         use kube::ResourceExt;

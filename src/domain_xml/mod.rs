@@ -425,6 +425,32 @@ pub fn extract_uuid(xml: &str) -> Result<Option<Uuid>, DomainXmlError> {
     domain_uuid(&doc.root)
 }
 
+/// The RBD disks of a domain XML in order: the image name (without pool and RBD namespace) and
+/// the guest bus of each `<disk>` whose source is an RBD image. Two XMLs that list the same run
+/// the same disks the same way, whatever their monitors or secret.
+pub fn rbd_disks(xml: &str) -> Result<Vec<(String, String)>, DomainXmlError> {
+    let doc = tree::parse(xml)?;
+    let mut out = Vec::new();
+    for devices in doc.root.elements_named("devices") {
+        for disk in devices.elements_named("disk") {
+            let Some(source) = disk
+                .elements_named("source")
+                .find(|s| s.attr_exact("protocol").as_deref() == Some("rbd"))
+            else {
+                continue;
+            };
+            let name = source.attr_exact("name").unwrap_or_default();
+            let image = name.rsplit('/').next().unwrap_or_default().to_string();
+            let bus = disk
+                .elements_named("target")
+                .find_map(|t| t.attr_exact("bus"))
+                .unwrap_or_default();
+            out.push((image, bus));
+        }
+    }
+    Ok(out)
+}
+
 /// `xml` without its `<uuid>`: the base XML of a copy of a VM, which must get a UUID of its own
 /// (two domains with one UUID cannot both be defined).
 pub fn without_uuid(xml: &str) -> Result<String, DomainXmlError> {

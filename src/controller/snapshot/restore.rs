@@ -130,6 +130,7 @@ pub fn target_vm(
             metadata: spec.metadata.clone(),
             placement: spec.placement.clone(),
             stop_timeout_seconds: spec.stop_timeout_seconds,
+            storage_name: None,
             deletion_policy: spec.deletion_policy,
         },
         status: None,
@@ -376,8 +377,13 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
                     status,
                     "SnapshotNotUsable",
                     format!(
-                        "VirtualMachineSnapshot {} is not ready to use ({:?})",
-                        spec.snapshot, snap_status.phase
+                        "VirtualMachineSnapshot {} cannot be restored: {}",
+                        spec.snapshot,
+                        match snap_status.phase {
+                            Some(SnapshotPhase::Failed) => "it failed",
+                            Some(SnapshotPhase::Deleting) => "it is being deleted",
+                            _ => "it is not ready to use (its RBD snapshot is missing on some image)",
+                        }
                     ),
                 )
                 .await;
@@ -441,7 +447,7 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
     let images = step
         .ctx
         .storage
-        .vm_names(&step.namespace, &spec.vm_name)
+        .vm_names(&step.namespace, &vm.storage_name())
         .images(vm.spec.data_disks.len());
     let found = {
         let name = name.clone();
@@ -695,7 +701,7 @@ async fn rolling_back(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) 
     let images = step
         .ctx
         .storage
-        .vm_names(&step.namespace, &step.restore.spec.vm_name)
+        .vm_names(&step.namespace, &vm.storage_name())
         .images(vm.spec.data_disks.len());
     let lock = step.ctx.vm_lock(&step.namespace, &step.restore.spec.vm_name);
     let guard = lock.lock().await;

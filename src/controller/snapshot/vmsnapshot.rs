@@ -252,7 +252,7 @@ async fn take(
         }
         let images = ctx
             .storage
-            .vm_names(&namespace, &snap.spec.vm_name)
+            .vm_names(&namespace, &vm.storage_name())
             .images(vm.spec.data_disks.len());
         let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
         let Some(_guard) = lock_until(&lock, deadline).await else {

@@ -169,8 +169,10 @@ pub struct DiskRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmStorageRequest {
     pub kube_namespace: String,
-    /// The VM (and group) name.
+    /// The VM's name in RBD (group, images, `vm_name`): the VirtualMachine's storage name.
     pub name: String,
+    /// The VirtualMachine's own name (for the `_k8s_owner` key people read).
+    pub object_name: String,
     /// `metadata.uid` of the VirtualMachine: the owner key.
     pub uid: String,
     /// The system disk first, then the data disks.
@@ -181,9 +183,15 @@ pub struct VmStorageRequest {
     pub rendered_xml: String,
     /// User metadata (letters and digits keys).
     pub metadata: BTreeMap<String, String>,
-    /// vm_manager internal keys computed by the controller (`_stop_timeout`, `_pinned_host`,
-    /// ...). `_base_xml`, `_additional_disks` and the owner keys are written by this layer.
+    /// vm_manager internal keys computed by the controller from what the spec sets
+    /// (`_stop_timeout`, `_pinned_host`, ...). `_base_xml`, `_additional_disks` and the owner keys
+    /// are written by this layer. On an existing system image a key is written only when its
+    /// value differs from what vm_manager reads there (an absent key is vm_manager's default).
     pub internal: BTreeMap<String, String>,
+    /// vm_manager keys written only on a system image this call creates: the operator's
+    /// defaults for what the spec leaves unset (`_stop_timeout`), so that vm_manager agrees with
+    /// the operator on a VM the operator made, while an adopted VM keeps its own.
+    pub creation_defaults: BTreeMap<String, String>,
 }
 
 /// One image as observed.

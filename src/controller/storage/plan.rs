@@ -9,8 +9,8 @@ use serde_json::Value;
 use super::error::{Result, StorageError, human_bytes};
 use super::{DiskRequest, ResolvedSource, VmStorageRequest};
 use crate::naming::{
-    META_ADDITIONAL_DISKS, META_BASE_XML, META_OWNER, META_OWNER_UID, META_OWNER_VM, META_VM_NAME, META_XML,
-    owner_keys_written_for,
+    META_ADDITIONAL_DISKS, META_BASE_XML, META_DISK_BUS, META_OWNER, META_OWNER_UID, META_OWNER_VM,
+    META_PRIORITY, META_STOP_TIMEOUT, META_VM_NAME, META_XML, owner_keys_written_for,
 };
 
 /// Prefix of the temporary images disks are built under.
@@ -91,7 +91,7 @@ pub(crate) fn validate_request(req: &VmStorageRequest) -> Result<()> {
             ));
         }
     }
-    for key in req.internal.keys() {
+    for key in req.internal.keys().chain(req.creation_defaults.keys()) {
         if !key.starts_with('_') || key.len() < 2 {
             return invalid(format!("internal metadata key '{key}' must start with '_'"));
         }
@@ -277,11 +277,17 @@ pub(crate) fn decide_ownership(
     Ok((ownership, claimable))
 }
 
-/// The metadata of the system image, in the order it is written: owner keys first (so a
-/// half-written state is already ours), `vm_name` last (vm_manager's tools see a VM as complete
-/// once it has its name).
+/// The metadata of a system image this call creates, in the order it is written: owner keys
+/// first (so a half-written state is already ours), `vm_name` last (vm_manager's tools see a VM
+/// as complete once it has its name).
 pub(crate) fn desired_metadata(req: &VmStorageRequest) -> Vec<(String, String)> {
     let mut out = owner_metadata(req).to_vec();
+    out.extend(
+        req.creation_defaults
+            .iter()
+            .filter(|(k, _)| !req.internal.contains_key(*k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     out.extend(req.internal.iter().map(|(k, v)| (k.clone(), v.clone())));
     out.extend(req.metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
     out.push((META_BASE_XML.to_string(), req.base_xml.clone()));
@@ -303,7 +309,7 @@ pub(crate) fn owner_metadata(req: &VmStorageRequest) -> [(String, String); 3] {
         (META_OWNER_UID.to_string(), req.uid.clone()),
         (
             META_OWNER.to_string(),
-            format!("{}/{}", req.kube_namespace, req.name),
+            format!("{}/{}", req.kube_namespace, req.object_name),
         ),
     ]
 }
@@ -339,15 +345,68 @@ impl MetadataPlan {
     }
 }
 
-/// Only the keys whose value differs are set; `_additional_disks` is removed when the VM has no
-/// data disk any more. Keys this layer does not know (vm_manager's `_pacemaker_*`, ...) stay.
-pub(crate) fn plan_metadata(
-    current: &BTreeMap<String, String>,
-    desired: &[(String, String)],
-) -> MetadataPlan {
+/// What vm_manager does when a key is absent from the system image (its `create` and
+/// `enable_vm`): writing the same value changes nothing it does, so it is not written.
+pub(crate) const VM_MANAGER_DEFAULTS: [(&str, &str); 3] = [
+    (META_STOP_TIMEOUT, "30"),
+    (META_DISK_BUS, "virtio"),
+    (META_PRIORITY, "0"),
+];
+
+/// Whether the stored `xml`, written by vm_manager, stays: adopting a VM changes nothing
+/// vm_manager reads unless the spec asks for something it does not say. It stays when it carries
+/// no owner marker of the operator (an XML the operator rendered is the operator's to refresh,
+/// with the monitors of now), the base XML is the stored `_base_xml` (surrounding white space
+/// aside), and it runs the rendered XML's UUID and the same RBD images on the same buses.
+pub(crate) fn keep_stored_xml(current: &BTreeMap<String, String>, req: &VmStorageRequest) -> bool {
+    use crate::domain_xml::{extract_owner_marker, extract_uuid, rbd_disks};
+    let Some(stored) = current.get(META_XML) else {
+        return false;
+    };
+    if !matches!(extract_owner_marker(stored), Ok(None)) {
+        return false;
+    }
+    let same_base = current.get(META_BASE_XML).map(|b| b.trim()) == Some(req.base_xml.trim());
+    let same_uuid = matches!(
+        (extract_uuid(stored), extract_uuid(&req.rendered_xml)),
+        (Ok(Some(a)), Ok(Some(b))) if a == b
+    );
+    let same_disks = matches!(
+        (rbd_disks(stored), rbd_disks(&req.rendered_xml)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    same_base && same_uuid && same_disks
+}
+
+/// The writes that bring an existing system image to the request. A key is set only when
+/// what vm_manager reads differs: a key it lacks stands for its default
+/// ([`VM_MANAGER_DEFAULTS`]), `_base_xml` is compared without surrounding white space, and a
+/// vm_manager `xml` that says what the spec says stays ([`keep_stored_xml`]).
+/// `_additional_disks` is removed when the VM has no data disk any more. Keys this layer does
+/// not know (vm_manager's `_pacemaker_*`, ...) stay, and [`VmStorageRequest::creation_defaults`]
+/// are never written here.
+pub(crate) fn plan_metadata(current: &BTreeMap<String, String>, req: &VmStorageRequest) -> MetadataPlan {
+    let keep_xml = keep_stored_xml(current, req);
+    let without_defaults = VmStorageRequest {
+        creation_defaults: BTreeMap::new(),
+        ..req.clone()
+    };
+    let desired = desired_metadata(&without_defaults);
     let set = desired
         .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
+        .filter(|(k, v)| {
+            let stored = current.get(k).map(String::as_str).or_else(|| {
+                VM_MANAGER_DEFAULTS
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, default)| *default)
+            });
+            match k.as_str() {
+                META_XML if keep_xml => false,
+                META_BASE_XML => stored.map(str::trim) != Some(v.trim()),
+                _ => stored != Some(v.as_str()),
+            }
+        })
         .cloned()
         .collect();
     let remove = if current.contains_key(META_ADDITIONAL_DISKS)

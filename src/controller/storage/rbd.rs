@@ -541,7 +541,7 @@ pub(crate) fn finalize(
             .and_then(|i| i.metadata_list())
             .ctx(|| format!("reading the metadata of {}", io.spec(&system)))?,
     };
-    let plan = plan::plan_metadata(&current, &plan::desired_metadata(req));
+    let plan = plan::plan_metadata(&current, req);
     if !plan.is_empty() {
         let image = io
             .open_image(&system)

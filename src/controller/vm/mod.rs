@@ -131,7 +131,7 @@ async fn apply(
         plan::UuidSource::Recorded(uuid) => Some(uuid),
         plan::UuidSource::Storage => {
             let namespace = vm.namespace().unwrap_or_default();
-            match storage::stored_domain_uuid(&ctx.storage, &namespace, &vm.name_any(), &uid).await {
+            match storage::stored_domain_uuid(&ctx.storage, &namespace, &vm.storage_name(), &uid).await {
                 Ok(uuid) => uuid,
                 Err(err) => {
                     // Never guess: a generated UUID would replace the one the VM runs with.
@@ -230,6 +230,16 @@ async fn apply(
                                 )
                             };
                             publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note);
+                            for warning in &plan.warnings {
+                                publish(
+                                    ctx,
+                                    vm,
+                                    EventType::Warning,
+                                    "VmManagerWarning",
+                                    "CreateStorage",
+                                    warning.clone(),
+                                );
+                            }
                         }
                         for warning in &observation.warnings {
                             publish(
@@ -720,7 +730,7 @@ async fn cleanup(
         DeletionPolicy::Retain => {
             let names = crate::naming::VmNames::new(
                 &ctx.storage.namespace_map.rbd_namespace(&namespace),
-                &vm.name_any(),
+                &vm.storage_name(),
             );
             publish(
                 ctx,
@@ -737,7 +747,7 @@ async fn cleanup(
             );
         }
         DeletionPolicy::Delete => {
-            match storage::delete_storage(&ctx.storage, &namespace, &vm.name_any(), &uid).await {
+            match storage::delete_storage(&ctx.storage, &namespace, &vm.storage_name(), &uid).await {
                 Ok(_) => {
                     publish(
                         ctx,

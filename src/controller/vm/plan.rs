@@ -95,6 +95,37 @@ pub struct Plan {
     pub uuid: Uuid,
     pub memory_mib: i64,
     pub request: VmStorageRequest,
+    /// What the user should know about the VM as vm_manager sees it (published as events when
+    /// the storage is first ready).
+    pub warnings: Vec<String>,
+}
+
+/// A warning when the disks are not all on one bus: vm_manager keeps one bus per VM
+/// (`_disk_bus`, the system disk's here), so its `clone` of this VM attaches every disk on it.
+/// The stored `xml` runs each disk on its own bus, so Pacemaker starts the VM as it is.
+pub fn mixed_bus_warning(vm: &VirtualMachine) -> Option<String> {
+    let system = vm.spec.system_disk.bus;
+    let others: Vec<String> = vm
+        .spec
+        .data_disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.bus != system)
+        .map(|(i, d)| format!("data disk {i} on {}", bus(d.bus)))
+        .collect();
+    if others.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "the disks are on mixed buses (system disk on {}, {}): vm_manager keeps one bus per VM \
+         (_disk_bus={}), so a vm_manager clone of this VM attaches every disk on {}; the VM \
+         itself runs each disk on its own bus. Clone it into a VirtualMachine (source.vm) to \
+         keep the buses",
+        bus(system),
+        others.join(", "),
+        bus(system),
+        bus(system)
+    ))
 }
 
 /// The UUID a VM's domain gets when its XML has none: derived from the object's UID, so every
@@ -329,7 +360,10 @@ fn resolve_source(
                 source_vm: clone.name.clone(),
             });
         }
-        let names = VmNames::new(&namespace_map.rbd_namespace(&namespace), &clone.name);
+        let names = VmNames::new(
+            &namespace_map.rbd_namespace(&namespace),
+            &source_vm.storage_name(),
+        );
         let image = names
             .images(source_vm.spec.data_disks.len())
             .swap_remove(disk_index);
@@ -351,19 +385,16 @@ fn built_already(vm: &VirtualMachine, image: &str) -> bool {
         .is_some_and(|storage| storage.images.iter().any(|i| i.name == image))
 }
 
-/// Vm_manager's internal metadata keys that follow from the spec.
+/// vm_manager's internal metadata keys that follow from what the spec sets.
 fn internal_metadata(vm: &VirtualMachine) -> BTreeMap<String, String> {
     let spec = &vm.spec;
-    let mut keys = BTreeMap::from([
-        (
-            naming::META_STOP_TIMEOUT.to_owned(),
-            spec.stop_timeout_seconds.to_string(),
-        ),
-        (
-            naming::META_DISK_BUS.to_owned(),
-            bus(spec.system_disk.bus).to_string(),
-        ),
-    ]);
+    let mut keys = BTreeMap::from([(
+        naming::META_DISK_BUS.to_owned(),
+        bus(spec.system_disk.bus).to_string(),
+    )]);
+    if let Some(seconds) = spec.stop_timeout_seconds {
+        keys.insert(naming::META_STOP_TIMEOUT.to_owned(), seconds.to_string());
+    }
     if let Some(placement) = &spec.placement {
         if let Some(node) = &placement.pinned_node {
             keys.insert(naming::META_PINNED_HOST.to_owned(), node.clone());
@@ -407,7 +438,8 @@ pub fn plan(
     }
 
     let rbd_namespace = namespace_map.rbd_namespace(&namespace);
-    let names = VmNames::new(&rbd_namespace, &name);
+    let storage_name = vm.storage_name();
+    let names = VmNames::new(&rbd_namespace, &storage_name);
     let all_disks: Vec<&api::Disk> = std::iter::once(&vm.spec.system_disk)
         .chain(&vm.spec.data_disks)
         .collect();
@@ -466,14 +498,20 @@ pub fn plan(
         memory_mib: (summary.memory_kib / 1024) as i64,
         request: VmStorageRequest {
             kube_namespace: namespace,
-            name,
+            name: storage_name,
+            object_name: name,
             uid,
             disks,
             base_xml: vm.spec.xml.clone(),
             rendered_xml: rendered.xml,
             metadata: vm.spec.metadata.clone(),
             internal: internal_metadata(vm),
+            creation_defaults: BTreeMap::from([(
+                naming::META_STOP_TIMEOUT.to_owned(),
+                api::DEFAULT_STOP_TIMEOUT_SECONDS.to_string(),
+            )]),
         },
+        warnings: mixed_bus_warning(vm).into_iter().collect(),
     })
 }
 
@@ -609,6 +647,28 @@ mod tests {
         for (case, vm, expected) in table {
             assert_eq!(uuid_source(&vm), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn mixed_buses_are_warned_about() {
+        let vm = |buses: &[&str]| -> VirtualMachine {
+            let disk = |b: &str| serde_json::json!({"source": {"blank": {}}, "size": "1Mi", "bus": b});
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+                "metadata": {"name": "vm1", "namespace": "ns"},
+                "spec": {"xml": "<domain/>", "systemDisk": disk(buses[0]),
+                         "dataDisks": buses[1..].iter().map(|b| disk(b)).collect::<Vec<_>>()},
+            }))
+            .unwrap()
+        };
+        assert_eq!(mixed_bus_warning(&vm(&["virtio"])), None);
+        assert_eq!(mixed_bus_warning(&vm(&["sata", "sata", "sata"])), None);
+        let warning = mixed_bus_warning(&vm(&["virtio", "virtio", "sata"])).unwrap();
+        assert!(
+            warning.contains("system disk on virtio, data disk 1 on sata"),
+            "{warning}"
+        );
+        assert!(warning.contains("_disk_bus=virtio"), "{warning}");
     }
 
     #[test]

@@ -7,12 +7,14 @@ fn request(disks: Vec<DiskRequest>) -> VmStorageRequest {
     VmStorageRequest {
         kube_namespace: "prod".into(),
         name: "guest0".into(),
+        object_name: "guest0".into(),
         uid: "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0".into(),
         disks,
         base_xml: "<domain/>".into(),
         rendered_xml: "<domain><name>guest0</name></domain>".into(),
         metadata: [("site".to_string(), "north".to_string())].into(),
         internal: [("_stop_timeout".to_string(), "60".to_string())].into(),
+        creation_defaults: BTreeMap::new(),
     }
 }
 
@@ -208,19 +210,181 @@ fn metadata_order_and_diff() {
     assert!(desired.contains(&("_k8s_owner".into(), "prod/guest0".into())));
 
     let current: BTreeMap<String, String> = desired.iter().cloned().collect();
-    assert!(plan_metadata(&current, &desired).is_empty());
+    assert!(plan_metadata(&current, &req).is_empty());
 
     let mut changed = current.clone();
     changed.insert("xml".into(), "<old/>".into());
     changed.insert("_pacemaker_meta".into(), "{}".into());
-    let plan = plan_metadata(&changed, &desired);
+    let plan = plan_metadata(&changed, &req);
     assert_eq!(plan.set, vec![("xml".to_string(), req.rendered_xml.clone())]);
     assert!(plan.remove.is_empty(), "unknown keys stay");
 
     req.disks.truncate(1);
-    let plan = plan_metadata(&current, &desired_metadata(&req));
+    let plan = plan_metadata(&current, &req);
     assert_eq!(plan.remove, vec!["_additional_disks".to_string()]);
     assert!(plan.set.is_empty());
+}
+
+/// vm_manager's `xml` for `vm` with its images on `bus`, as its `_create_xml` writes it.
+fn vm_manager_xml(uuid: &str, images: &[&str], bus: &str, monitors: &str) -> String {
+    let disks: String = images
+        .iter()
+        .map(|image| {
+            format!(
+                "<disk type='network' device='disk'><auth username='libvirt'><secret type='ceph' uuid='s'/></auth>\
+                 <source protocol='rbd' name='rbd/{image}'>{monitors}</source><target dev='vda' bus='{bus}'/></disk>"
+            )
+        })
+        .collect();
+    format!("<domain><name>VM1</name><devices>{disks}</devices><uuid>{uuid}</uuid></domain>")
+}
+
+#[test]
+fn adoption_writes_only_what_the_spec_asks_for() {
+    const UUID: &str = "5c4f1e0a-3d2b-4c1a-9e8f-7a6b5c4d3e2f";
+    const BASE: &str = "<domain><name>t</name></domain>\n";
+    let vm_manager_hosts = "<host name='hv1' port='6789'/>";
+    let operator_hosts = "<host name='10.0.0.1' port='3300'/>";
+    let images = ["system_VM1", "data_VM1_0"];
+    // What vm_manager's create left: no _stop_timeout (30 s), bus virtio for all.
+    let stored: BTreeMap<String, String> = [
+        ("vm_name", "VM1".to_string()),
+        ("_base_xml", BASE.to_string()),
+        ("xml", vm_manager_xml(UUID, &images, "virtio", vm_manager_hosts)),
+        ("_disk_bus", "virtio".to_string()),
+        ("_additional_disks", "1".to_string()),
+        ("_pacemaker_meta", "{}".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let adopting = |edit: &dyn Fn(&mut VmStorageRequest)| {
+        let mut req = VmStorageRequest {
+            name: "VM1".into(),
+            base_xml: BASE.trim().into(),
+            rendered_xml: adopting_rendered(UUID, &images, operator_hosts),
+            metadata: BTreeMap::new(),
+            internal: [("_disk_bus".to_string(), "virtio".to_string())].into(),
+            creation_defaults: [("_stop_timeout".to_string(), "60".to_string())].into(),
+            ..request(vec![blank(None), blank(None)])
+        };
+        edit(&mut req);
+        let plan = plan_metadata(&stored, &req);
+        let mut keys: Vec<String> = plan.set.into_iter().map(|(k, _)| k).collect();
+        keys.extend(plan.remove.into_iter().map(|k| format!("-{k}")));
+        keys
+    };
+    let owner_keys = ["_k8s_owner_vm", "_k8s_owner_uid", "_k8s_owner"];
+    let with_owner =
+        |extra: &[&str]| -> Vec<String> { owner_keys.iter().chain(extra).map(|k| k.to_string()).collect() };
+    type Case<'a> = (&'a str, &'a dyn Fn(&mut VmStorageRequest), Vec<String>);
+    let table: [Case; 8] = [
+        (
+            "the spec as vm_manager has it: owner keys only",
+            &|_| {},
+            with_owner(&[]),
+        ),
+        (
+            "a stop timeout the spec sets",
+            &|r| {
+                r.internal.insert("_stop_timeout".into(), "45".into());
+            },
+            with_owner(&["_stop_timeout"]),
+        ),
+        (
+            "vm_manager's default stop timeout, set explicitly: nothing changes for it",
+            &|r| {
+                r.internal.insert("_stop_timeout".into(), "30".into());
+            },
+            with_owner(&[]),
+        ),
+        (
+            "a priority of 0, vm_manager's default",
+            &|r| {
+                r.internal.insert("_priority".into(), "0".into());
+            },
+            with_owner(&[]),
+        ),
+        (
+            "a pinned host",
+            &|r| {
+                r.internal.insert("_pinned_host".into(), "hv1".into());
+            },
+            with_owner(&["_pinned_host"]),
+        ),
+        (
+            "another base XML: both XMLs",
+            &|r| r.base_xml = "<domain><name>t</name><vcpu>2</vcpu></domain>".into(),
+            with_owner(&["_base_xml", "xml"]),
+        ),
+        (
+            "a data disk on sata: the XML",
+            &|r| {
+                let at = r.rendered_xml.rfind("bus='virtio'").unwrap();
+                r.rendered_xml.replace_range(at..at + 12, "bus='sata'");
+            },
+            with_owner(&["xml"]),
+        ),
+        (
+            "user metadata",
+            &|r| {
+                r.metadata.insert("site".into(), "north".into());
+            },
+            with_owner(&["site"]),
+        ),
+    ];
+    for (case, edit, expected) in table {
+        assert_eq!(adopting(edit), expected, "{case}");
+    }
+    // Another UUID in the base XML, another image set: the XML is the operator's to write.
+    let other_uuid = vm_manager_xml(
+        "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
+        &images,
+        "virtio",
+        operator_hosts,
+    );
+    assert_eq!(
+        adopting(&|r| r.rendered_xml = other_uuid.clone()),
+        with_owner(&["xml"])
+    );
+    let one_disk = vm_manager_xml(UUID, &images[..1], "virtio", operator_hosts);
+    assert_eq!(
+        adopting(&|r| {
+            r.rendered_xml = one_disk.clone();
+            r.disks.truncate(1);
+        }),
+        with_owner(&["xml", "-_additional_disks"])
+    );
+    // An XML the operator rendered (it carries its marker) is refreshed like any of its own.
+    let mut ours = stored.clone();
+    let rendered = adopting_rendered(UUID, &images, operator_hosts);
+    ours.insert("xml".into(), rendered.replace("10.0.0.1", "10.0.0.9"));
+    let req = VmStorageRequest {
+        name: "VM1".into(),
+        base_xml: BASE.into(),
+        rendered_xml: rendered,
+        internal: [("_disk_bus".to_string(), "virtio".to_string())].into(),
+        metadata: BTreeMap::new(),
+        ..request(vec![blank(None), blank(None)])
+    };
+    assert!(!keep_stored_xml(&ours, &req));
+    assert!(plan_metadata(&ours, &req).set.iter().any(|(k, _)| k == "xml"));
+    // Creation writes the operator's defaults; a set value wins over them.
+    let mut req = request(vec![blank(None)]);
+    req.internal.clear();
+    req.creation_defaults.insert("_stop_timeout".into(), "60".into());
+    assert!(desired_metadata(&req).contains(&("_stop_timeout".into(), "60".into())));
+    req.internal.insert("_stop_timeout".into(), "10".into());
+    let desired = desired_metadata(&req);
+    assert!(desired.contains(&("_stop_timeout".into(), "10".into())));
+    assert!(!desired.contains(&("_stop_timeout".into(), "60".into())));
+}
+
+fn adopting_rendered(uuid: &str, images: &[&str], hosts: &str) -> String {
+    vm_manager_xml(uuid, images, "virtio", hosts).replace(
+        "<devices>",
+        "<metadata><seapath:owner xmlns:seapath='https://seapath.lfenergy.org/operator/v1' namespace='ns' name='vm1' uid='u'/></metadata><devices>",
+    )
 }
 
 #[test]
