@@ -274,6 +274,17 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        // A test of another thread that forks while the script was open for writing keeps it
+        // open until its exec: the kernel then refuses to run it (ETXTBSY) for a moment.
+        for _ in 0..50 {
+            match run_power_fence(&script, "probe", "probe").await {
+                Err(e) if e.contains("Text file busy") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                _ => break,
+            }
+        }
+        std::fs::write(&log, "").unwrap();
         run_power_fence(&script, "hv1", "NodeLost").await.unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "hv1 hv1 NodeLost\n");
         let err = run_power_fence(&script, "refuse", "NodeLost").await.unwrap_err();
