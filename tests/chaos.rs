@@ -26,6 +26,12 @@
 //! `SEAPATH_CHAOS_STRICT=1` (as `hack/chaos.sh` runs it), so that CI stays green until they are
 //! fixed. Being timing-dependent, they may come with any seed: the rename bug showed with the
 //! default seed 20261207 in one run of two.
+//!
+//! Known failing seeds (long campaign, strict): 4242 with 300 kill points (69 violations: seven
+//! VMs deleted with `Delete` left their group and an image that RBD lists but cannot open, and
+//! 49 snapshots of retention-deleted scheduled snapshots stayed in the trash snapshot namespace
+//! of live images). They are timing-dependent, so not yet in [`KNOWN_BUGS`]; the short CI
+//! campaign has not shown them.
 
 mod common;
 
