@@ -376,8 +376,8 @@ fn default_max_failures() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.keepLast) || has(self.maxAge) || has(self.before) || has(self.all)").message("retention needs keepLast, maxAge, before or all"))]
-pub struct Retention {
 #[x_kube(validation = Rule::new("!(has(self.includeUnowned) && self.includeUnowned) || has(self.unownedMinAge)").message("includeUnowned deletes snapshots taken by hand: set unownedMinAge too, the age they must reach first (e.g. 7d; 0 to confirm that they may go at any age)").field_path(".unownedMinAge"))]
+pub struct Retention {
     /// Keep the N newest snapshots of each VM, delete the older ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100000))]
@@ -399,7 +399,6 @@ pub struct Retention {
     /// retention deletes its own. Requires `unownedMinAge`.
     #[serde(default)]
     pub include_unowned: bool,
-}
     /// With `includeUnowned`: a snapshot taken by hand is deleted only once older than this (a
     /// duration such as `7d`; `0` confirms that any age may go). Required with
     /// `includeUnowned`, so that a new schedule never deletes, the moment it is created, the
@@ -408,6 +407,7 @@ pub struct Retention {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(DURATION_RULE).message("unownedMinAge must be a duration such as 12h or 7d (0 for any age)"))]
     pub unowned_min_age: Option<String>,
+}
 
 /// Observed state of a schedule.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

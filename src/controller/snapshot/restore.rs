@@ -981,12 +981,6 @@ mod tests {
     }
 
     #[test]
-    fn one_restore_per_vm() {
-        let old_done = restore("a", 1, Some(RestorePhase::Succeeded));
-        let running = restore("b", 5, Some(RestorePhase::RollingBack));
-        let new = restore("c", 10, None);
-        assert_eq!(
-    #[test]
     fn a_missing_snapshot_is_waited_for_a_short_while_only() {
         let at = |s| Timestamp::from_second(s).unwrap();
         let grace = MISSING_SNAPSHOT_GRACE.as_secs() as i64;
@@ -1015,6 +1009,12 @@ mod tests {
         }
     }
 
+    #[test]
+    fn one_restore_per_vm() {
+        let old_done = restore("a", 1, Some(RestorePhase::Succeeded));
+        let running = restore("b", 5, Some(RestorePhase::RollingBack));
+        let new = restore("c", 10, None);
+        assert_eq!(
             competing(&new, &[old_done.clone(), running.clone(), new.clone()]).as_deref(),
             Some("b")
         );
