@@ -542,6 +542,13 @@ impl Findings {
                             "connects the TPM to a socket at a host path",
                             Some(PolicyFlag::HostPaths),
                         );
+                    } else if backend.elements_named("source").any(|s| s.has_attr("path")) {
+                        self.add(
+                            backend,
+                            Some("type"),
+                            "keeps the emulated TPM's state at a host path",
+                            Some(PolicyFlag::HostPaths),
+                        );
                     }
                 }
             }
@@ -622,6 +629,18 @@ impl Findings {
                         Some("model"),
                         "maps a host file into the guest's memory",
                         Some(PolicyFlag::HostPaths),
+                    );
+                }
+                let hugepages = device
+                    .elements_named("source")
+                    .any(|s| s.elements_named("pagesize").next().is_some());
+                if hugepages {
+                    self.add_allowance(
+                        device,
+                        Some("model"),
+                        "backs the memory device with the host's reserved huge pages",
+                        AllowanceKind::Hugepages,
+                        None,
                     );
                 }
             }

@@ -1274,3 +1274,22 @@ fn copies_lose_only_their_uuid() {
     // Without a <uuid>: unchanged apart from the layout.
     assert_eq!(extract_uuid(&without_uuid(&copy).unwrap()).unwrap(), None);
 }
+
+#[test]
+fn memory_device_huge_pages_and_tpm_state_paths_need_a_policy() {
+    let xml = |inner: &str| {
+        format!(
+            "<domain type='kvm'><name>x</name><memory unit='MiB'>128</memory><devices>{inner}</devices></domain>"
+        )
+    };
+    let dimm = xml(
+        "<memory model='dimm'><source><pagesize unit='KiB'>2048</pagesize></source><target><size unit='MiB'>128</size></target></memory>",
+    );
+    assert!(check_device_policy(&dimm, &DevicePolicy::default()).is_err());
+    assert!(check_device_policy(&dimm, &DevicePolicy::with_profile(Profile::Seapath)).is_ok());
+    let tpm =
+        xml("<tpm model='tpm-crb'><backend type='emulator'><source type='dir' path='/etc'/></backend></tpm>");
+    assert!(check_device_policy(&tpm, &DevicePolicy::default()).is_err());
+    let plain = xml("<tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>");
+    assert!(check_device_policy(&plain, &DevicePolicy::default()).is_ok());
+}
