@@ -216,6 +216,13 @@ pub async fn run(
         config.namespace_map.clone(),
         config.ceph_conf.clone(),
         config.ceph_client.clone(),
+    )
+    .with_keyring(
+        config
+            .ceph_options
+            .iter()
+            .find(|(key, _)| key == "keyring")
+            .map(|(_, path)| PathBuf::from(path)),
     );
     let snapshots = config.snapshots.then(|| {
         tokio::spawn(crate::controller::snapshot::run(

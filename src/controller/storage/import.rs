@@ -404,9 +404,16 @@ impl RawWriter {
 /// output is turned into progress reports of `total` bytes.
 async fn run_qemu_img(
     args: &[OsString],
+    keyring: Option<&Path>,
     mut progress: Option<(&mut Progress, u64)>,
 ) -> Result<Vec<u8>, String> {
-    let mut child = Command::new(QEMU_IMG)
+    let mut command = Command::new(QEMU_IMG);
+    // qemu-img's rbd driver finds its key through ceph.conf or this variable, never through
+    // the controller's own librados options.
+    if let Some(keyring) = keyring {
+        command.env("CEPH_KEYRING", keyring);
+    }
+    let mut child = command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -470,7 +477,7 @@ async fn run_qemu_img(
 }
 
 async fn qemu_img_info(path: &Path) -> Result<QemuImageInfo, String> {
-    let out = run_qemu_img(&qemu_img_info_args(path), None).await?;
+    let out = run_qemu_img(&qemu_img_info_args(path), None, None).await?;
     plan::parse_qemu_img_info(&out)
 }
 
@@ -484,7 +491,8 @@ async fn qemu_img_convert(
     progress.set_total(Some(info.virtual_size));
     progress.update(0);
     let args = qemu_img_convert_args(path, &target.qemu_target());
-    run_qemu_img(&args, Some((&mut *progress, info.virtual_size)))
+    let keyring = target.ctx.ceph_keyring.as_deref();
+    run_qemu_img(&args, keyring, Some((&mut *progress, info.virtual_size)))
         .await
         .map_err(|e| target.failed(from, format!("qemu-img convert: {e}"), false))?;
     progress.finish(info.virtual_size);

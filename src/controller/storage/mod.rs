@@ -92,6 +92,9 @@ pub struct StorageContext {
     pub ceph_conf_path: PathBuf,
     /// The cephx id (without `client.`) qemu-img connects as.
     pub ceph_client_id: String,
+    /// The keyring qemu-img's rbd driver reads (`CEPH_KEYRING`), when the controller was given
+    /// one apart from its ceph.conf.
+    pub ceph_keyring: Option<PathBuf>,
     /// Where qcow2 downloads are kept until converted (default: the system's temp directory).
     pub scratch_dir: PathBuf,
 }
@@ -110,7 +113,16 @@ impl StorageContext {
             namespace_map,
             ceph_conf_path: ceph_conf_path.into(),
             ceph_client_id: ceph_client_id.into(),
+            ceph_keyring: None,
             scratch_dir: std::env::temp_dir(),
+        }
+    }
+
+    /// The same context, with qemu-img reading `keyring` for its key.
+    pub fn with_keyring(self, keyring: Option<PathBuf>) -> StorageContext {
+        StorageContext {
+            ceph_keyring: keyring,
+            ..self
         }
     }
 
