@@ -562,6 +562,67 @@ async fn restore_refusals() {
     );
 }
 
+/// Snapshots of a deleted VM stop being ready to use, and say whether their data went with the
+/// VM's disks or stays on retained ones.
+#[tokio::test]
+async fn snapshots_of_a_deleted_vm_say_where_their_data_is() {
+    let env = setup("snap-vmgone").await;
+    for vm in ["doomed", "kept"] {
+        create_vm(&env.vms, vm, 0, "Disabled", Phase::Disabled).await;
+        env.snaps
+            .create(
+                &PostParams::default(),
+                &snapshot(&format!("{vm}snap"), vm, json!({})),
+            )
+            .await
+            .unwrap();
+    }
+    let io = rbd(&env.namespace);
+    env.vms
+        .patch(
+            "kept",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"deletionPolicy": "Retain"}})),
+        )
+        .await
+        .unwrap();
+    for vm in ["doomed", "kept"] {
+        wait_snap_phase(&env, &format!("{vm}snap"), SnapshotPhase::Ready).await;
+        env.vms.delete(vm, &DeleteParams::default()).await.unwrap();
+        wait_gone(&env.vms, vm).await;
+    }
+
+    let unusable = |name: &'static str| {
+        wait_for(&env.snaps, name, "not ready to use", |s| {
+            !s.status.as_ref().unwrap().ready_to_use
+        })
+    };
+    let doomed = unusable("doomedsnap").await;
+    let ready = snap_ready(&doomed).unwrap();
+    assert_eq!(
+        (ready.reason.as_str(), ready.status.as_str()),
+        ("VmDeleted", "False")
+    );
+    assert_eq!(
+        ready.message,
+        "VirtualMachine doomed was deleted with its disks (deletionPolicy Delete): RBD snapshot 'doomedsnap' \
+         went with them and nothing can be restored from it; delete this object"
+    );
+    let kept = unusable("keptsnap").await;
+    let ready = snap_ready(&kept).unwrap();
+    assert_eq!(
+        (ready.reason.as_str(), ready.status.as_str()),
+        ("VmDeletedDisksRetained", "False")
+    );
+    assert_eq!(
+        ready.message,
+        "VirtualMachine kept was deleted with deletionPolicy Retain: RBD snapshot 'keptsnap' stays on its \
+         retained images (readable with rbd), but no VirtualMachineRestore can use it, the VM it was taken \
+         of being gone"
+    );
+    assert_eq!(snap_names(&io, "system_kept"), ["keptsnap"]);
+}
+
 /// A restore of a snapshot that never comes fails after a short wait, and no longer holds
 /// back the VM's later restores.
 #[tokio::test]

@@ -257,19 +257,28 @@ pub async fn run(
         cleaned: RecentlyCleaned::default(),
     });
 
-    // A VM's changes wake the snapshots and restores of that VM that are still at work.
+    // A VM's changes wake the snapshots and restores of that VM that are still at work. A VM
+    // being deleted also wakes its Ready snapshots, their last check forgotten: its disks go
+    // (or stay, with Retain), and they say so now rather than at their next period.
     let snaps_of_vm = snapshots.clone();
+    let checks_of = ctx.clone();
     let snapshot_controller = snapshot_controller
         .watches(
             Api::<VirtualMachine>::all(client.clone()),
             watcher::Config::default(),
             move |vm: VirtualMachine| {
                 let ns = vm.namespace();
+                let going = vm.metadata.deletion_timestamp.is_some();
                 snaps_of_vm
                     .state()
                     .iter()
                     .filter(|s| s.namespace() == ns && s.spec.vm_name == vm.name_any())
-                    .filter(|s| !vmsnapshot::is_settled(s))
+                    .filter(|s| going || !vmsnapshot::is_settled(s))
+                    .inspect(|s| {
+                        if going {
+                            checks_of.verified.forget(&s.uid().unwrap_or_default());
+                        }
+                    })
                     .map(|s| ObjectRef::from_obj(s.as_ref()))
                     .collect::<Vec<_>>()
             },

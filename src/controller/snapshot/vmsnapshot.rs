@@ -671,6 +671,61 @@ async fn remove_own(
     Ok(removed)
 }
 
+/// What a check of a Ready snapshot found.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// On every image, the VM it was taken of still there.
+    Usable,
+    /// Removed from some images, its VM still there.
+    Missing { images: Vec<String> },
+    /// The VM was deleted (or replaced by another of that name) with its disks.
+    VmDeleted,
+    /// The VM was deleted with `deletionPolicy: Retain`: the RBD snapshots stay on the retained
+    /// images, but no restore can use them any more.
+    VmDeletedDisksRetained,
+}
+
+/// `vm_uid`: the UID the snapshot was taken of; `current_uid`: the VM of that name now, if any;
+/// `missing`: the images that lack the snapshot.
+pub fn verdict(vm_uid: Option<&str>, current_uid: Option<&str>, missing: Vec<String>) -> Verdict {
+    let vm_gone = current_uid.is_none() || vm_uid.is_some_and(|taken_of| Some(taken_of) != current_uid);
+    match (vm_gone, missing.is_empty()) {
+        (false, true) => Verdict::Usable,
+        (false, false) => Verdict::Missing { images: missing },
+        (true, false) => Verdict::VmDeleted,
+        (true, true) => Verdict::VmDeletedDisksRetained,
+    }
+}
+
+/// The reason and message of a verdict that leaves the snapshot unusable.
+fn unusable(verdict: &Verdict, name: &str, vm: &str) -> (&'static str, String) {
+    match verdict {
+        Verdict::Usable => ("Ready", String::new()),
+        Verdict::Missing { images } => (
+            "SnapshotMissing",
+            format!(
+                "RBD snapshot '{name}' is gone from image(s) {} (removed outside the operator)",
+                images.join(", ")
+            ),
+        ),
+        Verdict::VmDeleted => (
+            "VmDeleted",
+            format!(
+                "VirtualMachine {vm} was deleted with its disks (deletionPolicy Delete): RBD snapshot '{name}' \
+                 went with them and nothing can be restored from it; delete this object"
+            ),
+        ),
+        Verdict::VmDeletedDisksRetained => (
+            "VmDeletedDisksRetained",
+            format!(
+                "VirtualMachine {vm} was deleted with deletionPolicy Retain: RBD snapshot '{name}' stays on its \
+                 retained images (readable with rbd), but no VirtualMachineRestore can use it, the VM it was taken \
+                 of being gone"
+            ),
+        ),
+    }
+}
+
 /// Ready: from time to time, check the RBD snapshots are all still there.
 async fn verify(
     snap: &VirtualMachineSnapshot,
@@ -698,7 +753,14 @@ async fn verify(
             _ => missing.push(image.clone()),
         }
     }
-    if missing.is_empty() {
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let vm = vms.get_opt(&snap.spec.vm_name).await?;
+    let verdict = verdict(
+        status.vm_uid.as_deref(),
+        vm.as_ref().and_then(|vm| vm.metadata.uid.as_deref()),
+        missing,
+    );
+    if verdict == Verdict::Usable {
         status.ready_to_use = true;
         // A snapshot still Ready keeps its condition as it was: a check that finds nothing
         // new writes nothing (a restart checks every snapshot).
@@ -713,22 +775,13 @@ async fn verify(
             .await?;
     } else {
         status.ready_to_use = false;
-        let message = format!(
-            "RBD snapshot '{name}' is gone from image(s) {} (removed outside the operator, or the VM's disks were deleted)",
-            missing.join(", ")
-        );
+        let (reason, message) = unusable(&verdict, &name, &snap.spec.vm_name);
         if snap.status.as_ref().is_some_and(|s| s.ready_to_use) {
-            ctx.publish(
-                snap,
-                EventType::Warning,
-                "SnapshotMissing",
-                "Verify",
-                message.clone(),
-            )
-            .await;
+            ctx.publish(snap, EventType::Warning, reason, "Verify", message.clone())
+                .await;
         }
         writer
-            .write(status, SnapshotPhase::Ready, "SnapshotMissing", &message)
+            .write(status, SnapshotPhase::Ready, reason, &message)
             .await?;
     }
     ctx.verified.record(&uid, key);
@@ -875,6 +928,39 @@ mod tests {
             adoption(&images, &[Some(info(4)), None]).unwrap_err(),
             ["data_vm_0"]
         );
+    }
+
+    #[test]
+    fn a_snapshot_of_a_deleted_vm_says_whether_its_data_went_with_it() {
+        let gone = || vec!["system_vm".to_string()];
+        let table = [
+            (Some("u1"), Some("u1"), vec![], Verdict::Usable),
+            (
+                Some("u1"),
+                Some("u1"),
+                gone(),
+                Verdict::Missing { images: gone() },
+            ),
+            (Some("u1"), None, gone(), Verdict::VmDeleted),
+            (Some("u1"), None, vec![], Verdict::VmDeletedDisksRetained),
+            // Another VM of the same name: the one it was taken of is gone.
+            (Some("u1"), Some("u2"), gone(), Verdict::VmDeleted),
+            (Some("u1"), Some("u2"), vec![], Verdict::VmDeletedDisksRetained),
+            // Adopted snapshots of an old status without UID: the name decides.
+            (None, Some("u2"), vec![], Verdict::Usable),
+        ];
+        for (taken_of, now, missing, expected) in table {
+            assert_eq!(verdict(taken_of, now, missing), expected, "{taken_of:?} {now:?}");
+        }
+        let (reason, message) = unusable(&Verdict::VmDeleted, "before", "guest");
+        assert_eq!(reason, "VmDeleted");
+        assert!(
+            message.starts_with("VirtualMachine guest was deleted with its disks (deletionPolicy Delete)"),
+            "{message}"
+        );
+        let (reason, message) = unusable(&Verdict::VmDeletedDisksRetained, "before", "guest");
+        assert_eq!(reason, "VmDeletedDisksRetained");
+        assert!(message.contains("stays on its retained images"), "{message}");
     }
 
     #[test]
