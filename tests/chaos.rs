@@ -38,7 +38,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -88,18 +88,7 @@ impl Proc {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_seapath-operator"));
-        command
-            .args(&self.args)
-            .env("SEAPATH_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "1")
-            .env_remove("SEAPATH_LIBVIRT_SECRET_UUID")
-            .env_remove("SEAPATH_CEPH_LIBVIRT_KEY")
-            .env_remove("SEAPATH_RBD_NAMESPACE_MAP")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file);
+        let mut command = common::chart::operator_command(&self.args, file);
         for (key, value) in &self.env {
             command.env(key, value);
         }

@@ -318,23 +318,32 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
 }
 
-fn spawn(name: &str, dir: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
-    let log = dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).expect("log file");
+/// The operator's binary as every test runs it: JSON logs at info into `log`, and none of the
+/// developer's own operator settings from the environment.
+pub fn operator_command<S: AsRef<std::ffi::OsStr>>(args: &[S], log: std::fs::File) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_seapath-operator"));
     command
         .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("CEPH_CONF", testbed_env("CEPH_CONF"))
-        .env("SEAPATH_CEPH_POOL", testbed_env("SEAPATH_CEPH_POOL"))
         .env("SEAPATH_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "1")
         .env_remove("SEAPATH_LIBVIRT_SECRET_UUID")
         .env_remove("SEAPATH_CEPH_LIBVIRT_KEY")
         .env_remove("SEAPATH_RBD_NAMESPACE_MAP")
         .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log file"))
-        .stderr(file);
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log);
+    command
+}
+
+fn spawn(name: &str, dir: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str, String)]) -> Process {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut command = operator_command(args, file);
+    command
+        .env("KUBECONFIG", kubeconfig)
+        .env("CEPH_CONF", testbed_env("CEPH_CONF"))
+        .env("SEAPATH_CEPH_POOL", testbed_env("SEAPATH_CEPH_POOL"));
     for (key, value) in env {
         command.env(key, value);
     }
