@@ -308,7 +308,22 @@ async fn apply(
     ctx.failures.reset(&uid);
     let status = write_status(vm, ctx, api, &storage_outcome, &scheduling, Some(plan.uuid));
     tokio::try_join!(label, status)?;
-    Ok(Action::requeue(ctx.settings.resync))
+    let host = host_health(ctx, vm, &scheduling);
+    Ok(Action::requeue(next_check(&host, ctx.settings.resync)))
+}
+
+/// How often a VM on a lost host is looked at again while the host is fenced or comes back.
+const LOST_HOST_RECHECK: Duration = Duration::from_secs(2);
+
+/// When to reconcile again without a change. A lost host's fence and return are announced by
+/// Hypervisor events, but those come from a watch apart from the cache placement reads, which
+/// may not show the change yet when the VM is woken: the VM then checks again shortly rather
+/// than at the next resync.
+fn next_check(host: &HostHealth, resync: Duration) -> Duration {
+    match host {
+        HostHealth::Lost { .. } => LOST_HOST_RECHECK.min(resync),
+        HostHealth::Answering => resync,
+    }
 }
 
 /// The storage recorded in the status by an earlier run (another process, before a restart or
@@ -779,4 +794,21 @@ async fn cleanup(
         }
     }
     Ok(Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vm_on_a_lost_host_is_checked_again_within_seconds() {
+        let resync = Duration::from_secs(300);
+        let lost = HostHealth::Lost {
+            message: "silent".into(),
+        };
+        for (host, want) in [(HostHealth::Answering, resync), (lost.clone(), LOST_HOST_RECHECK)] {
+            assert_eq!(next_check(&host, resync), want, "{host:?}");
+        }
+        assert_eq!(next_check(&lost, Duration::from_secs(1)), Duration::from_secs(1));
+    }
 }
