@@ -24,8 +24,8 @@
 //!
 //! Known bugs the campaign finds ([`KNOWN_BUGS`]) are listed apart and fail it only with
 //! `SEAPATH_CHAOS_STRICT=1` (as `hack/chaos.sh` runs it), so that CI stays green until they are
-//! fixed. Being timing-dependent, they may come with any seed: the rename bug showed with the
-//! default seed 20261207 in one run of two.
+//! fixed. None is listed now: the last one, a controller killed inside librbd's rename of a
+//! finished disk, is repaired by the next run (`controller/storage/rename_repair.rs`).
 //!
 //! Known failing seeds (long campaign, strict): 4242 with 300 kill points (69 violations: seven
 //! VMs deleted with `Delete` left their group and an image that RBD lists but cannot open, and
@@ -585,12 +585,7 @@ async fn sample(
 // The end: convergence and invariants.
 
 /// Conditions of known bugs of the operator that the campaign finds (see the module's doc).
-const KNOWN_BUGS: &[&str] = &[
-    // A controller killed inside librbd's rename of `tmp_system_NAME_*` to `system_NAME` leaves
-    // `rbd_id.system_NAME` without a directory entry; the next controller removes the temporary
-    // image as a leftover, then its own rename fails with EEXIST and the VM stays Stalled.
-    "someone else created it while this disk was being built",
-];
+const KNOWN_BUGS: &[&str] = &[];
 
 /// Whether a violation names one of `vms` (as a VM, an image, a group or a scheduled snapshot).
 fn mentions_any(line: &str, vms: &BTreeSet<String>) -> bool {

@@ -1559,6 +1559,84 @@ async fn resumes_after_a_killed_run() {
     assert_eq!(fx.io.group_image_list("vm1").unwrap().len(), 3);
 }
 
+/// Writes the pointer `rbd_id.<name>` to image id `id` with the `rados` tool, as librbd's rename
+/// does before it moves the directory entry.
+fn write_id_pointer(fx: &Fixture, name: &str, id: &str) {
+    let file = fx.path(&format!("rbd_id.{name}"));
+    std::fs::write(
+        &file,
+        [&(id.len() as u32).to_le_bytes()[..], id.as_bytes()].concat(),
+    )
+    .unwrap();
+    run(Command::new("rados")
+        .args([
+            "--conf",
+            &env("CEPH_CONF"),
+            "--pool",
+            fx.io.pool(),
+            "--namespace",
+            &fx.kube_ns,
+        ])
+        .arg("put")
+        .arg(format!("rbd_id.{name}"))
+        .arg(&file));
+}
+
+/// A controller killed inside librbd's rename of a finished disk, at either of its steps: the
+/// next run keeps the disk it built, under its final name, and leaves no stray pointer.
+#[tokio::test]
+async fn a_rename_killed_half_way_is_finished_and_its_stray_pointers_removed() {
+    let fx = Fixture::new("rename");
+    let uid = uid();
+    let req = fx.request("vm1", &uid, vec![blank(MIB), blank(MIB)]);
+    // Killed after the new name's pointer was written, before the directory moved.
+    let tmp = format!("tmp_system_vm1_{}", uid_key(&uid));
+    fx.io.create_image(&tmp, MIB, &ImageOptions::default()).unwrap();
+    {
+        let img = fx.io.open_image(&tmp).unwrap();
+        img.metadata_set("_k8s_owner_uid", &uid).unwrap();
+        img.metadata_set("_k8s_owner", &format!("{}/vm1", fx.kube_ns))
+            .unwrap();
+    }
+    fx.write(&tmp, 0, b"the finished disk");
+    let id = fx.io.open_image(&tmp).unwrap().id().unwrap();
+    write_id_pointer(&fx, "system_vm1", &id);
+    // And a pointer to an image removed since (what an earlier run's leftover removal left).
+    write_id_pointer(&fx, "data_vm1_0", "1234deadbeef");
+
+    let obs = fx.ensure(&req).await.expect("the interrupted rename is finished");
+    let changes = obs.changes.join("; ");
+    assert!(
+        changes.contains(&format!("finished the interrupted rename of {tmp} to system_vm1")),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("removed the stray id pointer rbd_id.data_vm1_0"),
+        "{changes}"
+    );
+    assert_eq!(fx.images(), ["data_vm1_0", "system_vm1"]);
+    assert_eq!(
+        fx.read("system_vm1", 0, 17),
+        b"the finished disk",
+        "kept, not rebuilt"
+    );
+    assert_eq!(fx.io.open_image("system_vm1").unwrap().id().unwrap(), id);
+    assert_eq!(fx.io.image_id_pointer(&tmp).unwrap(), None);
+
+    // Killed after the directory moved, before the old pointer was removed: through the stray
+    // pointer, the temporary name still opens the VM's disk; it is removed, the disk is not.
+    write_id_pointer(&fx, &tmp, &id);
+    let obs = fx.ensure(&req).await.unwrap();
+    assert!(
+        obs.changes.iter().any(|c| c.contains(&format!("rbd_id.{tmp}"))),
+        "{:?}",
+        obs.changes
+    );
+    assert_eq!(fx.io.image_id_pointer(&tmp).unwrap(), None);
+    assert_eq!(fx.read("system_vm1", 0, 17), b"the finished disk");
+    assert_eq!(fx.io.group_image_list("vm1").unwrap().len(), 2);
+}
+
 /// The controller dies (here: the call is dropped) in the middle of a download; the same call
 /// made again starts over and completes, and no half image is ever visible under a VM name.
 #[tokio::test]

@@ -228,6 +228,12 @@ impl IoCtx {
 
     /// The names of the images in this pool and namespace, sorted.
     pub fn list_images(&self) -> Result<Vec<String>> {
+        Ok(self.list_image_ids()?.into_iter().map(|i| i.name).collect())
+    }
+
+    /// The images of this pool and namespace as its directory lists them, name and id, sorted
+    /// by name.
+    pub fn list_image_ids(&self) -> Result<Vec<ImageName>> {
         const OP: &str = "rbd image list";
         let target = self.location();
         let mut cap = 64usize;
@@ -249,16 +255,31 @@ impl IoCtx {
             }
             check(OP, &target, r)?;
             let n = n.min(specs.len());
-            let mut names: Vec<String> =
+            let mut images: Vec<ImageName> = specs[..n]
+                .iter()
                 // SAFETY: the first `n` entries were filled with valid strings.
-                specs[..n].iter().map(|s| unsafe { ffi::string_from_ptr(s.name) }).collect();
+                .map(|s| unsafe {
+                    ImageName {
+                        name: ffi::string_from_ptr(s.name),
+                        id: ffi::string_from_ptr(s.id),
+                    }
+                })
+                .collect();
             // SAFETY: frees exactly the `n` entries librbd filled, once.
             unsafe { rbd::rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
-            names.sort();
-            return Ok(names);
+            images.sort_by(|a, b| a.name.cmp(&b.name));
+            return Ok(images);
         }
         Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
     }
+}
+
+/// An image as the pool's RBD directory lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageName {
+    pub name: String,
+    /// Its internal id (its RADOS objects are `rbd_header.<id>`, `rbd_data.<id>.*`).
+    pub id: String,
 }
 
 /// An open RBD image, closed on drop.

@@ -9,6 +9,7 @@
 //!   namespaces. `Send + Sync`, cheap to clone.
 //! - [`Image`]: an open image (closed on drop), `Send`: size/stat/resize, read/write/flush,
 //!   metadata, snapshots, deep copy, flatten, parent/children, managed and advisory locks.
+//! - the `rbd_id.<name>` pointers an interrupted rename leaves ([`IoCtx::image_id_pointer`]);
 //! - advisory locks on plain RADOS objects ([`IoCtx::object_lock_exclusive`]).
 //!
 //! Every failure is a [`CephError`] naming the operation, the target
@@ -43,6 +44,7 @@ mod error;
 mod ffi;
 mod group;
 mod image;
+mod image_id;
 mod lock;
 mod metadata;
 mod object_lock;
@@ -53,6 +55,6 @@ pub use clone::{LinkedImage, ParentInfo};
 pub use cluster::{Cluster, ClusterConfig, IoCtx};
 pub use error::{CephError, Result, errno_description, errno_name};
 pub use group::{GroupImage, GroupImageState, GroupRef, GroupSnap, GroupSnapState};
-pub use image::{CloneFormat, Features, Image, ImageInfo, ImageOptions};
+pub use image::{CloneFormat, Features, Image, ImageInfo, ImageName, ImageOptions};
 pub use lock::{BlocklistEntry, LockMode, LockOwners, Locker, Lockers};
 pub use snapshot::{SnapInfo, SnapNamespace};

@@ -59,6 +59,7 @@ mod import;
 mod plan;
 mod quantity;
 mod rbd;
+mod rename_repair;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

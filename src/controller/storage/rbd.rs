@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::error::{Result, StorageError};
 use super::plan::{self, ExistingState, ImageFacts, Ownership, SizeAction};
+use super::rename_repair::{self, Repair};
 use super::{DeleteOutcome, ImageObservation, StorageObservation, VmStorageRequest};
 use crate::ceph::{CephError, CloneFormat, Cluster, GroupImage, GroupImageState, Image, ImageOptions, IoCtx};
 use crate::naming::{META_OWNER_UID, VmNames};
@@ -133,6 +134,12 @@ fn observe_open(image: &Image) -> Result<Option<ImageObservation>> {
 /// Removes a temporary image with its snapshots (deep copies bring the source's). Absent: done.
 pub(crate) fn remove_temp(io: &IoCtx, name: &str) -> Result<()> {
     let context = || format!("removing temporary image {}", io.spec(name));
+    let listed = io.list_images().ctx(context)?.iter().any(|i| i == name);
+    if !listed {
+        // At most a pointer an interrupted rename left: through it, opening or removing `name`
+        // would reach the image now listed under its final name.
+        return drop_pointer(io, name);
+    }
     if let Some(image) = optional(io.open_image(name)).ctx(context)? {
         image.snap_purge().ctx(context)?;
     }
@@ -140,6 +147,59 @@ pub(crate) fn remove_temp(io: &IoCtx, name: &str) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(StorageError::from_ceph(context(), e)),
+    }
+}
+
+/// Finishes the renames of this VM's disks a killed run left half done, or removes the stray
+/// pointers they left (see `rename_repair`); returns what it changed.
+fn repair_interrupted_renames(io: &IoCtx, wanted: &[String], uid_key: &str) -> Result<Vec<String>> {
+    let listing = io
+        .list_image_ids()
+        .ctx(|| format!("listing images of {}", io.location()))?;
+    // Only a name the directory does not list can have a stray pointer.
+    let stray_pointer = |name: &str| -> Result<Option<String>> {
+        if listing.iter().any(|i| i.name == name) {
+            return Ok(None);
+        }
+        io.image_id_pointer(name)
+            .ctx(|| format!("reading the id pointer of {}", io.spec(name)))
+    };
+    let mut disks = Vec::with_capacity(wanted.len());
+    for final_name in wanted {
+        disks.push(rename_repair::DiskPointers {
+            final_name: final_name.clone(),
+            final_pointer: stray_pointer(final_name)?,
+            temp_pointer: stray_pointer(&plan::temp_image_name(final_name, uid_key))?,
+        });
+    }
+    let mut changes = Vec::new();
+    for repair in rename_repair::decide(&listing, &disks, uid_key) {
+        let change = match repair {
+            Repair::FinishRename { tmp, final_name } => {
+                drop_pointer(io, &final_name)?;
+                io.rename_image(&tmp, &final_name)
+                    .ctx(|| format!("renaming {} to {final_name}", io.spec(&tmp)))?;
+                format!("finished the interrupted rename of {tmp} to {final_name}")
+            }
+            Repair::DropPointer { name } => {
+                drop_pointer(io, &name)?;
+                format!("removed the stray id pointer rbd_id.{name} an interrupted rename left")
+            }
+        };
+        tracing::warn!(location = %io.location(), "{change}");
+        changes.push(change);
+    }
+    Ok(changes)
+}
+
+/// Removes the pointer `rbd_id.<name>` alone; already gone is fine.
+fn drop_pointer(io: &IoCtx, name: &str) -> Result<()> {
+    match io.remove_image_id_pointer(name) {
+        Err(e) if !e.is_not_found() => Err(StorageError::from_ceph(
+            format!("removing the stray id pointer of {}", io.spec(name)),
+            e,
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -169,6 +229,8 @@ pub(crate) fn prepare(
         .ok_or_else(|| StorageError::internal("namespace vanished"))?;
     let loc = location(pool, ns);
     let wanted = names.images(req.disks.len() - 1);
+    let uid_key = plan::uid_key(&req.uid);
+    let mut changes = repair_interrupted_renames(&io, &wanted, &uid_key)?;
     let images = io.list_images().ctx(|| format!("listing images of {loc}"))?;
     let group_name = names.group();
     let group_exists = io
@@ -213,8 +275,6 @@ pub(crate) fn prepare(
     };
     let (ownership, claimable) = plan::decide_ownership(&state, &names.vm, &req.uid, &loc)?;
 
-    let mut changes = Vec::new();
-    let uid_key = plan::uid_key(&req.uid);
     for temp in images.iter().filter(|i| plan::is_own_temp_image(i, &uid_key)) {
         remove_temp(&io, temp)?;
         tracing::info!(image = %io.spec(temp), "removed leftover temporary image of an interrupted run");
