@@ -130,6 +130,26 @@ impl Image {
         Ok(t.into())
     }
 
+    /// Makes this handle show snapshot `id`, whatever its namespace: the way to ask about a
+    /// snapshot that has no name to open it at (one in librbd's trash).
+    pub fn snap_set_by_id(&mut self, id: u64) -> Result<()> {
+        // SAFETY: open image.
+        check("rbd snap set", &self.snap_target(&format!("#{id}")), unsafe {
+            rbd::rbd_snap_set_by_id(self.raw, id)
+        })
+        .map(drop)
+    }
+
+    /// Removes snapshot `id`, whatever its namespace (one in librbd's trash has no name to
+    /// remove it by).
+    pub fn snap_remove_by_id(&self, id: u64) -> Result<()> {
+        // SAFETY: open image.
+        check("rbd snap remove", &self.snap_target(&format!("#{id}")), unsafe {
+            rbd::rbd_snap_remove_by_id(self.raw, id)
+        })
+        .map(drop)
+    }
+
     /// Whether a snapshot named `name` exists.
     pub fn snap_exists(&self, name: &str) -> Result<bool> {
         const OP: &str = "rbd snap exists";

@@ -1,7 +1,8 @@
 //! Lists, on each VirtualMachine's status, the RBD snapshots of its images that no
 //! VirtualMachineSnapshot claims (`status.unmanagedSnapshots`): those taken by `rbd snap
 //! create` or SEAPATH's vm_manager, which a VirtualMachineSnapshot with `adopt: true` can take
-//! over. Read-only on Ceph (one snap_list per image).
+//! over. Read-only on Ceph (one snap_list per image), but for one cleanup: snapshots left in
+//! librbd's trash that no clone depends on any more (see `rbd::sweep_trash`) are removed.
 //!
 //! Written with a field manager of its own, so that the VM controller's and the agents'
 //! status patches (which leave the field out) never remove it, nor this one theirs.
@@ -116,7 +117,8 @@ impl Seen {
     /// spread out instead of opening every image at once. VMs made since are listed at once.
     fn startup_delay(&self, uid: &str, created: Option<Timestamp>) -> Option<Duration> {
         let started = self.started;
-        if created.is_none_or(|c| c >= started) || self.checks.contains(uid) {
+        // Creation times have whole seconds: a VM made in this process's first second is new.
+        if created.is_none_or(|c| c.as_second() >= started.as_second()) || self.checks.contains(uid) {
             return None;
         }
         let mut hasher = DefaultHasher::new();
@@ -174,7 +176,7 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
     }
     let images: Vec<String> = storage.images.iter().map(|i| i.name.clone()).collect();
     let listed = per_image(ctx, namespace, &images, |io, image| {
-        rbd::list(io, &image).map(Some)
+        rbd::list_and_sweep(io, &image).map(Some)
     })
     .await?;
     let mut found = Vec::with_capacity(images.len());

@@ -50,18 +50,32 @@ pub fn find(io: &IoCtx, image: &str, name: &str) -> Result<Option<Option<SnapInf
 
 /// Every user snapshot of `image` (empty when the image does not exist).
 pub fn list(io: &IoCtx, image: &str) -> Result<Vec<SnapInfo>> {
+    Ok(list_every_namespace(io, image)?
+        .into_iter()
+        .filter(|s| s.namespace == SnapNamespace::User)
+        .collect())
+}
+
+/// Every user snapshot of `image`, after removing those left in librbd's trash (see
+/// [`sweep_trash`]).
+pub fn list_and_sweep(io: &IoCtx, image: &str) -> Result<Vec<SnapInfo>> {
+    let snaps = list_every_namespace(io, image)?;
+    sweep_trash(io, image, &snaps)?;
+    Ok(snaps
+        .into_iter()
+        .filter(|s| s.namespace == SnapNamespace::User)
+        .collect())
+}
+
+fn list_every_namespace(io: &IoCtx, image: &str) -> Result<Vec<SnapInfo>> {
     let opened = match io.open_image_read_only(image, None) {
         Ok(i) => i,
         Err(e) if e.is_not_found() => return Ok(Vec::new()),
         Err(e) => return Err(StorageError::from_ceph(format!("opening {}", io.spec(image)), e)),
     };
-    let snaps = ceph(opened.snap_list(), || {
+    ceph(opened.snap_list(), || {
         format!("listing the snapshots of {}", io.spec(image))
-    })?;
-    Ok(snaps
-        .into_iter()
-        .filter(|s| s.namespace == SnapNamespace::User)
-        .collect())
+    })
 }
 
 /// Whether an existing snapshot is the one an object made: its id is the one recorded, or
@@ -198,6 +212,39 @@ fn clones_of(io: &IoCtx, opened: &crate::ceph::Image, image: &str, name: &str) -
         }
     }
     Ok(out)
+}
+
+/// Removes the snapshots of `image` in librbd's trash that no clone depends on any more, and
+/// returns their ids. librbd moves a removed snapshot there while a clone depends on it and
+/// removes it with the last clone, unless that clone's removal was killed half way: then
+/// nothing would ever remove it.
+fn sweep_trash(io: &IoCtx, image: &str, snaps: &[SnapInfo]) -> Result<Vec<u64>> {
+    let mut removed = Vec::new();
+    for snap in snaps.iter().filter(|s| s.namespace == SnapNamespace::Trash) {
+        let what = || format!("{}@{} (in librbd's trash)", io.spec(image), snap.name);
+        let mut at_snap = ceph(io.open_image_read_only(image, None), || {
+            format!("opening {}", what())
+        })?;
+        match at_snap.snap_set_by_id(snap.id) {
+            Err(e) if e.is_not_found() => continue,
+            other => ceph(other, || format!("opening {}", what()))?,
+        }
+        let children = ceph(at_snap.children(), || format!("listing the clones of {}", what()))?;
+        drop(at_snap);
+        if !children.is_empty() {
+            continue;
+        }
+        let opened = ceph(io.open_image(image), || format!("opening {}", io.spec(image)))?;
+        match opened.snap_remove_by_id(snap.id) {
+            Err(e) if e.is_not_found() => {}
+            other => {
+                ceph(other, || format!("removing {}", what()))?;
+                tracing::warn!(snapshot = %what(), "removed a snapshot left in librbd's trash with no clone");
+                removed.push(snap.id);
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Rolls `image` back to snapshot `name`. Refuses with [`StorageError::ImageBusy`] when a live
