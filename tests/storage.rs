@@ -1637,6 +1637,52 @@ async fn a_rename_killed_half_way_is_finished_and_its_stray_pointers_removed() {
     assert_eq!(fx.io.group_image_list("vm1").unwrap().len(), 2);
 }
 
+/// A removal killed after librbd removed an image's header (the data are gone, the name is
+/// still listed): the VM's deletion finishes it and removes the rest and the group, instead of
+/// stopping on an ownership it can no longer read.
+#[tokio::test]
+async fn a_removal_killed_half_way_is_finished_by_the_deletion() {
+    let fx = Fixture::new("halfrm");
+    let uid = uid();
+    fx.ensure(&fx.request("vm1", &uid, vec![blank(MIB), blank(MIB)]))
+        .await
+        .unwrap();
+    fx.io.group_image_remove("vm1", &fx.io, "system_vm1").unwrap();
+    let id = fx.io.open_image("system_vm1").unwrap().id().unwrap();
+    run(Command::new("rados")
+        .args([
+            "--conf",
+            &env("CEPH_CONF"),
+            "--pool",
+            fx.io.pool(),
+            "--namespace",
+            &fx.kube_ns,
+        ])
+        .args(["rm", &format!("rbd_header.{id}")]));
+    assert!(fx.images().contains(&"system_vm1".to_string()), "still listed");
+    assert!(
+        fx.io.open_image_read_only("system_vm1", None).is_err(),
+        "cannot be opened"
+    );
+
+    let outcome = delete_storage(&fx.ctx, &fx.kube_ns, "vm1", &uid).await.unwrap();
+    match outcome {
+        DeleteOutcome::Deleted {
+            images,
+            group_removed,
+            kept,
+            ..
+        } => {
+            assert_eq!(images, ["system_vm1", "data_vm1_0"]);
+            assert!(group_removed);
+            assert!(kept.is_empty(), "{kept:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(fx.images().is_empty(), "{:?}", fx.images());
+    assert!(fx.io.group_list().unwrap().is_empty());
+}
+
 /// The controller dies (here: the call is dropped) in the middle of a download; the same call
 /// made again starts over and completes, and no half image is ever visible under a VM name.
 #[tokio::test]

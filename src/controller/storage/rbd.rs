@@ -831,19 +831,19 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
     };
 
     // Candidates: the VM layout's names, the group's members, this object's temporary images.
-    let mut candidates: Vec<String> = images
-        .iter()
-        .filter(|n| {
-            **n == system
-                || n.strip_prefix(&data_prefix)
-                    .is_some_and(|i| i.parse::<u64>().is_ok())
-                || members.contains(n)
-                || plan::is_own_temp_image(n, &uid_key)
-        })
-        .cloned()
-        .collect();
+    let is_candidate = |n: &String| {
+        *n == system
+            || n.strip_prefix(&data_prefix)
+                .is_some_and(|i| i.parse::<u64>().is_ok())
+            || members.contains(n)
+            || plan::is_own_temp_image(n, &uid_key)
+    };
+    let listed: Vec<&String> = images.iter().filter(|n| is_candidate(n)).collect();
+    let half_removed = finish_half_removals(&io, &group, &members, &listed)?;
+    let images: Vec<String> = images.into_iter().filter(|n| !half_removed.contains(n)).collect();
+    let mut candidates: Vec<String> = images.iter().filter(|n| is_candidate(n)).cloned().collect();
     candidates = attach_order(names, candidates);
-    if candidates.is_empty() && !group_exists {
+    if candidates.is_empty() && !group_exists && half_removed.is_empty() {
         return Ok(DeleteOutcome::Absent);
     }
 
@@ -923,7 +923,7 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
     }
 
     // The system image last: its owner key marks the rest as ours until the end.
-    let mut removed = Vec::new();
+    let mut removed = half_removed;
     let order: Vec<&String> = ours
         .iter()
         .filter(|n| **n != system)
@@ -998,6 +998,51 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
         group_removed,
         kept,
     })
+}
+
+/// Finishes the removal of the images among `names` that the directory lists but that cannot
+/// be opened: a removal killed after it removed the image's header or id object. Their data
+/// are gone already, and their owner keys with them: left there, they would make the VM's
+/// deletion stop on an ownership it cannot read, and keep its group. Returns their names.
+fn finish_half_removals(
+    io: &IoCtx,
+    group: &str,
+    members: &[String],
+    names: &[&String],
+) -> Result<Vec<String>> {
+    let mut finished = Vec::new();
+    for &name in names {
+        match io.open_image_read_only(name, None) {
+            Err(e) if e.is_not_found() => {}
+            other => {
+                other.ctx(|| format!("opening {}", io.spec(name)))?;
+                continue;
+            }
+        }
+        if members.contains(name) {
+            match io.group_image_remove(group, io, name) {
+                Err(e) if !e.is_not_found() => {
+                    return Err(StorageError::from_ceph(
+                        format!("removing {name} from group {group}"),
+                        e,
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match io.remove_image(name) {
+            Err(e) if !e.is_not_found() => {
+                return Err(StorageError::from_ceph(
+                    format!("finishing the removal of {}", io.spec(name)),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+        tracing::warn!(image = %io.spec(name), "finished the removal of an image a killed removal left half done");
+        finished.push(name.clone());
+    }
+    Ok(finished)
 }
 
 /// What the pool can still take (`None`: unknown, e.g. no ceph-mgr reports statistics).
