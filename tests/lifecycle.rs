@@ -501,8 +501,28 @@ async fn an_existing_vm_manager_vm_is_adopted_not_overwritten() {
         .create(&PostParams::default(), &manifest("legacy", blank_spec(json!({}))))
         .await
         .unwrap();
-    let refused = wait_reason(&env, "legacy", "StorageReady", "OwnedByAnotherObject").await;
+    // The owner is gone: the message says what the disks are and how to take them over.
+    let refused = wait_reason(&env, "legacy", "StorageReady", "RetainedByDeletedVm").await;
     assert_eq!(refused.status, "False");
+    assert!(
+        refused.message.contains(&format!("{}/legacy", env.namespace))
+            && refused.message.contains("deletionPolicy Retain")
+            && refused.message.contains("_k8s_owner_uid")
+            && !refused.message.contains("Delete that object"),
+        "{}",
+        refused.message
+    );
+    io.open_image("system_legacy")
+        .unwrap()
+        .read_at(0, &mut buf)
+        .unwrap();
+    assert_eq!(&buf, b"substation data");
+    // Done as the message says, the new object adopts the retained disks, data untouched.
+    io.open_image("system_legacy")
+        .unwrap()
+        .metadata_remove("_k8s_owner_uid")
+        .unwrap();
+    wait_phase(&env, "legacy", Phase::Started).await;
     io.open_image("system_legacy")
         .unwrap()
         .read_at(0, &mut buf)

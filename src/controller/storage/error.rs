@@ -52,6 +52,21 @@ pub enum StorageError {
         owner: Option<String>,
     },
 
+    /// The RBD data carry the owner key of a VirtualMachine that was deleted with
+    /// `deletionPolicy: Retain`: they are kept for whoever takes them over.
+    #[error(
+        "{what} holds the disks that VirtualMachine {owner} (uid {owner_uid}) kept when it was \
+         deleted with deletionPolicy Retain; nothing was changed. To give them to this VM, remove \
+         their owner key (rbd image-meta remove POOL/NAMESPACE/IMAGE _k8s_owner_uid, on each of \
+         the VM's images) and it adopts them; otherwise give this VM another name, or remove \
+         those images"
+    )]
+    RetainedByDeletedVm {
+        what: String,
+        owner_uid: String,
+        owner: String,
+    },
+
     /// Something of the VM's RBD names exists but is not a VM this object may use or adopt.
     #[error("{what}: {detail}")]
     NameConflict { what: String, detail: String },
@@ -101,6 +116,7 @@ impl StorageError {
             StorageError::ImportFailed { .. } => "ImportFailed",
             StorageError::PoolFull { .. } => "PoolFull",
             StorageError::OwnedByAnotherObject { .. } => "OwnedByAnotherObject",
+            StorageError::RetainedByDeletedVm { .. } => "RetainedByDeletedVm",
             StorageError::NameConflict { .. } => "NameConflict",
             StorageError::HasDependentClones { .. } => "HasDependentClones",
             StorageError::ImageBusy { .. } => "ImageBusy",
@@ -119,7 +135,9 @@ impl StorageError {
             | StorageError::OwnedByAnotherObject { .. }
             | StorageError::NameConflict { .. } => false,
             StorageError::ImportFailed { retryable, .. } => *retryable,
-            StorageError::SourceNotFound { .. }
+            // Taken over in Ceph (owner key removed), not in the spec.
+            StorageError::RetainedByDeletedVm { .. }
+            | StorageError::SourceNotFound { .. }
             | StorageError::SourceNotProtected { .. }
             | StorageError::PoolFull { .. }
             | StorageError::HasDependentClones { .. }

@@ -254,6 +254,7 @@ async fn apply(
                         StorageOutcome::Ready(observation.to_status())
                     }
                     Err(err) => {
+                        let err = explain_retained(err, ctx).await;
                         let outcome = if err.is_retryable() {
                             StorageOutcome::Failing {
                                 reason: err.reason().into(),
@@ -323,6 +324,43 @@ fn next_check(host: &HostHealth, resync: Duration) -> Duration {
     match host {
         HostHealth::Lost { .. } => LOST_HOST_RECHECK.min(resync),
         HostHealth::Answering => resync,
+    }
+}
+
+/// An ownership refusal names the owner VirtualMachine; when that object is gone (deleted with
+/// `deletionPolicy: Retain`), "delete that object" cannot help: say what the retained disks
+/// are and how to take them over. Asked of the API server, not the cache, which may not have
+/// listed every VM yet.
+async fn explain_retained(err: StorageError, ctx: &Context) -> StorageError {
+    let StorageError::OwnedByAnotherObject {
+        what,
+        owner_uid,
+        owner: Some(owner),
+    } = err
+    else {
+        return err;
+    };
+    let Some((namespace, name)) = owner.split_once('/') else {
+        return StorageError::OwnedByAnotherObject {
+            what,
+            owner_uid,
+            owner: Some(owner),
+        };
+    };
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(found) if found.as_ref().and_then(|vm| vm.metadata.uid.as_deref()) != Some(owner_uid.as_str()) => {
+            StorageError::RetainedByDeletedVm {
+                what,
+                owner_uid,
+                owner,
+            }
+        }
+        _ => StorageError::OwnedByAnotherObject {
+            what,
+            owner_uid,
+            owner: Some(owner),
+        },
     }
 }
 
