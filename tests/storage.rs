@@ -998,16 +998,11 @@ async fn clone_of_another_vm_at_a_snapshot() {
     assert_eq!(meta["vm_name"], "vmb");
     assert_eq!(meta["_k8s_owner_uid"], uid_b);
     assert_eq!(meta["xml"], req.rendered_xml);
-    let snaps: Vec<String> = fx
-        .io
-        .open_image("system_vmb")
-        .unwrap()
-        .snap_list()
-        .unwrap()
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    assert_eq!(snaps, ["s1"], "the copy keeps the snapshots up to the copied one");
+    let snaps = fx.io.open_image("system_vmb").unwrap().snap_list().unwrap();
+    assert!(
+        snaps.is_empty(),
+        "a copy at a snapshot starts its own history, without the source's: {snaps:?}"
+    );
     // Nothing links the clone to its source: the source VM can be deleted.
     match delete_storage(&fx.ctx, &fx.kube_ns, "vma", &uid_a).await.unwrap() {
         DeleteOutcome::Deleted {

@@ -571,7 +571,13 @@ async fn build_temp(
                     (&src.0, &src.1, &src.2, src.3.as_deref()),
                     &io_c,
                     &tmp_c,
-                )
+                )?;
+                // A copy at a snapshot (a restore into a new VM) starts its own history: the
+                // source's older snapshots it brought along are not this VM's to restore.
+                if src.3.is_some() {
+                    rbd::remove_copied_snapshots(&io_c, &tmp_c)?;
+                }
+                Ok(())
             })
             .await?;
             Ok(match snapshot {

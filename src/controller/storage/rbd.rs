@@ -423,6 +423,22 @@ pub(crate) fn deep_copy_from(
         .ctx(|| format!("copying {what} to {}", io.spec(tmp)))
 }
 
+/// Removes every snapshot a deep copy brought into the temporary image `tmp` (no clone can
+/// depend on them yet: the image has no final name).
+pub(crate) fn remove_copied_snapshots(io: &IoCtx, tmp: &str) -> Result<()> {
+    let context = || format!("removing the snapshots copied into {}", io.spec(tmp));
+    let image = io.open_image(tmp).ctx(context)?;
+    for snap in image.snap_list().ctx(context)? {
+        if snap.namespace == crate::ceph::SnapNamespace::User
+            && image.snap_is_protected(&snap.name).ctx(context)?
+        {
+            image.snap_unprotect(&snap.name).ctx(context)?;
+        }
+        image.snap_remove_by_id(snap.id).ctx(context)?;
+    }
+    Ok(())
+}
+
 fn io_spec(pool: &str, ns: &str, image: &str) -> String {
     format!("{}/{image}", location(pool, ns))
 }
