@@ -202,6 +202,18 @@ async fn apply(
     }
 }
 
+/// Whether the object as stored (not as cached) is still Pending.
+async fn still_pending(snap: &VirtualMachineSnapshot, ctx: &Ctx, namespace: &str) -> Result<bool, Error> {
+    let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
+    Ok(api.get_opt(&snap.name_any()).await?.is_some_and(|stored| {
+        stored
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or(SnapshotPhase::Pending)
+            == SnapshotPhase::Pending
+    }))
+}
+
 /// Pending and InProgress: check, record the intent, take the snapshots.
 async fn take(
     snap: &VirtualMachineSnapshot,
@@ -218,6 +230,11 @@ async fn take(
     let pending = status.phase.unwrap_or(SnapshotPhase::Pending) == SnapshotPhase::Pending;
     let wait = Action::requeue(Duration::from_secs(3));
 
+    if pending && !still_pending(snap, ctx, &namespace).await? {
+        // A reconcile queued before this object's own last writes: what it took would look
+        // like someone else's snapshot. The next reconcile sees the object as it is.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     if pending {
         let Some(vm) = vms.get_opt(&snap.spec.vm_name).await? else {
             let message = format!(
