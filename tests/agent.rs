@@ -766,21 +766,14 @@ async fn sweep_removes_marked_domains_not_assigned_here_only() {
     bed.create_vm("mine", &a.node, "Started").await;
     bed.wait_domain_status("mine", &a.node, Reported::Running).await;
 
+    // Domains the agent defined carry the digest of the XML they were defined from.
     let plant = |name: String, owner: Option<DomainOwner>| {
-        let hv = a.hv.clone();
-        async move {
-            blocking(move || {
-                let mut xml = test_xml(&name, Uuid::new_v4(), 32);
-                if let Some(owner) = owner {
-                    xml = domain_xml::set_name_and_owner(&xml, &name, &OwnerMarker::new(owner)).unwrap();
-                }
-                hv.define_domain(&xml, DefineOptions::default())
-                    .unwrap()
-                    .start()
-                    .unwrap();
-            })
-            .await
-        }
+        plant_running(
+            &a.hv,
+            name,
+            Uuid::new_v4(),
+            owner.map(|o| OwnerMarker::new(o).with_xml_sha256("aa")),
+        )
     };
     let ghost = format!("{}_ghost", bed.ns);
     let moved = format!("{}_elsewhere", bed.ns);
@@ -812,6 +805,163 @@ async fn sweep_removes_marked_domains_not_assigned_here_only() {
     );
     let elsewhere = bed.vms().get("elsewhere").await.unwrap();
     assert!(domain_status(&elsewhere).is_none(), "{:?}", elsewhere.status);
+    a.shutdown().await;
+}
+
+/// Defines and starts a domain on `hv` behind the agent's back, marked with `marker`.
+async fn plant_running(hv: &libvirt::Hypervisor, name: String, uuid: Uuid, marker: Option<OwnerMarker>) {
+    let hv = hv.clone();
+    blocking(move || {
+        let mut xml = test_xml(&name, uuid, 32);
+        if let Some(marker) = marker {
+            xml = domain_xml::set_name_and_owner(&xml, &name, &marker).unwrap();
+        }
+        hv.define_domain(&xml, DefineOptions::default())
+            .unwrap()
+            .start()
+            .unwrap();
+    })
+    .await
+}
+
+/// A cluster moving over from vm_manager and Pacemaker: Pacemaker starts a VM from the XML the
+/// operator stored in RBD (its owner marker, without the agent's digest) on a host where an
+/// agent runs. The agent never stops such a guest unless the operator runs the VM elsewhere
+/// (then it is the later of two copies on one disk), reports it, and takes it over as it runs
+/// once the VM is placed there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_domain_started_outside_the_operator_is_never_stopped_unless_it_runs_twice() {
+    let bed = Bed::new("ag-outside").await;
+    let (uri1, _) = node_uris();
+    let a = RunningAgent::start(&bed.client, &format!("{}-a", bed.ns), &uri1, |_| {}).await;
+    let nowhere = format!("{}-nowhere", bed.ns);
+    let outside = |name: &str, uid: String| Some(OwnerMarker::new(DomainOwner::new(&bed.ns, name, uid)));
+
+    // Its VirtualMachine is gone (deleted with Retain to hand it back to Pacemaker).
+    let handed_back = format!("{}_handed", bed.ns);
+    plant_running(
+        &a.hv,
+        handed_back.clone(),
+        Uuid::new_v4(),
+        outside("handed", Uuid::new_v4().to_string()),
+    )
+    .await;
+    // Its VirtualMachine is placed on another node, which does not run it.
+    // Started from the stored XML, so with its UUID.
+    let stored_uuid = bed.create_vm("waiting", &nowhere, "Started").await;
+    let waiting_uid = bed.vms().get("waiting").await.unwrap().uid().unwrap();
+    let waiting = bed.domain("waiting");
+    plant_running(
+        &a.hv,
+        waiting.clone(),
+        stored_uuid,
+        outside("waiting", waiting_uid),
+    )
+    .await;
+    // Its VirtualMachine runs on another node already: this copy is the second on its disks.
+    let twice_uuid = bed.create_vm("twice", &nowhere, "Started").await;
+    let twice_uid = bed.vms().get("twice").await.unwrap().uid().unwrap();
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap();
+    bed.vms()
+        .patch_status(
+            "twice",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"domain": {
+                "node": nowhere, "name": bed.domain("twice"), "state": "Running",
+                "observedTime": now.to_string(),
+            }}})),
+        )
+        .await
+        .unwrap();
+    let twice = bed.domain("twice");
+    plant_running(&a.hv, twice.clone(), twice_uuid, outside("twice", twice_uid)).await;
+
+    a.wait_domain(&twice, "destroyed (a second copy)", |s| s.is_none())
+        .await;
+    tokio::time::sleep(RESYNC * 4).await;
+    for kept in [&handed_back, &waiting] {
+        assert_eq!(a.domain_state(kept).await, Some(DomainState::Running), "{kept}");
+    }
+    // A vm_manager VM that Pacemaker runs (no marker), adopted: the stored XML is vm_manager's.
+    let vmmgr_uuid = bed.create_vm("vmmgr", &nowhere, "Started").await;
+    let vmmgr = bed.domain("vmmgr");
+    plant_running(&a.hv, vmmgr.clone(), vmmgr_uuid, None).await;
+    let hv = wait_hypervisor(
+        &bed.client,
+        &a.node,
+        "reports the domains started outside",
+        |hv| {
+            hv.status
+                .as_ref()
+                .is_some_and(|s| s.started_outside.contains(&waiting) && s.started_outside.contains(&vmmgr))
+        },
+    )
+    .await;
+    assert!(
+        !hv.status.unwrap().started_outside.contains(&twice),
+        "the destroyed copy is not reported"
+    );
+
+    // Placed here (as the controller does when a host reports it): taken over as it runs,
+    // with one libvirt write, the definition marked as the agent's own.
+    let writes = a.stats.snapshot().libvirt_writes;
+    bed.vms()
+        .patch(
+            "waiting",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {NODE_LABEL: a.node}}})),
+        )
+        .await
+        .unwrap();
+    bed.wait_domain_status("waiting", &a.node, Reported::Running)
+        .await;
+    let marker = {
+        let hv = a.hv.clone();
+        let name = waiting.clone();
+        blocking(move || {
+            let xml = hv.lookup_domain(&name).unwrap().xml(XmlSource::Inactive).unwrap();
+            domain_xml::extract_owner_marker(&xml).unwrap().unwrap()
+        })
+        .await
+    };
+    assert!(
+        marker.xml_sha256.is_some(),
+        "defined again by the agent: {marker:?}"
+    );
+    assert_eq!(
+        a.stats.snapshot().libvirt_writes - writes,
+        1,
+        "one define, no stop nor start"
+    );
+    assert_eq!(a.domain_state(&waiting).await, Some(DomainState::Running));
+
+    let writes = a.stats.snapshot().libvirt_writes;
+    bed.vms()
+        .patch(
+            "vmmgr",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {NODE_LABEL: a.node}}})),
+        )
+        .await
+        .unwrap();
+    bed.wait_domain_status("vmmgr", &a.node, Reported::Running).await;
+    assert_eq!(
+        a.stats.snapshot().libvirt_writes - writes,
+        1,
+        "one define, no stop nor start"
+    );
+    assert_eq!(a.domain_state(&vmmgr).await, Some(DomainState::Running));
+    wait_hypervisor(
+        &bed.client,
+        &a.node,
+        "no longer reports the domains taken over",
+        |hv| {
+            hv.status
+                .as_ref()
+                .is_some_and(|s| !s.started_outside.contains(&waiting) && !s.started_outside.contains(&vmmgr))
+        },
+    )
+    .await;
     a.shutdown().await;
 }
 

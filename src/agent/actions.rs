@@ -175,12 +175,36 @@ pub struct MarkedDomain {
     pub owner: DomainOwner,
     /// Memory of its persistent definition in KiB (0 if unreadable).
     pub memory_kib: u64,
+    /// Its marker has no digest: the agent did not define it. It was started from the XML the
+    /// controller stores in RBD, as vm_manager and Pacemaker's VirtualDomain start it.
+    pub started_outside: bool,
+}
+
+impl MarkedDomain {
+    /// `namespace/name` of its VM.
+    pub fn owner_key(&self) -> String {
+        format!("{}/{}", self.owner.namespace, self.owner.name)
+    }
+}
+
+/// The domains of a host as the agent sorts them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostDomains {
+    /// Every domain carrying an owner marker, sorted by name.
+    pub marked: Vec<MarkedDomain>,
+    /// Names of the running domains the agent did not define (no marker, or a marker without
+    /// its digest): vm_manager's and Pacemaker's guests, sorted.
+    pub started_outside: Vec<String>,
 }
 
 /// Every domain of the host that carries an owner marker, sorted by name.
 pub fn list_marked(hv: &Hypervisor) -> Result<Vec<MarkedDomain>, AgentError> {
-    let context = "list the operator's domains";
-    let mut out = Vec::new();
+    Ok(scan(hv)?.marked)
+}
+
+fn scan(hv: &Hypervisor) -> Result<HostDomains, AgentError> {
+    let context = "list the host's domains";
+    let mut out = HostDomains::default();
     for summary in hv.list_domains().map_err(lv(context))? {
         let domain = match hv.lookup_domain_by_uuid(summary.uuid) {
             Ok(d) => d,
@@ -192,29 +216,37 @@ pub fn list_marked(hv: &Hypervisor) -> Result<Vec<MarkedDomain>, AgentError> {
             Err(e) if e.is_no_domain() => continue,
             Err(e) => return Err(AgentError::libvirt(context, e)),
         };
-        let owner = match domain_xml::extract_owner(&xml) {
-            Ok(Some(owner)) => owner,
-            Ok(None) => continue,
+        let marker = match domain_xml::extract_owner_marker(&xml) {
+            Ok(marker) => marker,
             Err(e) => {
                 warn!(domain = %summary.name, "unreadable owner marker, leaving the domain alone: {e}");
                 continue;
             }
         };
-        out.push(MarkedDomain {
+        let started_outside = marker.as_ref().is_none_or(|m| m.xml_sha256.is_none());
+        if started_outside && summary.state.state.is_active() {
+            out.started_outside.push(summary.name.clone());
+        }
+        let Some(marker) = marker else {
+            continue;
+        };
+        out.marked.push(MarkedDomain {
             name: summary.name,
             uuid: summary.uuid,
             state: summary.state,
-            owner,
+            started_outside,
+            owner: marker.owner,
             memory_kib: domain_xml::extract_memory_kib(&xml).unwrap_or(0),
         });
     }
+    out.started_outside.sort();
     Ok(out)
 }
 
-/// The host's capacity and the operator's domains on it.
-pub fn host_snapshot(hv: &Hypervisor) -> Result<(HostInfo, Vec<MarkedDomain>), AgentError> {
+/// The host's capacity and its domains.
+pub fn host_snapshot(hv: &Hypervisor) -> Result<(HostInfo, HostDomains), AgentError> {
     let info = hv.host_info().map_err(lv("host information"))?;
-    Ok((info, list_marked(hv)?))
+    Ok((info, scan(hv)?))
 }
 
 /// Shuts down (within `timeout`) and undefines a marked domain, if it still carries the

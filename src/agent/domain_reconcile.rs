@@ -125,6 +125,9 @@ pub enum Note {
     /// The stored XML changed while the domain runs: it keeps the old definition until it
     /// stops.
     RestartRequired,
+    /// The running domain was started outside the operator (vm_manager or Pacemaker, from the
+    /// stored XML): the agent takes it over as it runs, marking its definition as its own.
+    TakenOver,
     /// A crash or failed start; restart at this time.
     BackingOff { failures: i32, retry_after: Timestamp },
     /// Too many consecutive failures; no more restarts until the spec changes.
@@ -210,7 +213,7 @@ fn decide_present(facts: &Facts<'_>) -> Decision {
     }
 
     let domain = match facts.domain {
-        Some(d) if d.ownership == Ownership::Foreign => {
+        Some(d) if d.ownership == Ownership::Foreign && !same_machine(d, facts) => {
             return decision.with_note(Note::NameConflict(None));
         }
         Some(ObservedDomain {
@@ -291,7 +294,12 @@ fn decide_present(facts: &Facts<'_>) -> Decision {
             start_or_wait(facts, &mut decision, true);
         }
         _ => {
-            if outdated {
+            if domain.xml_sha256.is_none() && !uuid_changed {
+                // Same VM, same disks: redefining changes only the definition of its next
+                // boot, and stopping it would stop a guest nobody asked to stop.
+                decision.steps.push(Step::Define);
+                decision.note = Some(Note::TakenOver);
+            } else if outdated {
                 decision.note = Some(Note::RestartRequired);
             }
             if domain.state.state == DomainState::Running
@@ -306,6 +314,16 @@ fn decide_present(facts: &Facts<'_>) -> Decision {
         }
     }
     decision
+}
+
+/// Whether an unmarked domain is this VM running as vm_manager or Pacemaker started it: the
+/// name and UUID of the XML stored for it (adoption keeps vm_manager's XML and UUID). It is
+/// then taken over as it runs, like a domain started outside the agent from the stored XML; a
+/// shut-off one stays someone else's definition.
+fn same_machine(domain: &ObservedDomain, facts: &Facts<'_>) -> bool {
+    domain.state.state.is_active()
+        && facts.storage_ready
+        && facts.stored.is_some_and(|s| s.uuid == Some(domain.uuid))
 }
 
 /// Starts the domain, or counts a crash and waits for its back-off.

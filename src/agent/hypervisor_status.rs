@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::Context;
-use super::actions::{self, MarkedDomain};
+use super::actions::{self, HostDomains, MarkedDomain};
 use super::backoff::whole_seconds;
 use super::error::AgentError;
 use super::status::FIELD_MANAGER;
@@ -31,7 +31,7 @@ pub const REASON_FENCED: &str = "Fenced";
 const REPORT_CHANGES_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the heartbeat saw.
-pub type Observation = Result<(HostInfo, Vec<MarkedDomain>), String>;
+pub type Observation = Result<(HostInfo, HostDomains), String>;
 
 /// The status to write: fresh host facts when libvirt answered, the last known ones
 /// otherwise; the Ready condition keeps its transition time unless its status flips.
@@ -53,7 +53,8 @@ pub fn build_status(
     status.libvirt_uri = Some(uri.to_owned());
     status.heartbeat_time = Some(Time(now));
     let (ready, reason, message) = match observation {
-        Ok((info, domains)) => {
+        Ok((info, host)) => {
+            let domains = &host.marked;
             status.libvirt_version = Some(info.libvirt_version.to_string());
             status.hypervisor = Some(format!("{} {}", info.hypervisor_type, info.hypervisor_version));
             status.cpus = i32::try_from(info.cpus).unwrap_or(i32::MAX);
@@ -61,13 +62,11 @@ pub fn build_status(
             let allocated_kib: u64 = domains.iter().map(|d| d.memory_kib).sum();
             status.allocated_memory_mib = i64::try_from(allocated_kib.div_ceil(1024)).unwrap_or(i64::MAX);
             status.running_vms = domains.iter().filter(|d| d.state.state.is_active()).count() as i32;
-            let mut vms: Vec<String> = domains
-                .iter()
-                .map(|d| format!("{}/{}", d.owner.namespace, d.owner.name))
-                .collect();
+            let mut vms: Vec<String> = domains.iter().map(MarkedDomain::owner_key).collect();
             vms.sort();
             vms.dedup();
             status.vms = vms;
+            status.started_outside = host.started_outside.clone();
             (
                 "True",
                 REASON_REACHABLE,
@@ -260,6 +259,7 @@ mod tests {
             state: StateInfo { state, reason: 1 },
             owner: DomainOwner::new(ns, name, "u"),
             memory_kib,
+            started_outside: false,
         }
     }
 
@@ -271,10 +271,13 @@ mod tests {
     fn ready_status_counts_vms_and_memory() {
         let obs: Observation = Ok((
             info(),
-            vec![
-                marked("b", "vm2", DomainState::ShutOff, 512 * 1024),
-                marked("a", "vm1", DomainState::Running, 1024 * 1024 + 1),
-            ],
+            HostDomains {
+                marked: vec![
+                    marked("b", "vm2", DomainState::ShutOff, 512 * 1024),
+                    marked("a", "vm1", DomainState::Running, 1024 * 1024 + 1),
+                ],
+                started_outside: vec![],
+            },
         ));
         let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
         assert_eq!(s.libvirt_uri.as_deref(), Some("test:///hv1.xml"));
@@ -284,6 +287,7 @@ mod tests {
         assert_eq!(s.allocated_memory_mib, 1537);
         assert_eq!(s.running_vms, 1);
         assert_eq!(s.vms, ["a/vm1", "b/vm2"]);
+        assert!(s.started_outside.is_empty());
         assert_eq!(s.heartbeat_time, Some(Time(t(0))));
         let ready = &s.conditions[0];
         assert_eq!(
@@ -295,8 +299,25 @@ mod tests {
     }
 
     #[test]
+    fn domains_started_outside_the_agent_are_reported_by_name() {
+        let obs: Observation = Ok((
+            info(),
+            HostDomains {
+                marked: vec![marked("a", "ours", DomainState::Running, 1024)],
+                started_outside: vec!["VM1".into(), "a_pcmk".into()],
+            },
+        ));
+        let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
+        assert_eq!(s.vms, ["a/ours"]);
+        assert_eq!(s.started_outside, ["VM1", "a_pcmk"]);
+        let gone: Observation = Ok((info(), HostDomains::default()));
+        let s = build_status("test:///hv1.xml", &gone, Some(&s), Some(1), false, t(1));
+        assert!(s.started_outside.is_empty(), "{s:?}");
+    }
+
+    #[test]
     fn transition_time_changes_only_on_flips() {
-        let ok: Observation = Ok((info(), vec![]));
+        let ok: Observation = Ok((info(), HostDomains::default()));
         let down: Observation = Err("libvirt connect on test:///x: no such file".into());
         let s1 = build_status("u", &ok, None, Some(1), false, t(0));
         let s2 = build_status("u", &ok, Some(&s1), Some(1), false, t(10));
@@ -319,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_fenced_host_is_not_ready_and_never_writes_the_fence() {
-        let ok: Observation = Ok((info(), vec![]));
+        let ok: Observation = Ok((info(), HostDomains::default()));
         let mut previous = build_status("u", &ok, None, Some(1), false, t(0));
         previous.fence = Some(crate::api::FenceStatus::default());
         let s = build_status("u", &ok, Some(&previous), Some(1), true, t(10));

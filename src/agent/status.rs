@@ -33,7 +33,8 @@ pub fn domain_status(
     note: Option<&Note>,
     failure: Option<&Failure>,
 ) -> DomainStatus {
-    let ours = observed.filter(|d| matches!(d.ownership, Ownership::Ours | Ownership::Stale));
+    let taken_over = note == Some(&Note::TakenOver);
+    let ours = observed.filter(|d| taken_over || matches!(d.ownership, Ownership::Ours | Ownership::Stale));
     let mut state = ours.map_or(DomainState::Absent, |d| reported_state(d.state.state));
     let mut reason = ours.map(|d| d.state.reason_name().to_owned());
     let mut message = None;
@@ -59,6 +60,13 @@ pub fn domain_status(
             reason = Some("RestartRequired".into());
             message = Some(
                 "the VM's XML changed; the running domain keeps its previous definition until it stops"
+                    .into(),
+            );
+        }
+        Some(Note::TakenOver) => {
+            reason = Some("TakenOver".into());
+            message = Some(
+                "the domain was running, started outside the operator (by vm_manager or Pacemaker, from the XML stored in RBD); the agent took it over without restarting it"
                     .into(),
             );
         }

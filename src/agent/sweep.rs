@@ -29,23 +29,36 @@ pub enum Verdict {
 }
 
 /// Decides about a domain marked for `owner`, given its VM as the API server has it.
+/// `started_outside`: the agent did not define it (its marker has no digest); vm_manager or
+/// Pacemaker started it from the XML the controller stores in RBD.
 pub fn verdict(
     vm: Option<&VirtualMachine>,
     owner: &DomainOwner,
+    started_outside: bool,
     node: &str,
     default_timeout: Duration,
 ) -> Verdict {
     let release = |timeout, reason| Verdict::Release { timeout, reason };
     let Some(vm) = vm.filter(|vm| vm.uid().as_deref() == Some(owner.uid.as_str())) else {
-        // Gone, or re-created as another object.
-        return release(default_timeout, AbsentReason::NotAssigned);
+        // Gone, or re-created as another object. A guest Pacemaker runs from the XML the
+        // operator once stored is not the operator's to stop.
+        return if started_outside {
+            Verdict::Keep
+        } else {
+            release(default_timeout, AbsentReason::NotAssigned)
+        };
     };
     let timeout = vm.spec.stop_timeout();
     match vm.labels().get(NODE_LABEL).map(String::as_str) {
         Some(here) if here == node => {}
+        // Started outside the operator while the operator runs it elsewhere: a second copy
+        // on the same disks, the later one; it goes at once.
+        Some(there) if started_outside && !runs_on(vm, there) => return Verdict::Keep,
         // Assigned to another node, which may run it already (a failover after this host was
         // fenced): no graceful shutdown, the copy here goes at once.
         Some(_) => return release(Duration::ZERO, AbsentReason::NotAssigned),
+        // Not placed: the controller places a VM started outside the operator where it runs.
+        None if started_outside => return Verdict::Keep,
         None => return release(timeout, AbsentReason::NotAssigned),
     }
     if vm.metadata.deletion_timestamp.is_some() {
@@ -57,8 +70,16 @@ pub fn verdict(
     Verdict::Keep
 }
 
+/// Whether the VM's status shows its domain active on `node`.
+fn runs_on(vm: &VirtualMachine, node: &str) -> bool {
+    vm.status
+        .as_ref()
+        .and_then(|s| s.domain.as_ref())
+        .is_some_and(|d| d.node == node && d.state.is_active())
+}
+
 /// Whether the reflector's copy already shows the VM assigned here (no API call needed).
-fn kept_by_store(ctx: &Context, owner: &DomainOwner) -> bool {
+fn kept_by_store(ctx: &Context, owner: &DomainOwner, started_outside: bool) -> bool {
     let Some(store) = ctx.store.get() else {
         return false;
     };
@@ -67,6 +88,7 @@ fn kept_by_store(ctx: &Context, owner: &DomainOwner) -> bool {
         verdict(
             Some(&vm),
             owner,
+            started_outside,
             &ctx.config.node_name,
             ctx.config.default_stop_timeout,
         ) == Verdict::Keep
@@ -81,7 +103,7 @@ pub(crate) async fn sweep(ctx: &Context) -> Result<usize, AgentError> {
     let mut removed = 0;
     for domain in marked {
         let owner = domain.owner.clone();
-        if kept_by_store(ctx, &owner) {
+        if kept_by_store(ctx, &owner, domain.started_outside) {
             continue;
         }
         let _guard = ctx.locks.lock(&domain.name).await;
@@ -90,9 +112,13 @@ pub(crate) async fn sweep(ctx: &Context) -> Result<usize, AgentError> {
             .get_opt(&owner.name)
             .await
             .map_err(|e| AgentError::kube(format!("sweep: read VM {}/{}", owner.namespace, owner.name), e))?;
-        let Verdict::Release { timeout, reason } =
-            verdict(vm.as_ref(), &owner, &node, ctx.config.default_stop_timeout)
-        else {
+        let Verdict::Release { timeout, reason } = verdict(
+            vm.as_ref(),
+            &owner,
+            domain.started_outside,
+            &node,
+            ctx.config.default_stop_timeout,
+        ) else {
             continue;
         };
         let name = domain.name.clone();
@@ -237,22 +263,27 @@ mod tests {
         let d = Duration::from_secs(60);
         let s7 = Duration::from_secs(7);
         let keep = vm("u1", Some("hv1"), DesiredState::Started);
-        assert_eq!(verdict(Some(&keep), &owner, "hv1", d), Verdict::Keep);
+        assert_eq!(verdict(Some(&keep), &owner, false, "hv1", d), Verdict::Keep);
         assert_eq!(
             verdict(
                 Some(&vm("u1", Some("hv1"), DesiredState::Stopped)),
                 &owner,
+                false,
                 "hv1",
                 d
             ),
             Verdict::Keep
         );
         let rel = |timeout, reason| Verdict::Release { timeout, reason };
-        assert_eq!(verdict(None, &owner, "hv1", d), rel(d, AbsentReason::NotAssigned));
+        assert_eq!(
+            verdict(None, &owner, false, "hv1", d),
+            rel(d, AbsentReason::NotAssigned)
+        );
         assert_eq!(
             verdict(
                 Some(&vm("u2", Some("hv1"), DesiredState::Started)),
                 &owner,
+                false,
                 "hv1",
                 d
             ),
@@ -262,6 +293,7 @@ mod tests {
             verdict(
                 Some(&vm("u1", Some("hv2"), DesiredState::Started)),
                 &owner,
+                false,
                 "hv1",
                 d
             ),
@@ -269,24 +301,68 @@ mod tests {
             "placed elsewhere: destroyed at once, it may run there already"
         );
         assert_eq!(
-            verdict(Some(&vm("u1", None, DesiredState::Started)), &owner, "hv1", d),
+            verdict(
+                Some(&vm("u1", None, DesiredState::Started)),
+                &owner,
+                false,
+                "hv1",
+                d
+            ),
             rel(s7, AbsentReason::NotAssigned)
         );
         assert_eq!(
             verdict(
                 Some(&vm("u1", Some("hv1"), DesiredState::Disabled)),
                 &owner,
+                false,
                 "hv1",
                 d
             ),
             rel(s7, AbsentReason::Disabled)
         );
+        // Started outside the operator (vm_manager or Pacemaker, from the stored XML).
+        assert_eq!(
+            verdict(None, &owner, true, "hv1", d),
+            Verdict::Keep,
+            "VM gone: not ours to stop"
+        );
+        let other_object = vm("u2", Some("hv2"), DesiredState::Started);
+        assert_eq!(
+            verdict(Some(&other_object), &owner, true, "hv1", d),
+            Verdict::Keep
+        );
+        let unplaced = vm("u1", None, DesiredState::Started);
+        assert_eq!(
+            verdict(Some(&unplaced), &owner, true, "hv1", d),
+            Verdict::Keep,
+            "the controller places it here"
+        );
+        let mut placed_elsewhere = vm("u1", Some("hv2"), DesiredState::Started);
+        assert_eq!(
+            verdict(Some(&placed_elsewhere), &owner, true, "hv1", d),
+            Verdict::Keep,
+            "not running there: the controller moves it here"
+        );
+        placed_elsewhere.status = Some(crate::api::VirtualMachineStatus {
+            domain: Some(crate::api::DomainStatus {
+                node: "hv2".into(),
+                state: DomainState::Running,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(
+            verdict(Some(&placed_elsewhere), &owner, true, "hv1", d),
+            rel(Duration::ZERO, AbsentReason::NotAssigned),
+            "a second copy of a VM the operator runs elsewhere goes at once"
+        );
+        assert_eq!(verdict(Some(&keep), &owner, true, "hv1", d), Verdict::Keep);
         let mut deleting = keep.clone();
         deleting.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::now(),
         ));
         assert_eq!(
-            verdict(Some(&deleting), &owner, "hv1", d),
+            verdict(Some(&deleting), &owner, false, "hv1", d),
             rel(s7, AbsentReason::Deleting)
         );
     }

@@ -121,6 +121,12 @@ pub struct HypervisorStatus {
     /// `namespace/name` of every VM the agent manages on this host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<String>,
+    /// Names of the libvirt domains running here that the agent did not define: vm_manager's
+    /// and Pacemaker's guests, or a VM started from the XML the operator stores in RBD. The
+    /// controller places a VM whose domain runs here rather than start a second copy, and the
+    /// agent takes the running domain over (docs/operations.md, "Pacemaker side by side").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub started_outside: Vec<String>,
     /// Last time the agent reported; a stale heartbeat makes the hypervisor not Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_time: Option<Time>,

@@ -416,6 +416,16 @@ pub enum DomainState {
     Failed,
 }
 
+impl DomainState {
+    /// Whether a guest may be running (or about to write its disks) in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            DomainState::Running | DomainState::Paused | DomainState::ShuttingDown | DomainState::Crashed
+        )
+    }
+}
+
 /// Where a VM's data lives in Ceph.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

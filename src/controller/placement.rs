@@ -141,6 +141,28 @@ pub fn place(
         })
 }
 
+/// Reason of `Scheduled=False` for a VM pinned away from the host where a copy started
+/// outside the operator runs.
+pub const REASON_STARTED_OUTSIDE: &str = "StartedOutsideOperator";
+
+/// A VM whose domain runs on `host`, started outside the operator (by vm_manager or
+/// Pacemaker, from the XML the operator stores in RBD), while the operator runs no copy of it:
+/// it is placed where it runs, whatever the capacity says (it runs already), so that nobody
+/// starts a second copy. A VM pinned elsewhere is placed nowhere while that copy runs.
+pub fn where_started_outside(host: &str, placement: Option<&Placement>) -> Decision {
+    match placement.and_then(|p| p.pinned_node.as_deref()) {
+        Some(pinned) if pinned != host => Decision::Unschedulable {
+            reason: REASON_STARTED_OUTSIDE,
+            message: format!(
+                "the VM runs on hypervisor {host}, started outside the operator (by vm_manager or Pacemaker, \
+                 from the XML stored in RBD); it is pinned to {pinned} and is not started there while that \
+                 copy runs: stop it on {host} (remove it from Pacemaker first), or pin the VM to {host}"
+            ),
+        },
+        _ => Decision::Node(host.to_owned()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +410,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_vm_started_outside_the_operator_is_placed_where_it_runs() {
+        assert_eq!(where_started_outside("hv1", None), Decision::Node("hv1".into()));
+        let preferred = Placement {
+            preferred_node: Some("hv2".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            where_started_outside("hv1", Some(&preferred)),
+            Decision::Node("hv1".into())
+        );
+        let pinned_there = with(0, FailoverPolicy::default(), Some("hv1"));
+        assert_eq!(
+            where_started_outside("hv1", Some(&pinned_there)),
+            Decision::Node("hv1".into())
+        );
+        let pinned_away = with(0, FailoverPolicy::default(), Some("hv2"));
+        let Decision::Unschedulable { reason, message } = where_started_outside("hv1", Some(&pinned_away))
+        else {
+            panic!("a VM pinned elsewhere is not placed while the other copy runs");
+        };
+        assert_eq!(reason, REASON_STARTED_OUTSIDE);
+        assert!(
+            message.contains("hv1") && message.contains("pinned to hv2"),
+            "{message}"
+        );
     }
 }

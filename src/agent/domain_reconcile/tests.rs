@@ -226,13 +226,47 @@ fn changed_xml_redefines_a_stopped_domain_but_never_a_running_one() {
     assert_eq!(d.steps, [Step::Undefine, Step::Define, Step::Start]);
 
     let mut running = domain(DomainState::Running, 1);
-    running.xml_sha256 = None;
+    running.xml_sha256 = Some("old".into());
     let d = Case::new(Intent::Started)
         .domain(running)
         .reported(reported(ReportedState::Running, GEN))
         .decide();
     assert_eq!(d.steps, []);
     assert_eq!(d.note, Some(Note::RestartRequired));
+}
+
+#[test]
+fn a_domain_started_outside_the_operator_is_taken_over_as_it_runs() {
+    // vm_manager or Pacemaker started it from the stored XML: its marker has no digest.
+    let mut running = domain(DomainState::Running, 1);
+    running.xml_sha256 = None;
+    let d = Case::new(Intent::Started).domain(running.clone()).decide();
+    assert_eq!(d.steps, [Step::Define], "redefined in place, never stopped");
+    assert_eq!(d.note, Some(Note::TakenOver));
+    // Another UUID is another machine: it keeps running, the change waits for its stop.
+    running.uuid = Uuid::new_v4();
+    let d = Case::new(Intent::Started).domain(running.clone()).decide();
+    assert_eq!(d.steps, []);
+    assert_eq!(d.note, Some(Note::RestartRequired));
+    // The VM says Stopped: the user's spec governs the domain assigned here.
+    running.uuid = domain(DomainState::Running, 1).uuid;
+    let d = Case::new(Intent::Stopped).domain(running.clone()).decide();
+    assert_eq!(d.steps, [Step::Stop, Step::Define]);
+
+    // Unmarked, with the stored XML's UUID: a vm_manager VM that Pacemaker runs, adopted.
+    running.ownership = Ownership::Foreign;
+    let d = Case::new(Intent::Started).domain(running.clone()).decide();
+    assert_eq!((d.steps, d.note), (vec![Step::Define], Some(Note::TakenOver)));
+    // Another UUID is another machine that happens to have the name: never touched.
+    running.uuid = Uuid::new_v4();
+    let d = Case::new(Intent::Started).domain(running.clone()).decide();
+    assert_eq!((d.steps, d.note), (vec![], Some(Note::NameConflict(None))));
+    // Without the stored XML nothing says it is the same machine.
+    running.uuid = domain(DomainState::Running, 1).uuid;
+    let mut case = Case::new(Intent::Started).domain(running);
+    case.storage_ready = false;
+    let d = case.decide();
+    assert_eq!((d.steps, d.note), (vec![], Some(Note::NameConflict(None))));
 }
 
 #[test]

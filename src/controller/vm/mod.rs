@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{self, finalizer};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -291,7 +291,7 @@ async fn apply(
     let scheduling = if vm.spec.state == DesiredState::Disabled && previous.node.is_none() {
         Scheduling::NotNeeded
     } else {
-        schedule(vm, ctx, plan.memory_mib, &others)
+        schedule(vm, ctx, &plan, &others)
     };
     // The agent follows the label alone, so the label and the status are written at once.
     let label = async {
@@ -302,6 +302,10 @@ async fn apply(
                 let announce = ctx.placements.get(&uid).as_deref() != Some(node.as_str());
                 ctx.placements.set(&uid, node);
                 hand_over(vm, ctx, api, node, announce).await
+            }
+            // Its node's agent would start a second copy: it is assigned nowhere meanwhile.
+            Scheduling::Unschedulable { reason, .. } if reason == placement::REASON_STARTED_OUTSIDE => {
+                unassign(vm, api).await
             }
             _ => Ok(()),
         }
@@ -466,16 +470,7 @@ async fn hand_over(
     } else {
         json!({NODE_LABEL: node})
     };
-    let patch = json!({
-        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
-        "metadata": {"name": vm.name_any(), "labels": labels}
-    });
-    api.patch(
-        &vm.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
+    apply_labels(vm, api, labels).await?;
     let failed_over_from = domain
         .filter(|d| d.node != node && d.state != DomainState::Absent && node_fenced(ctx, &d.node))
         .map(|d| d.node.clone());
@@ -503,6 +498,33 @@ async fn hand_over(
             format!("placed on hypervisor {node}"),
         );
     }
+    Ok(())
+}
+
+/// Removes the node label (the agents follow it alone).
+async fn unassign(vm: &VirtualMachine, api: &Api<VirtualMachine>) -> Result<(), ReconcileError> {
+    if !vm.labels().contains_key(NODE_LABEL) {
+        return Ok(());
+    }
+    apply_labels(vm, api, json!({})).await
+}
+
+/// The controller's labels of the VM (server-side apply: a label it set and leaves out goes).
+async fn apply_labels(
+    vm: &VirtualMachine,
+    api: &Api<VirtualMachine>,
+    labels: serde_json::Value,
+) -> Result<(), ReconcileError> {
+    let patch = json!({
+        "apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()),
+        "metadata": {"name": vm.name_any(), "labels": labels}
+    });
+    api.patch(
+        &vm.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -550,7 +572,7 @@ fn allocated_memory(
 fn schedule(
     vm: &VirtualMachine,
     ctx: &Context,
-    memory_mib: i64,
+    plan: &plan::Plan,
     others: &[Arc<VirtualMachine>],
 ) -> Scheduling {
     let candidates: Vec<Candidate> = ctx
@@ -577,14 +599,15 @@ fn schedule(
         (recorded, _) => recorded.or(label).or(remembered),
     };
     let allocated = allocated_memory(ctx, vm, others);
-    let decision = match current.as_deref() {
-        Some(node) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
+    let decision = match (started_outside_on(ctx, vm, &plan.domain), current.as_deref()) {
+        (Some(host), _) => placement::where_started_outside(&host, vm.spec.placement.as_ref()),
+        (None, Some(node)) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
             evacuate(vm, ctx, others, &candidates, &allocated)
         }
-        _ => placement::place(
+        (None, _) => placement::place(
             current.as_deref(),
             vm.spec.placement.as_ref(),
-            memory_mib,
+            plan.memory_mib,
             &candidates,
             &allocated,
         ),
@@ -596,6 +619,24 @@ fn schedule(
             message,
         },
     }
+}
+
+/// An answering hypervisor that reports the VM's domain running there, started outside the
+/// operator (vm_manager or Pacemaker), while the operator runs no copy of it elsewhere (if it
+/// does, a copy marked for the VM is destroyed by its host's agent).
+fn started_outside_on(ctx: &Context, vm: &VirtualMachine, domain: &str) -> Option<String> {
+    let reported = vm.status.as_ref().and_then(|s| s.domain.as_ref());
+    ctx.hypervisors
+        .state()
+        .iter()
+        .filter(|hv| candidate(hv, ctx).ready)
+        .filter(|hv| {
+            hv.status
+                .as_ref()
+                .is_some_and(|s| s.started_outside.iter().any(|d| d == domain))
+        })
+        .map(|hv| hv.name_any())
+        .find(|host| !reported.is_some_and(|d| d.node != *host && d.state.is_active()))
 }
 
 /// The VM leaves a fenced host: it gets the place the priority order over every VM leaving a

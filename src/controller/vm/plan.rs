@@ -93,6 +93,8 @@ pub const DUPLICATE_UUID_RECHECK: std::time::Duration = std::time::Duration::fro
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub uuid: Uuid,
+    /// Name of the libvirt domain.
+    pub domain: String,
     pub memory_mib: i64,
     pub request: VmStorageRequest,
     /// What the user should know about the VM as vm_manager sees it (published as events when
@@ -495,6 +497,7 @@ pub fn plan(
     )?;
     Ok(Plan {
         uuid: rendered.uuid,
+        domain: names.domain(),
         memory_mib: (summary.memory_kib / 1024) as i64,
         request: VmStorageRequest {
             kube_namespace: namespace,
