@@ -23,7 +23,7 @@ use seapath_operator::ceph::{Cluster, ClusterConfig, IoCtx};
 use seapath_operator::controller::hypervisor::FencingSettings;
 use seapath_operator::domain_xml::CephAuthRef;
 use seapath_operator::libvirt;
-use seapath_operator::naming::NamespaceMap;
+use seapath_operator::naming::{NamespaceMap, VmNames};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
@@ -589,6 +589,117 @@ async fn out_of_service_fences_at_once_and_the_host_comes_back() {
     })
     .await;
     bed.started_on("vm1", &hv2).await;
+    bed.tear_down().await;
+}
+
+/// Starts a domain on `hv` as Pacemaker's VirtualDomain does from vm_manager's XML: its own
+/// UUID, no owner marker.
+async fn start_as_pacemaker(hv: &libvirt::Hypervisor, domain: &str, uuid: uuid::Uuid, memory_mib: u32) {
+    let (hv, xml) = (
+        hv.clone(),
+        xml_with_uuid(memory_mib, uuid).replace("<name>x</name>", &format!("<name>{domain}</name>")),
+    );
+    tokio::task::spawn_blocking(move || {
+        hv.define_domain(&xml, libvirt::DefineOptions::default())
+            .unwrap()
+            .start()
+            .unwrap();
+    })
+    .await
+    .unwrap();
+}
+
+fn xml_with_uuid(memory_mib: u32, uuid: uuid::Uuid) -> String {
+    xml(memory_mib).replace("</name>", &format!("</name><uuid>{uuid}</uuid>"))
+}
+
+/// Moving a cluster over from Pacemaker: a VM adopted while Pacemaker runs it (vm_manager's
+/// XML and UUID, no owner marker) is placed on the host where it runs, whatever its preferred
+/// node, and taken over there as it runs; pinned to another host, it is placed nowhere and
+/// says why until that copy stops. No VM ever runs on two hosts.
+#[tokio::test]
+async fn a_vm_pacemaker_runs_is_taken_over_where_it_runs_and_never_started_twice() {
+    let bed = bed("fo-pcmk", &[("hv1", 16), ("hv2", 16)]).await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    let (stop, doubles) = watch_for_doubles(bed.hosts.iter().map(|h| h.hv.clone()).collect());
+    let domain = |vm: &str| VmNames::new(&bed.namespace, vm).domain();
+    let create = async |name: &str, uuid: uuid::Uuid, placement: Value| {
+        let vm: VirtualMachine = serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": name},
+            "spec": {
+                "xml": xml_with_uuid(256, uuid), "stopTimeoutSeconds": 2,
+                "systemDisk": {"source": {"blank": {}}, "size": "4Mi"},
+                "placement": placement,
+            }
+        }))
+        .unwrap();
+        bed.created_vm(&vm).await;
+    };
+
+    let uuid = uuid::Uuid::new_v4();
+    start_as_pacemaker(&bed.hosts[1].hv, &domain("moved"), uuid, 256).await;
+    bed.wait_hv(&hv2, "reports the domain Pacemaker runs", |hv| {
+        hv.status
+            .as_ref()
+            .is_some_and(|s| s.started_outside.contains(&domain("moved")))
+    })
+    .await;
+    create("moved", uuid, json!({"preferredNode": hv1})).await;
+    bed.started_on("moved", &hv2).await;
+    let (hv, name) = (bed.hosts[1].hv.clone(), domain("moved"));
+    let marker = tokio::task::spawn_blocking(move || {
+        let xml = hv
+            .lookup_domain(&name)
+            .unwrap()
+            .xml(libvirt::XmlSource::Inactive)
+            .unwrap();
+        seapath_operator::domain_xml::extract_owner_marker(&xml).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        marker.is_some_and(|m| m.xml_sha256.is_some()),
+        "the running domain is the agent's now"
+    );
+    bed.wait_hv(&hv2, "no domain started outside any more", |hv| {
+        hv.status.as_ref().is_some_and(|s| s.started_outside.is_empty())
+    })
+    .await;
+
+    let uuid = uuid::Uuid::new_v4();
+    start_as_pacemaker(&bed.hosts[1].hv, &domain("pinned"), uuid, 256).await;
+    bed.wait_hv(&hv2, "reports the domain Pacemaker runs", |hv| {
+        hv.status
+            .as_ref()
+            .is_some_and(|s| s.started_outside.contains(&domain("pinned")))
+    })
+    .await;
+    create("pinned", uuid, json!({"pinnedNode": hv1})).await;
+    let vm = bed
+        .wait_vm("pinned", "not scheduled while Pacemaker runs it", |vm| {
+            condition(vm, "Scheduled").is_some_and(|c| c.1 == "StartedOutsideOperator")
+        })
+        .await;
+    assert_eq!(node(&vm), None, "{:?}", vm.status);
+    let message = condition(&vm, "Scheduled").unwrap().2;
+    assert!(message.contains(&hv2) && message.contains(&hv1), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!bed.hosts[0].running().await.contains(&domain("pinned")));
+
+    // Pacemaker lets go of it (crm resource stop): the VM starts where it is pinned.
+    let (hv, name) = (bed.hosts[1].hv.clone(), domain("pinned"));
+    tokio::task::spawn_blocking(move || hv.lookup_domain(&name).unwrap().destroy().unwrap())
+        .await
+        .unwrap();
+    bed.started_on("pinned", &hv1).await;
+
+    stop.send(true).unwrap();
+    assert_eq!(
+        doubles.await.unwrap(),
+        Vec::<String>::new(),
+        "a VM ran on two hosts"
+    );
     bed.tear_down().await;
 }
 
