@@ -378,6 +378,42 @@ fn admission_policy_guards_every_vm_spec_field_but_state() {
     );
 }
 
+/// The agents' policy lists every VirtualMachine status field but the two they write, so a new
+/// status field cannot silently become writable by an agent.
+#[test]
+fn admission_policy_keeps_agents_off_every_vm_status_field_but_theirs() {
+    let crd = serde_json::to_value(<seapath_operator::api::VirtualMachine as kube::CustomResourceExt>::crd())
+        .expect("CRD JSON");
+    let properties: BTreeSet<String> = crd
+        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
+        .and_then(Value::as_object)
+        .expect("status properties")
+        .keys()
+        .filter(|k| !["domain", "restarts"].contains(&k.as_str()))
+        .cloned()
+        .collect();
+    let docs = documents(&render("seapath-operator", "seapath-system", &[]));
+    let policy = named(
+        &docs,
+        "ValidatingAdmissionPolicy",
+        "seapath-operator-agent-own-vms",
+    );
+    let guarded: BTreeSet<String> = policy["spec"]["validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let expression = v["expression"].as_str().unwrap();
+            let field = expression.split("has(object.status.").nth(1)?.split(')').next()?;
+            Some(field.trim_start_matches("__").trim_end_matches("__").to_owned())
+        })
+        .collect();
+    assert_eq!(
+        guarded, properties,
+        "charts/seapath-operator/templates/admission-policy.yaml must keep agents off every VirtualMachine status field but domain and restarts"
+    );
+}
+
 #[test]
 fn workloads_are_hardened() {
     let docs = documents(&render("seapath-operator", "seapath-system", &[]));

@@ -205,6 +205,24 @@ async fn vm_reports_are_their_nodes_own(admin: &Client, agents: &[NodeAgent], vm
             report(&agent.client, vm_namespace, mine, running).await,
             &format!("the agent of {} reporting {mine}", agent.node),
         );
+        for (field, value) in [
+            ("phase", json!("Started")),
+            ("node", json!(agent.node)),
+            ("domainUuid", json!("6c0d3ef2-5b55-4a49-9c1c-6e2f5d0c8a11")),
+        ] {
+            assert_refused(
+                Api::<VirtualMachine>::namespaced(agent.client.clone(), vm_namespace)
+                    .patch_status(
+                        mine,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {field: value}})),
+                    )
+                    .await
+                    .map(drop),
+                &format!("the agent of {} writing status.{field} of {mine}", agent.node),
+                &format!("a seapath node agent may not change status.{field} of a VirtualMachine"),
+            );
+        }
         let forged = report_of(&agent.node, other, DomainState::Absent);
         assert_refused(
             report(&agent.client, vm_namespace, theirs, forged).await,
