@@ -904,17 +904,20 @@ async fn a_domain_started_outside_the_operator_is_never_stopped_unless_it_runs_t
 
     // Placed here (as the controller does when a host reports it): taken over as it runs,
     // with one libvirt write, the definition marked as the agent's own.
-    let writes = a.stats.snapshot().libvirt_writes;
-    bed.vms()
-        .patch(
-            "waiting",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {NODE_LABEL: a.node}}})),
-        )
-        .await
-        .unwrap();
-    bed.wait_domain_status("waiting", &a.node, Reported::Running)
-        .await;
+    let place_here = async |vm: &str| {
+        let writes = a.stats.snapshot().libvirt_writes;
+        bed.vms()
+            .patch(
+                vm,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {NODE_LABEL: a.node}}})),
+            )
+            .await
+            .unwrap();
+        bed.wait_domain_status(vm, &a.node, Reported::Running).await;
+        a.stats.snapshot().libvirt_writes - writes
+    };
+    let writes = place_here("waiting").await;
     let marker = {
         let hv = a.hv.clone();
         let name = waiting.clone();
@@ -928,28 +931,10 @@ async fn a_domain_started_outside_the_operator_is_never_stopped_unless_it_runs_t
         marker.xml_sha256.is_some(),
         "defined again by the agent: {marker:?}"
     );
-    assert_eq!(
-        a.stats.snapshot().libvirt_writes - writes,
-        1,
-        "one define, no stop nor start"
-    );
+    assert_eq!(writes, 1, "one define, no stop nor start");
     assert_eq!(a.domain_state(&waiting).await, Some(DomainState::Running));
 
-    let writes = a.stats.snapshot().libvirt_writes;
-    bed.vms()
-        .patch(
-            "vmmgr",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"metadata": {"labels": {NODE_LABEL: a.node}}})),
-        )
-        .await
-        .unwrap();
-    bed.wait_domain_status("vmmgr", &a.node, Reported::Running).await;
-    assert_eq!(
-        a.stats.snapshot().libvirt_writes - writes,
-        1,
-        "one define, no stop nor start"
-    );
+    assert_eq!(place_here("vmmgr").await, 1, "one define, no stop nor start");
     assert_eq!(a.domain_state(&vmmgr).await, Some(DomainState::Running));
     wait_hypervisor(
         &bed.client,

@@ -637,14 +637,18 @@ async fn a_vm_pacemaker_runs_is_taken_over_where_it_runs_and_never_started_twice
         bed.created_vm(&vm).await;
     };
 
+    // Started by Pacemaker on hv2, and seen there by its agent.
+    let start_on_hv2 = async |domain: &str, uuid| {
+        start_as_pacemaker(&bed.hosts[1].hv, domain, uuid, 256).await;
+        bed.wait_hv(&hv2, "reports the domain Pacemaker runs", |hv| {
+            hv.status
+                .as_ref()
+                .is_some_and(|s| s.started_outside.iter().any(|d| d == domain))
+        })
+        .await;
+    };
     let uuid = uuid::Uuid::new_v4();
-    start_as_pacemaker(&bed.hosts[1].hv, &domain("moved"), uuid, 256).await;
-    bed.wait_hv(&hv2, "reports the domain Pacemaker runs", |hv| {
-        hv.status
-            .as_ref()
-            .is_some_and(|s| s.started_outside.contains(&domain("moved")))
-    })
-    .await;
+    start_on_hv2(&domain("moved"), uuid).await;
     create("moved", uuid, json!({"preferredNode": hv1})).await;
     bed.started_on("moved", &hv2).await;
     let (hv, name) = (bed.hosts[1].hv.clone(), domain("moved"));
@@ -668,13 +672,7 @@ async fn a_vm_pacemaker_runs_is_taken_over_where_it_runs_and_never_started_twice
     .await;
 
     let uuid = uuid::Uuid::new_v4();
-    start_as_pacemaker(&bed.hosts[1].hv, &domain("pinned"), uuid, 256).await;
-    bed.wait_hv(&hv2, "reports the domain Pacemaker runs", |hv| {
-        hv.status
-            .as_ref()
-            .is_some_and(|s| s.started_outside.contains(&domain("pinned")))
-    })
-    .await;
+    start_on_hv2(&domain("pinned"), uuid).await;
     create("pinned", uuid, json!({"pinnedNode": hv1})).await;
     let vm = bed
         .wait_vm("pinned", "not scheduled while Pacemaker runs it", |vm| {

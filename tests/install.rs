@@ -338,42 +338,50 @@ fn roles_grant_exactly_what_the_operator_uses() {
     }
 }
 
+/// The VirtualMachine CRD's properties of `part` (`spec`, `status`) but `except`.
+fn vm_properties(part: &str, except: &[&str]) -> BTreeSet<String> {
+    let crd = serde_json::to_value(<seapath_operator::api::VirtualMachine as kube::CustomResourceExt>::crd())
+        .expect("CRD JSON");
+    crd.pointer(&format!(
+        "/spec/versions/0/schema/openAPIV3Schema/properties/{part}/properties"
+    ))
+    .and_then(Value::as_object)
+    .unwrap_or_else(|| panic!("{part} properties"))
+    .keys()
+    .filter(|k| !except.contains(&k.as_str()))
+    .cloned()
+    .collect()
+}
+
+/// The fields of `object.PART` that the validations of the chart's admission policy `policy`
+/// check with `has(object.PART.FIELD)` (CEL keywords unescaped).
+fn guarded_fields(policy: &str, part: &str) -> BTreeSet<String> {
+    let docs = documents(&render("seapath-operator", "seapath-system", &[]));
+    let policy = named(&docs, "ValidatingAdmissionPolicy", policy);
+    let marker = format!("has(object.{part}.");
+    policy["spec"]["validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| {
+            let field = v["expression"]
+                .as_str()?
+                .split(&marker)
+                .nth(1)?
+                .split(')')
+                .next()?;
+            Some(field.trim_start_matches("__").trim_end_matches("__").to_owned())
+        })
+        .collect()
+}
+
 /// The admission policy lists every VirtualMachine spec field but `state`, so a new spec field
 /// cannot silently become writable by the controller.
 #[test]
 fn admission_policy_guards_every_vm_spec_field_but_state() {
-    let crd = serde_json::to_value(<seapath_operator::api::VirtualMachine as kube::CustomResourceExt>::crd())
-        .expect("CRD JSON");
-    let properties: BTreeSet<String> = crd
-        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties")
-        .and_then(Value::as_object)
-        .expect("spec properties")
-        .keys()
-        .filter(|k| *k != "state")
-        .cloned()
-        .collect();
-    let docs = documents(&render("seapath-operator", "seapath-system", &[]));
-    let policy = named(
-        &docs,
-        "ValidatingAdmissionPolicy",
-        "seapath-operator-controller-vm-spec",
-    );
-    let guarded: BTreeSet<String> = policy["spec"]["validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            let expression = v["expression"].as_str().unwrap();
-            let field = expression
-                .split("has(object.spec.")
-                .nth(1)
-                .and_then(|rest| rest.split(')').next())
-                .expect("a has(object.spec.FIELD) check");
-            field.to_owned()
-        })
-        .collect();
     assert_eq!(
-        guarded, properties,
+        guarded_fields("seapath-operator-controller-vm-spec", "spec"),
+        vm_properties("spec", &["state"]),
         "charts/seapath-operator/templates/admission-policy.yaml must list every VirtualMachine spec field but state"
     );
 }
@@ -382,34 +390,9 @@ fn admission_policy_guards_every_vm_spec_field_but_state() {
 /// status field cannot silently become writable by an agent.
 #[test]
 fn admission_policy_keeps_agents_off_every_vm_status_field_but_theirs() {
-    let crd = serde_json::to_value(<seapath_operator::api::VirtualMachine as kube::CustomResourceExt>::crd())
-        .expect("CRD JSON");
-    let properties: BTreeSet<String> = crd
-        .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/status/properties")
-        .and_then(Value::as_object)
-        .expect("status properties")
-        .keys()
-        .filter(|k| !["domain", "restarts"].contains(&k.as_str()))
-        .cloned()
-        .collect();
-    let docs = documents(&render("seapath-operator", "seapath-system", &[]));
-    let policy = named(
-        &docs,
-        "ValidatingAdmissionPolicy",
-        "seapath-operator-agent-own-vms",
-    );
-    let guarded: BTreeSet<String> = policy["spec"]["validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| {
-            let expression = v["expression"].as_str().unwrap();
-            let field = expression.split("has(object.status.").nth(1)?.split(')').next()?;
-            Some(field.trim_start_matches("__").trim_end_matches("__").to_owned())
-        })
-        .collect();
     assert_eq!(
-        guarded, properties,
+        guarded_fields("seapath-operator-agent-own-vms", "status"),
+        vm_properties("status", &["domain", "restarts"]),
         "charts/seapath-operator/templates/admission-policy.yaml must keep agents off every VirtualMachine status field but domain and restarts"
     );
 }
