@@ -307,7 +307,7 @@ pub struct VirtualMachineRestoreStatus {
 
 /// Scheduled snapshots of VMs with retention, and purges (a schedule with only retention).
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "seapath.lfenergy.org",
     version = "v1alpha1",

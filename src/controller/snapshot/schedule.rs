@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tracing::{Instrument, info, info_span};
@@ -22,7 +23,8 @@ use super::{Ctx, Error, now, reset_failures, write_status};
 use crate::api::{
     Retention, SCHEDULE_LABEL, SCHEDULE_UID_LABEL, SCHEDULED_TIME_ANNOTATION, SnapshotPhase, VM_LABEL,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
-    VirtualMachineSnapshotScheduleStatus, VirtualMachineSnapshotSpec, condition_types as ct,
+    VirtualMachineSnapshotScheduleSpec, VirtualMachineSnapshotScheduleStatus, VirtualMachineSnapshotSpec,
+    condition_types as ct,
 };
 use crate::controller::conditions::{Desired, merge};
 
@@ -179,24 +181,23 @@ fn stamp(t: Timestamp) -> String {
     t.strftime("%Y%m%d%H%M").to_string()
 }
 
-/// A label selector as a query string (`matchLabels` and `matchExpressions`).
-pub fn selector_query(selector: &LabelSelector) -> String {
-    let mut parts: Vec<String> = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.clone().unwrap_or_default().join(",");
-        parts.push(match e.operator.as_str() {
-            "In" => format!("{} in ({values})", e.key),
-            "NotIn" => format!("{} notin ({values})", e.key),
-            "Exists" => e.key.clone(),
-            _ => format!("!{}", e.key),
-        });
-    }
-    parts.join(",")
+/// What a schedule's spec says once read: CEL catches at admission what it can, the rest is
+/// a reason and a message for a condition.
+pub struct Spec {
+    pub tz: k8s_openapi::jiff::tz::TimeZone,
+    pub cron: Option<Cron>,
+    /// The VMs it selects by label, as kube's selector (`None`: by name only).
+    pub selector: Option<Selector>,
+}
+
+/// Reads the time zone, the cron expression and the label selector of a schedule.
+pub fn read_spec(spec: &VirtualMachineSnapshotScheduleSpec) -> Result<Spec, (&'static str, String)> {
+    let tz = time_zone(spec.time_zone.as_deref()).map_err(|m| ("InvalidTimeZone", m))?;
+    let cron = (spec.schedule.as_deref().map(Cron::parse).transpose())
+        .map_err(|m| ("InvalidSchedule", format!("invalid schedule: {m}")))?;
+    let selector = (spec.selector.clone().map(Selector::try_from).transpose())
+        .map_err(|e| ("InvalidSelector", format!("invalid spec.selector: {e}")))?;
+    Ok(Spec { tz, cron, selector })
 }
 
 fn conditions_for(ready: bool, reason: &str, message: &str, stalled: bool) -> Vec<Desired> {
@@ -270,37 +271,13 @@ async fn apply(
         }
     };
 
-    // Invalid time zone or cron: a condition (CEL caught what it could at admission).
-    let tz = match time_zone(schedule.spec.time_zone.as_deref()) {
-        Ok(tz) => tz,
-        Err(message) => {
+    let Spec { tz, cron, selector } = match read_spec(&schedule.spec) {
+        Ok(spec) => spec,
+        Err((reason, message)) => {
             status.next_schedule_time = None;
-            write(status, conditions_for(false, "InvalidTimeZone", &message, true)).await?;
-            ctx.publish(
-                schedule,
-                EventType::Warning,
-                "InvalidTimeZone",
-                "Schedule",
-                message,
-            )
-            .await;
-            return Ok(Action::await_change());
-        }
-    };
-    let cron = match schedule.spec.schedule.as_deref().map(Cron::parse).transpose() {
-        Ok(c) => c,
-        Err(message) => {
-            let message = format!("invalid schedule: {message}");
-            status.next_schedule_time = None;
-            write(status, conditions_for(false, "InvalidSchedule", &message, true)).await?;
-            ctx.publish(
-                schedule,
-                EventType::Warning,
-                "InvalidSchedule",
-                "Schedule",
-                message,
-            )
-            .await;
+            write(status, conditions_for(false, reason, &message, true)).await?;
+            ctx.publish(schedule, EventType::Warning, reason, "Schedule", message)
+                .await;
             return Ok(Action::await_change());
         }
     };
@@ -308,10 +285,8 @@ async fn apply(
     // The VMs.
     let vms_api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
     let mut vms: BTreeSet<String> = schedule.spec.vm_names.iter().cloned().collect();
-    if let Some(selector) = &schedule.spec.selector {
-        let selected = vms_api
-            .list(&ListParams::default().labels(&selector_query(selector)))
-            .await?;
+    if let Some(selector) = &selector {
+        let selected = vms_api.list(&ListParams::default().labels_from(selector)).await?;
         vms.extend(selected.items.iter().map(|vm| vm.name_any()));
     }
 
@@ -800,10 +775,30 @@ mod tests {
     #[test]
     fn names_and_selectors() {
         assert_eq!(rbd_prefix("nightly-a.b"), "nightlyab");
-        let selector = LabelSelector {
-            match_labels: Some(BTreeMap::from([("tier".to_string(), "prod".to_string())])),
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+        let requirement = |operator: &str| LabelSelectorRequirement {
+            key: "zone".into(),
+            operator: operator.into(),
+            values: Some(vec!["a".into(), "b".into()]),
+        };
+        let mut spec = VirtualMachineSnapshotScheduleSpec {
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("tier".to_string(), "prod".to_string())])),
+                match_expressions: Some(vec![requirement("NotIn")]),
+            }),
             ..Default::default()
         };
-        assert_eq!(selector_query(&selector), "tier=prod");
+        let read = read_spec(&spec).unwrap_or_else(|(r, m)| panic!("{r}: {m}"));
+        assert_eq!(read.selector.unwrap().to_string(), "tier=prod,zone notin (a,b)");
+        // An operator Kubernetes does not know is the user's error, never a `!key` query.
+        spec.selector.as_mut().unwrap().match_expressions = Some(vec![requirement("Near")]);
+        let Err((reason, message)) = read_spec(&spec) else {
+            panic!("an unknown operator is refused");
+        };
+        assert_eq!(reason, "InvalidSelector");
+        assert!(message.contains("spec.selector"), "{message}");
+        spec.selector = None;
+        spec.time_zone = Some("Mars/Olympus".into());
+        assert_eq!(read_spec(&spec).err().map(|e| e.0), Some("InvalidTimeZone"));
     }
 }
