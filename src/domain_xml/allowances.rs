@@ -23,9 +23,9 @@ use serde::Deserialize;
 use super::policy::PolicyFlag;
 
 /// The host's own QEMU binaries, where distributions install them: what a base XML may name
-/// as `<emulator>` by default.
+/// as `<emulator>` by default (`?*`: a target name, never the bare `qemu-system-` prefix).
 pub const DEFAULT_EMULATORS: [&str; 4] = [
-    "/usr/bin/qemu-system-*",
+    "/usr/bin/qemu-system-?*",
     "/usr/bin/kvm",
     "/usr/bin/qemu-kvm",
     "/usr/libexec/qemu-kvm",

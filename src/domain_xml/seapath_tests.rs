@@ -350,6 +350,7 @@ fn default_allowances_are_the_hosts_qemu_and_machine_partitions_only() {
     let cases: &[(AllowanceKind, &str, bool)] = &[
         (AllowanceKind::Emulator, "/usr/bin/qemu-system-x86_64", true),
         (AllowanceKind::Emulator, "/usr/bin/qemu-system-aarch64", true),
+        (AllowanceKind::Emulator, "/usr/bin/qemu-system-", false),
         (AllowanceKind::Emulator, "/usr/bin/kvm", true),
         (AllowanceKind::Emulator, "/usr/bin/qemu-kvm", true),
         (AllowanceKind::Emulator, "/usr/libexec/qemu-kvm", true),
