@@ -51,8 +51,9 @@ pub fn verdict(
     let timeout = vm.spec.stop_timeout();
     match vm.labels().get(NODE_LABEL).map(String::as_str) {
         Some(here) if here == node => {}
-        // Started outside the operator while the operator runs it elsewhere: a second copy
-        // on the same disks, the later one; it goes at once.
+        // Started outside the operator, placed on a node that does not run it: the controller
+        // moves the VM here. Where the other node runs it, the copy here is the later of two
+        // on one disk and goes at once (next arm).
         Some(there) if started_outside && !runs_on(vm, there) => return Verdict::Keep,
         // Assigned to another node, which may run it already (a failover after this host was
         // fenced): no graceful shutdown, the copy here goes at once.
