@@ -163,14 +163,6 @@ impl Decision {
     }
 }
 
-/// Whether a reported state means the domain was (possibly) running.
-fn reported_active(state: ReportedState) -> bool {
-    matches!(
-        state,
-        ReportedState::Running | ReportedState::Paused | ReportedState::ShuttingDown | ReportedState::Crashed
-    )
-}
-
 /// Whether the agent gave up on this generation of the VM.
 pub fn gave_up(reported: Option<&DomainStatus>, generation: i64) -> bool {
     reported.is_some_and(|r| r.state == ReportedState::Failed && r.observed_generation == Some(generation))
@@ -278,7 +270,7 @@ fn decide_present(facts: &Facts<'_>) -> Decision {
 
     match domain.state.state {
         DomainState::ShutOff => {
-            let crashed = facts.reported.is_some_and(|r| reported_active(r.state))
+            let crashed = facts.reported.is_some_and(|r| r.state.is_active())
                 && !facts.stopped_by_agent
                 && !failed_before;
             if outdated {
