@@ -599,7 +599,10 @@ fn schedule(
         (recorded, _) => recorded.or(label).or(remembered),
     };
     let allocated = allocated_memory(ctx, vm, others);
-    let decision = match (started_outside_on(ctx, vm, &plan.domain), current.as_deref()) {
+    let decision = match (
+        started_outside_on(ctx, vm, &plan.domain, &candidates),
+        current.as_deref(),
+    ) {
         (Some(host), _) => placement::where_started_outside(&host, vm.spec.placement.as_ref()),
         (None, Some(node)) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
             evacuate(vm, ctx, others, &candidates, &allocated)
@@ -624,18 +627,27 @@ fn schedule(
 /// An answering hypervisor that reports the VM's domain running there, started outside the
 /// operator (vm_manager or Pacemaker), while the operator runs no copy of it elsewhere (if it
 /// does, a copy marked for the VM is destroyed by its host's agent).
-fn started_outside_on(ctx: &Context, vm: &VirtualMachine, domain: &str) -> Option<String> {
+fn started_outside_on(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    domain: &str,
+    candidates: &[Candidate],
+) -> Option<String> {
     let reported = vm.status.as_ref().and_then(|s| s.domain.as_ref());
-    ctx.hypervisors
-        .state()
+    let runs_there = |host: &str| {
+        ctx.hypervisors
+            .get(&kube::runtime::reflector::ObjectRef::new(host))
+            .and_then(|hv| {
+                hv.status
+                    .as_ref()
+                    .map(|s| s.started_outside.iter().any(|d| d == domain))
+            })
+            .unwrap_or(false)
+    };
+    candidates
         .iter()
-        .filter(|hv| candidate(hv, ctx).ready)
-        .filter(|hv| {
-            hv.status
-                .as_ref()
-                .is_some_and(|s| s.started_outside.iter().any(|d| d == domain))
-        })
-        .map(|hv| hv.name_any())
+        .filter(|c| c.ready && runs_there(&c.name))
+        .map(|c| c.name.clone())
         .find(|host| !reported.is_some_and(|d| d.node != *host && d.state.is_active()))
 }
 
