@@ -19,39 +19,6 @@ use serde_json::json;
 use common::operator::{Options, operator_with};
 use common::snapshots::{create_vm, rbd, snap_names, vm_manifest, wait_for, wait_for_within};
 
-/// The test bed's OSD, frozen until dropped (also when the test fails, so that the test bed
-/// is never left without its OSD).
-struct FrozenOsd {
-    pid: i32,
-}
-
-impl FrozenOsd {
-    fn freeze() -> FrozenOsd {
-        let pid_file = format!("{}/pids/ceph-osd", common::testbed_env("SEAPATH_TESTBED_DIR"));
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap_or_else(|e| panic!("reading {pid_file}: {e}"))
-            .trim()
-            .parse()
-            .expect("the OSD's PID");
-        signal(pid, "STOP");
-        FrozenOsd { pid }
-    }
-}
-
-impl Drop for FrozenOsd {
-    fn drop(&mut self) {
-        signal(self.pid, "CONT");
-    }
-}
-
-fn signal(pid: i32, name: &str) {
-    let status = std::process::Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
 fn condition_reason(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     type_: &str,
@@ -81,7 +48,7 @@ async fn ceph_unreachable_for_a_while_then_everything_completes() {
     create_vm(&vms, "steady", 0, "Started", Phase::Started).await;
     let io = rbd(&namespace);
 
-    let frozen = FrozenOsd::freeze();
+    let frozen = common::Stopped::stop("ceph-osd");
     vms.create(&PostParams::default(), &vm_manifest("during", 1, "Started"))
         .await
         .expect("create VM during the outage");

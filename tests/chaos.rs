@@ -128,39 +128,6 @@ impl Drop for Proc {
     }
 }
 
-/// A process of the test bed stopped with SIGSTOP until dropped (also when the campaign
-/// fails, so the test bed is never left stopped).
-struct Outage {
-    pid: String,
-}
-
-impl Outage {
-    /// `component`: the name of its PID file in the test bed (`ceph-osd`, `kube-apiserver`).
-    fn begin(component: &str) -> Outage {
-        let file = format!("{}/pids/{component}", testbed_env("SEAPATH_TESTBED_DIR"));
-        let pid = std::fs::read_to_string(&file)
-            .unwrap_or_else(|e| panic!("reading {file}: {e}"))
-            .trim()
-            .to_owned();
-        signal(&pid, "STOP");
-        Outage { pid }
-    }
-}
-
-impl Drop for Outage {
-    fn drop(&mut self) {
-        signal(&self.pid, "CONT");
-    }
-}
-
-fn signal(pid: &str, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), pid.to_owned()])
-        .status()
-        .expect("running kill");
-    assert!(status.success(), "kill -{name} {pid} failed");
-}
-
 /// One in eight kill points is followed by an outage of the OSD or the API server, 2 to 5 s.
 async fn maybe_outage(rng: &mut fastrand::Rng, outages: &mut BTreeMap<&'static str, usize>, point: usize) {
     if rng.u8(0..8) != 0 {
@@ -169,7 +136,7 @@ async fn maybe_outage(rng: &mut fastrand::Rng, outages: &mut BTreeMap<&'static s
     let component = if rng.bool() { "ceph-osd" } else { "kube-apiserver" };
     let length = Duration::from_millis(rng.u64(2000..=5000));
     eprintln!("kill point {point}: {component} stopped for {length:?}");
-    let outage = Outage::begin(component);
+    let outage = common::Stopped::stop(component);
     tokio::time::sleep(length).await;
     drop(outage);
     *outages.entry(component).or_default() += 1;

@@ -69,3 +69,36 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
 pub mod chart;
 pub mod operator;
 pub mod snapshots;
+
+/// A process of the test bed stopped with SIGSTOP until dropped (also when the test fails, so
+/// that the test bed is never left stopped): every client's calls to it hang, as in an outage.
+pub struct Stopped {
+    pid: String,
+}
+
+impl Stopped {
+    /// `component`: the name of its PID file in the test bed (`ceph-osd`, `kube-apiserver`).
+    pub fn stop(component: &str) -> Stopped {
+        let file = format!("{}/pids/{component}", testbed_env("SEAPATH_TESTBED_DIR"));
+        let pid = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {file}: {e}"))
+            .trim()
+            .to_owned();
+        signal(&pid, "STOP");
+        Stopped { pid }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(&self.pid, "CONT");
+    }
+}
+
+fn signal(pid: &str, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_owned()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
