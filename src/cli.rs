@@ -258,6 +258,11 @@ pub struct AgentArgs {
     /// libvirt URI of this hypervisor.
     #[arg(long, env = "SEAPATH_LIBVIRT_URI", default_value = "qemu:///system")]
     pub libvirt_uri: String,
+    /// libvirt URI the libvirtd of other hypervisors reach this one at for live migrations
+    /// (published in the Hypervisor's status). Default: a `qemu+...` URI as it is, else
+    /// `qemu+ssh://NODE/system`.
+    #[arg(long, env = "SEAPATH_MIGRATION_URI")]
+    pub migration_uri: Option<String>,
     /// UUID of the libvirt secret to keep defined with the Ceph key (cephx).
     #[arg(long, env = "SEAPATH_LIBVIRT_SECRET_UUID", requires = "ceph_libvirt_key")]
     pub libvirt_secret_uuid: Option<Uuid>,
@@ -303,6 +308,7 @@ impl AgentArgs {
         ceph.namespaces = self.ceph.rbd_namespace_map.clone();
         ceph.options = self.ceph.options();
         let mut config = AgentConfig::new(&self.node, &self.libvirt_uri, ceph);
+        config.migration_uri = self.migration_uri.clone();
         config.ceph_secret = match (self.libvirt_secret_uuid, &self.ceph_libvirt_key) {
             (Some(uuid), Some(key)) if !key.is_empty() => Some(CephSecretConfig {
                 usage_name: self.libvirt_secret_usage.clone(),

@@ -51,6 +51,7 @@ fn vm(name: &str) -> VirtualMachine {
             data_disks: vec![],
             metadata: [("site".to_string(), "substation1".to_string())].into(),
             placement: None,
+            migration: None,
             stop_timeout_seconds: Some(30),
             storage_name: None,
             deletion_policy: DeletionPolicy::Delete,

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use seapath_operator::agent::{Agent, AgentConfig, CephConfig, CephSecretConfig};
-use seapath_operator::api::{FenceState, Hypervisor, Phase, VirtualMachine};
+use seapath_operator::api::{
+    FenceState, Hypervisor, MigrationMode, MigrationPhase, Phase, VirtualMachine, VirtualMachineMigration,
+};
 use seapath_operator::ceph::{Cluster, ClusterConfig, IoCtx};
 use seapath_operator::controller::hypervisor::FencingSettings;
 use seapath_operator::domain_xml::CephAuthRef;
@@ -438,6 +440,19 @@ impl Bed {
 
 /// Records every VM seen running on two hosts at once, until stopped.
 fn watch_for_doubles(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
+    watch_for(hosts, |state| state.is_active())
+}
+
+/// Records every VM seen executing (not paused) on two hosts at once: a live migration has the
+/// incoming copy paused on the target while the source runs, which is how libvirt hands over.
+fn watch_for_two_running(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
+    watch_for(hosts, |state| state == libvirt::DomainState::Running)
+}
+
+fn watch_for(
+    hosts: Vec<libvirt::Hypervisor>,
+    counts: fn(libvirt::DomainState) -> bool,
+) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut doubles = Vec::new();
@@ -450,7 +465,7 @@ fn watch_for_doubles(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, J
                         hv.list_domains()
                             .unwrap_or_default()
                             .into_iter()
-                            .filter(|d| d.state.state.is_active())
+                            .filter(|d| counts(d.state.state))
                             .map(|d| d.name)
                             .collect()
                     })
@@ -919,6 +934,26 @@ async fn counter(namespace: &str, image: &str) -> Option<(String, u64)> {
     .unwrap()
 }
 
+/// A QEMU guest that counts on its disk (boot id and count at offset 0, read by [`counter`]),
+/// preferring `node`.
+fn counting_guest(name: &str, node: &str) -> VirtualMachine {
+    let xml = format!(
+        "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
+         <cmdline>console=ttyS0 panic=-1 seapath.counter=1</cmdline></os><features><acpi/></features>\
+         <on_poweroff>destroy</on_poweroff><devices><serial type='pty'/><memballoon model='none'/></devices></domain>",
+        testbed_env("SEAPATH_GUEST_KERNEL"),
+        testbed_env("SEAPATH_GUEST_INITRD"),
+    );
+    serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {"xml": xml, "stopTimeoutSeconds": 2, "placement": {"preferredNode": node},
+                 "systemDisk": {"source": {"blank": {}}, "size": "16Mi"}}
+    }))
+    .unwrap()
+}
+
 /// The PID of the QEMU process running guest `domain` (found by its `-name guest=` argument).
 fn qemu_pid(domain: &str) -> Option<u32> {
     let out = std::process::Command::new("pgrep")
@@ -950,22 +985,7 @@ async fn a_cut_off_host_is_fenced_through_ceph_and_its_guest_boots_elsewhere_wit
     .await;
     let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
     let vm = format!("count{:04x}", rand_suffix());
-    let xml = format!(
-        "<domain type='qemu'><name>x</name><memory unit='MiB'>128</memory><vcpu>1</vcpu>\
-         <os><type arch='x86_64'>hvm</type><kernel>{}</kernel><initrd>{}</initrd>\
-         <cmdline>console=ttyS0 panic=-1 seapath.counter=1</cmdline></os><features><acpi/></features>\
-         <on_poweroff>destroy</on_poweroff><devices><serial type='pty'/><memballoon model='none'/></devices></domain>",
-        testbed_env("SEAPATH_GUEST_KERNEL"),
-        testbed_env("SEAPATH_GUEST_INITRD"),
-    );
-    let manifest: VirtualMachine = serde_json::from_value(json!({
-        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
-        "metadata": {"name": vm},
-        "spec": {"xml": xml, "stopTimeoutSeconds": 2, "placement": {"preferredNode": hv1},
-                 "systemDisk": {"source": {"blank": {}}, "size": "16Mi"}}
-    }))
-    .unwrap();
-    bed.created_vm(&manifest).await;
+    bed.created_vm(&counting_guest(&vm, &hv1)).await;
     bed.started_on(&vm, &hv1).await;
     // In RBD's default namespace (see namespace_map), where the domain is named like the VM.
     let (namespace, image) = (String::new(), format!("system_{vm}"));
@@ -1025,5 +1045,119 @@ async fn a_cut_off_host_is_fenced_through_ceph_and_its_guest_boots_elsewhere_wit
     assert!(bed.hosts[1].running().await.contains(&domain));
     let (boot, _) = counter(&namespace, &image).await.unwrap();
     assert_eq!(boot, second.0);
+    bed.tear_down().await;
+}
+
+/// What a VirtualMachineMigration of this test reached.
+fn migration_phase(m: &VirtualMachineMigration) -> Option<MigrationPhase> {
+    m.status.as_ref()?.phase
+}
+
+/// Live migration on two real QEMU hosts: a guest counting on its disk moves from hv1 to hv2
+/// and keeps counting from the same boot (no restart), never executing on both hosts; the
+/// migration records its downtime and the bytes sent. A migration the target refuses (a
+/// domain of the same name and another UUID is defined there) fails with libvirt's reason and
+/// leaves the guest running, still the same boot.
+#[tokio::test]
+async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migration_leaves_it_running() {
+    let bed = bed_with(
+        "fo-mig",
+        Hosts::Qemu {
+            namespace: common::operator::HOST_PATHS_NAMESPACE,
+        },
+    )
+    .await;
+    let (hv1, hv2) = (bed.hosts[0].name.clone(), bed.hosts[1].name.clone());
+    let vm = format!("mig{:04x}", rand_suffix());
+    bed.created_vm(&counting_guest(&vm, &hv1)).await;
+    bed.started_on(&vm, &hv1).await;
+    let (namespace, image) = (String::new(), format!("system_{vm}"));
+    let (boot, before) = eventually("the guest on hv1 counting on its disk", async || {
+        counter(&namespace, &image).await.filter(|(_, n)| *n >= 3)
+    })
+    .await;
+    let (stop, doubles) = watch_for_two_running(bed.hosts.iter().map(|h| h.hv.clone()).collect());
+    let migrations: Api<VirtualMachineMigration> = Api::namespaced(bed.client.clone(), &bed.namespace);
+    let migrate = async |name: &str, to: &str| {
+        let m: VirtualMachineMigration = serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
+            "metadata": {"name": name}, "spec": {"vmName": vm, "targetNode": to}
+        }))
+        .unwrap();
+        migrations.create(&PostParams::default(), &m).await.unwrap();
+        eventually(&format!("migration {name} ended"), async || {
+            migrations
+                .get(name)
+                .await
+                .ok()
+                .filter(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
+        })
+        .await
+    };
+
+    let started = Instant::now();
+    let moved = migrate(&format!("{vm}-there"), &hv2).await;
+    let status = moved.status.clone().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::Succeeded), "{status:?}");
+    assert_eq!(status.mode, Some(MigrationMode::Live));
+    assert!(status.bytes_transferred.is_some_and(|b| b > 0), "{status:?}");
+    eprintln!(
+        "live migration of a counting guest: {:?} end to end, {:?} ms of downtime",
+        started.elapsed(),
+        status.downtime_milliseconds
+    );
+    bed.started_on(&vm, &hv2).await;
+    let (after_boot, after) = eventually("the guest counting on after the move", async || {
+        counter(&namespace, &image).await.filter(|(_, n)| *n > before + 2)
+    })
+    .await;
+    assert_eq!(after_boot, boot, "the guest was restarted instead of migrated");
+    assert!(bed.hosts[1].running().await.contains(&vm));
+    assert!(!bed.hosts[0].running().await.contains(&vm));
+
+    // hv1 holds another machine of the VM's name: libvirt there refuses the incoming guest.
+    let (hv, squatter) = (
+        bed.hosts[0].hv.clone(),
+        xml_with_uuid(128, uuid::Uuid::new_v4()).replace("<name>x</name>", &format!("<name>{vm}</name>")),
+    );
+    tokio::task::spawn_blocking(move || {
+        hv.define_domain(&squatter, libvirt::DefineOptions::default())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let refused = migrate(&format!("{vm}-back"), &hv1).await;
+    let status = refused.status.clone().unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::Failed), "{status:?}");
+    assert_eq!(status.reason.as_deref(), Some("MigrationFailed"), "{status:?}");
+    assert!(
+        status.message.as_deref().is_some_and(|m| m.contains(&hv2)),
+        "the message says where the VM runs: {status:?}"
+    );
+    bed.started_on(&vm, &hv2).await;
+    let (still, _) = eventually("the guest still counting on hv2", async || {
+        counter(&namespace, &image).await.filter(|(_, n)| *n > after + 2)
+    })
+    .await;
+    assert_eq!(still, boot, "a refused migration restarted the guest");
+    let (hv, name) = (bed.hosts[0].hv.clone(), vm.clone());
+    tokio::task::spawn_blocking(move || {
+        hv.lookup_domain(&name)
+            .unwrap()
+            .undefine(libvirt::UndefineOptions::everything())
+            .unwrap()
+    })
+    .await
+    .unwrap();
+
+    stop.send(true).unwrap();
+    assert_eq!(
+        doubles.await.unwrap(),
+        Vec::<String>::new(),
+        "a guest ran on two hosts"
+    );
+    for name in [format!("{vm}-there"), format!("{vm}-back")] {
+        migrations.delete(&name, &DeleteParams::default()).await.ok();
+    }
     bed.tear_down().await;
 }

@@ -271,9 +271,14 @@ fn roles_grant_exactly_what_the_operator_uses() {
                 &format!("{g}/virtualmachinesnapshotschedules"),
                 &["get", "list", "watch", "patch"]
             ),
+            (
+                &format!("{g}/virtualmachinemigrations"),
+                &["get", "list", "watch", "patch"]
+            ),
             (&format!("{g}/virtualmachinesnapshots/status"), &["patch"]),
             (&format!("{g}/virtualmachinerestores/status"), &["patch"]),
             (&format!("{g}/virtualmachinesnapshotschedules/status"), &["patch"]),
+            (&format!("{g}/virtualmachinemigrations/status"), &["patch"]),
             ("events.k8s.io/events", &["create", "patch"]),
         ])
     );

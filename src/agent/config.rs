@@ -90,6 +90,9 @@ pub struct AgentConfig {
     pub node_name: String,
     /// The libvirt URI of this hypervisor, e.g. `qemu:///system`.
     pub libvirt_uri: String,
+    /// The libvirt URI other hypervisors' libvirtd migrate VMs to; `None`: derived from
+    /// `libvirt_uri` (see [`AgentConfig::migration_uri`]).
+    pub migration_uri: Option<String>,
     pub ceph: CephConfig,
     /// The Ceph secret to keep in libvirt; `None` with `auth none`.
     pub ceph_secret: Option<CephSecretConfig>,
@@ -125,6 +128,7 @@ impl AgentConfig {
         AgentConfig {
             node_name: node_name.into(),
             libvirt_uri: libvirt_uri.into(),
+            migration_uri: None,
             ceph,
             ceph_secret: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
@@ -137,6 +141,22 @@ impl AgentConfig {
             stable_period: None,
             default_stop_timeout: DEFAULT_STOP_TIMEOUT,
             metrics: Metrics::new(),
+        }
+    }
+
+    /// The URI published for incoming live migrations: the one configured; else a libvirt URI
+    /// with a remote transport as it is (`qemu+tcp://...`, `qemu+unix://...?socket=`); else, for
+    /// the local `qemu:///system`, libvirt over SSH to the node's name (what vm_manager uses).
+    /// The test driver cannot migrate: none.
+    pub fn migration_uri(&self) -> Option<String> {
+        if let Some(uri) = &self.migration_uri {
+            return Some(uri.clone());
+        }
+        let (scheme, rest) = self.libvirt_uri.split_once("://")?;
+        match scheme {
+            "qemu" => Some(format!("qemu+ssh://{}{rest}", self.node_name)),
+            s if s.starts_with("qemu+") => Some(self.libvirt_uri.clone()),
+            _ => None,
         }
     }
 
@@ -259,5 +279,30 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("client.libvirt secret"), "{err}");
         assert!(!format!("{:?}", c.ceph_secret).contains("not base64"));
+    }
+}
+
+#[cfg(test)]
+mod migration_uri_tests {
+    use super::*;
+
+    #[test]
+    fn the_migration_uri_is_reachable_from_other_hosts() {
+        let config = |uri: &str, configured: Option<&str>| {
+            let mut c = AgentConfig::new("hv1", uri, CephConfig::new("/etc/ceph/ceph.conf", "admin", "rbd"));
+            c.migration_uri = configured.map(str::to_owned);
+            c.migration_uri()
+        };
+        assert_eq!(
+            config("qemu:///system", None).as_deref(),
+            Some("qemu+ssh://hv1/system")
+        );
+        let socket = "qemu+unix:///system?socket=/run/hv1/libvirt-sock";
+        assert_eq!(config(socket, None).as_deref(), Some(socket));
+        assert_eq!(config("test:///tmp/hv1.xml", None), None);
+        assert_eq!(
+            config("qemu:///system", Some("qemu+tls://hv1.example/system")).as_deref(),
+            Some("qemu+tls://hv1.example/system")
+        );
     }
 }

@@ -20,6 +20,11 @@ pub enum Intent {
     Stopped,
     /// Defined and running.
     Started,
+    /// Running here, to be live-migrated to the hypervisor the controller labelled the VM
+    /// with; nothing is defined or started here meanwhile (the guest may run there already).
+    MigrateAway,
+    /// Being live-migrated here: the incoming domain is kept and reported once it runs.
+    Incoming,
 }
 
 /// Why no domain is wanted here.
@@ -98,6 +103,8 @@ pub struct Facts<'a> {
     /// Since when the agent has seen the domain running.
     pub running_since: Option<Timestamp>,
     pub policy: &'a RestartPolicy,
+    /// UID of the live migration the VM is labelled for, if any.
+    pub migration: Option<&'a str>,
 }
 
 /// One libvirt operation, in the order of [`Decision::steps`].
@@ -113,6 +120,8 @@ pub enum Step {
     Define,
     /// Start; a failure counts as a restart failure.
     Start,
+    /// Live-migrate the running domain to the migration's target.
+    Migrate,
 }
 
 /// Something the report says besides the observed state.
@@ -134,6 +143,10 @@ pub enum Note {
     GaveUp { failures: i32 },
     /// No domain wanted here.
     Absent(AbsentReason),
+    /// The domain left this host for the migration's target.
+    MigratedAway,
+    /// A live migration to this host is under way.
+    Incoming,
 }
 
 /// The outcome of [`decide`].
@@ -173,7 +186,30 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
     match facts.intent {
         Intent::Absent(reason) => decide_absent(facts, reason),
         Intent::Stopped | Intent::Started => decide_present(facts),
+        Intent::MigrateAway => decide_migrate_away(facts),
+        Intent::Incoming => Decision::idle(facts).with_note(Note::Incoming),
     }
+}
+
+/// Only a guest that runs is live-migrated. One that is gone left for the target (or will be
+/// started again once the controller ends the migration); one in any other state is reported
+/// as it is, and the controller ends the migration. Nothing is defined or started meanwhile.
+fn decide_migrate_away(facts: &Facts<'_>) -> Decision {
+    let mut decision = Decision::idle(facts);
+    // A migration libvirt refused is not tried again: the controller ends it on the report.
+    let failed_already = facts
+        .reported
+        .and_then(|r| r.migration.as_ref())
+        .is_some_and(|m| Some(m.uid.as_str()) == facts.migration && !m.succeeded);
+    match facts.domain {
+        None => return decision.with_note(Note::MigratedAway),
+        _ if failed_already => {}
+        Some(d) if d.ownership == Ownership::Ours && d.state.state == DomainState::Running => {
+            decision.steps.push(Step::Migrate);
+        }
+        Some(_) => {}
+    }
+    decision
 }
 
 fn decide_absent(facts: &Facts<'_>, reason: AbsentReason) -> Decision {

@@ -181,7 +181,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
             if let Err(e) = &observation {
                 warn!(node, "libvirt does not answer: {e}");
             }
-            let status = build_status(
+            let mut status = build_status(
                 ctx.libvirt.uri(),
                 &observation,
                 previous.as_ref(),
@@ -189,6 +189,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
                 ctx.fence.fenced_by_controller(),
                 Timestamp::now(),
             );
+            status.migration_uri = ctx.config.migration_uri();
             match write_status(&api, &node, &status).await {
                 Ok(written) => {
                     ctx.stats.hypervisor_status_write();

@@ -22,6 +22,7 @@ mod connection;
 pub mod domain_reconcile;
 mod error;
 pub mod hypervisor_status;
+mod migration;
 pub mod reconciler;
 mod self_fence;
 pub mod status;
@@ -53,7 +54,7 @@ pub use connection::{AgentStats, StatsSnapshot};
 pub use error::AgentError;
 pub use status::FIELD_MANAGER;
 
-use crate::api::{DomainStatus, NODE_LABEL, RestartStatus, VirtualMachine};
+use crate::api::{DomainStatus, MIGRATION_TARGET_LABEL, NODE_LABEL, RestartStatus, VirtualMachine};
 use crate::libvirt::Hypervisor;
 use connection::{Ceph, Libvirt};
 
@@ -214,13 +215,29 @@ impl Agent {
                     debug!("controller: {e}");
                 }
             });
+        // VMs being live-migrated here carry another node's label: a watch of their own.
+        let (incoming_stop_tx, incoming_stop_rx) = oneshot::channel::<()>();
+        let incoming_selector = format!("{MIGRATION_TARGET_LABEL}={node}");
+        let incoming = crate::watch::controller(
+            Api::<VirtualMachine>::all(client.clone()),
+            watcher::Config::default().labels(&incoming_selector),
+        )
+        .graceful_shutdown_on(async move {
+            let _ = incoming_stop_rx.await;
+        })
+        .run(reconciler::reconcile, reconciler::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!("incoming migrations: {e}");
+            }
+        });
 
         let heartbeat = hypervisor_status::heartbeat_loop(ctx.clone(), stop_rx.clone());
         let sweeps = sweep::sweep_loop(ctx.clone(), stop_rx.clone());
         let self_fence = self_fence::self_fence_loop(ctx.clone(), stop_rx.clone());
         let departures = watch_departures(ctx.clone(), Api::all(client.clone()), selector, stop_rx);
         let all = async {
-            tokio::join!(reconciles, heartbeat, sweeps, departures, self_fence);
+            tokio::join!(reconciles, incoming, heartbeat, sweeps, departures, self_fence);
         };
         tokio::pin!(all);
         tokio::select! {
@@ -230,6 +247,7 @@ impl Agent {
         info!(node, "node agent stopping");
         let _ = stop_tx.send(true);
         let _ = controller_stop_tx.send(());
+        let _ = incoming_stop_tx.send(());
         all.await;
         info!(node, "node agent stopped");
         Ok(())

@@ -19,20 +19,31 @@ use super::domain_reconcile::{
 use super::error::AgentError;
 use super::status::{self, Failure};
 use super::stored_xml::Stored;
-use crate::api::{DesiredState, DomainState, NODE_LABEL, RestartStatus, VirtualMachine, condition_types};
+use crate::api::{
+    DesiredState, DomainState, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION, MigrationReport, NODE_LABEL,
+    RestartStatus, VirtualMachine, condition_types,
+};
 use crate::domain_xml::DomainOwner;
 use crate::libvirt::DomainState as LvState;
 use crate::naming::VmNames;
 
-/// What this node wants for the VM.
+/// What this node wants for the VM. A live migration (the controller's migration label) makes
+/// the source migrate the domain away and the target keep the incoming one.
 pub fn intent_of(vm: &VirtualMachine, node: &str) -> Intent {
+    let assigned = vm.labels().get(NODE_LABEL).map(String::as_str) == Some(node);
+    let migration_target = vm.labels().get(MIGRATION_TARGET_LABEL).map(String::as_str);
     if vm.metadata.deletion_timestamp.is_some() {
         Intent::Absent(AbsentReason::Deleting)
-    } else if vm.labels().get(NODE_LABEL).map(String::as_str) != Some(node) {
-        Intent::Absent(AbsentReason::NotAssigned)
+    } else if !assigned {
+        if migration_target == Some(node) {
+            Intent::Incoming
+        } else {
+            Intent::Absent(AbsentReason::NotAssigned)
+        }
     } else {
         match vm.spec.state {
             DesiredState::Disabled => Intent::Absent(AbsentReason::Disabled),
+            DesiredState::Started if migration_target.is_some_and(|t| t != node) => Intent::MigrateAway,
             DesiredState::Stopped => Intent::Stopped,
             DesiredState::Started => Intent::Started,
         }
@@ -205,6 +216,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
             stopped_by_agent,
             running_since,
             policy: &ctx.policy,
+            migration: vm.annotations().get(MIGRATION_UID_ANNOTATION).map(String::as_str),
         })
     };
     let mut decision = if failure.is_some() {
@@ -253,9 +265,11 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let stop_timeout = vm.spec.stop_timeout();
     let mut stopped = stopped_by_agent;
     let acted = !decision.steps.is_empty();
+    let mut migrated = None;
     for step in decision.steps.clone() {
         let result = run_step(
             ctx,
+            vm,
             &what,
             &domain_name,
             &owner,
@@ -263,7 +277,13 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
             stop_timeout,
             stored.as_ref(),
         )
-        .await;
+        .await
+        .map(|report| {
+            if report.as_ref().is_some_and(|r| r.succeeded) {
+                decision.note = Some(Note::MigratedAway);
+            }
+            migrated = migrated.take().or(report);
+        });
         // Even a failed step may have changed the domain: the Hypervisor status follows.
         ctx.domains_changed.notify_one();
         match (step, result) {
@@ -300,6 +320,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
                     Step::Undefine => "UndefineFailed",
                     Step::Define => "DefineFailed",
                     Step::Start => "StartFailed",
+                    Step::Migrate => "MigrationFailed",
                 };
                 failure = Some((
                     Failure {
@@ -324,7 +345,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
 
     // Report.
     let start_failed = failure.as_ref().is_some_and(|(f, _)| f.reason == "StartFailed");
-    let report = status::domain_status(
+    let mut report = status::domain_status(
         node,
         &domain_name,
         generation,
@@ -332,6 +353,10 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
         decision.note.as_ref(),
         failure.as_ref().map(|(f, _)| f),
     );
+    report.migration = match migrated {
+        Some(report) => Some(report),
+        None => super::migration::incoming_report(ctx, vm, intent, &domain_name).await,
+    };
     let restarts = if current_restarts.is_none() && decision.restarts == RestartStatus::default() {
         None
     } else {
@@ -340,7 +365,7 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let unchanged =
         reported.as_ref().is_some_and(|r| status::same_report(r, &report)) && restarts == current_restarts;
     let mut written = reported.clone();
-    if !unchanged && intent != Intent::Absent(AbsentReason::NotAssigned) {
+    if !unchanged && super::migration::may_report(vm, intent, node, observed.as_ref()) {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
         // Written on the version this decision was made from: a copy that is out of date (the
         // VM moved to another node while this agent was cut off) must not replace the report
@@ -420,15 +445,18 @@ async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Store
     Ok((text, identity))
 }
 
+/// Runs one step; a live migration returns how it went (a refusal is reported, not an error).
+#[allow(clippy::too_many_arguments)]
 async fn run_step(
     ctx: &Context,
+    vm: &VirtualMachine,
     what: &str,
     domain_name: &str,
     owner: &DomainOwner,
     step: Step,
     stop_timeout: Duration,
     stored: Option<&Stored>,
-) -> Result<(), AgentError> {
+) -> Result<Option<MigrationReport>, AgentError> {
     let context = format!("{what}: {step:?}");
     let stats = ctx.stats.clone();
     let name = domain_name.to_owned();
@@ -442,19 +470,20 @@ async fn run_step(
                 })
                 .await?;
             info!(domain = %domain_name, ?outcome, "stopped");
-            Ok(())
+            Ok(None)
         }
         Step::Destroy => {
             ctx.libvirt
                 .run(context, move |hv| actions::destroy(hv, &stats, &c, &name))
-                .await
+                .await?;
+            Ok(None)
         }
         Step::Undefine => {
             ctx.libvirt
                 .run(context, move |hv| actions::undefine(hv, &stats, &c, &name))
                 .await?;
             info!(domain = %domain_name, "undefined");
-            Ok(())
+            Ok(None)
         }
         Step::Define => {
             let Some((text, _)) = stored else {
@@ -468,13 +497,17 @@ async fn run_step(
                 .run(context, move |hv| actions::define(hv, &stats, &c, &xml).map(drop))
                 .await?;
             info!(domain = %domain_name, "defined");
-            Ok(())
+            Ok(None)
         }
         Step::Start => {
             ctx.libvirt
                 .run(context, move |hv| actions::start(hv, &stats, &c, &name))
-                .await
+                .await?;
+            Ok(None)
         }
+        Step::Migrate => super::migration::migrate(ctx, vm, what, domain_name)
+            .await
+            .map(Some),
     }
 }
 

@@ -86,6 +86,12 @@ pub fn domain_status(
                 "stopped unexpectedly or failed to start {failures} times in a row; not restarted until the VirtualMachine's spec changes"
             ));
         }
+        Some(Note::MigratedAway) => {
+            reason = Some("MigratedAway".into());
+            message = Some("the domain left this host for the live migration's target".into());
+        }
+        Some(Note::Incoming) if ours.is_none() => reason = Some("Incoming".into()),
+        Some(Note::Incoming) => {}
         Some(Note::Absent(why)) if ours.is_none() => reason = Some(why.as_str().into()),
         Some(Note::Absent(_)) => {}
     }
@@ -104,6 +110,7 @@ pub fn domain_status(
         message,
         observed_generation: generation,
         observed_time: None,
+        migration: None,
     }
 }
 

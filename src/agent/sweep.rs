@@ -16,7 +16,7 @@ use super::actions;
 use super::domain_reconcile::AbsentReason;
 use super::error::AgentError;
 use super::status;
-use crate::api::{DesiredState, DomainState, NODE_LABEL, VirtualMachine};
+use crate::api::{DesiredState, DomainState, MIGRATION_TARGET_LABEL, NODE_LABEL, VirtualMachine};
 use crate::domain_xml::DomainOwner;
 
 /// Whether a marked domain may stay.
@@ -49,6 +49,12 @@ pub fn verdict(
         };
     };
     let timeout = vm.spec.stop_timeout();
+    // Being live-migrated here: the incoming domain is the VM's next home (the controller
+    // moves the node label once it runs here).
+    let incoming = vm.labels().get(MIGRATION_TARGET_LABEL).map(String::as_str) == Some(node);
+    if incoming && vm.metadata.deletion_timestamp.is_none() {
+        return Verdict::Keep;
+    }
     match vm.labels().get(NODE_LABEL).map(String::as_str) {
         Some(here) if here == node => {}
         // Started outside the operator, placed on a node that does not run it: the controller
@@ -245,6 +251,7 @@ mod tests {
                 data_disks: vec![],
                 metadata: BTreeMap::new(),
                 placement: None,
+                migration: None,
                 stop_timeout_seconds: Some(7),
                 storage_name: None,
                 deletion_policy: Default::default(),
@@ -256,6 +263,29 @@ mod tests {
             vm.metadata.labels = Some(BTreeMap::from([(NODE_LABEL.to_owned(), node.to_owned())]));
         }
         vm
+    }
+
+    #[test]
+    fn an_incoming_migration_is_kept_until_the_vm_is_deleted() {
+        let owner = DomainOwner::new("prod", "guest0", "u1");
+        let d = Duration::from_secs(60);
+        let mut moving = vm("u1", Some("hv1"), DesiredState::Started);
+        moving
+            .labels_mut()
+            .insert(MIGRATION_TARGET_LABEL.into(), "hv2".into());
+        assert_eq!(verdict(Some(&moving), &owner, false, "hv2", d), Verdict::Keep);
+        assert_eq!(verdict(Some(&moving), &owner, false, "hv1", d), Verdict::Keep);
+        assert_eq!(
+            verdict(Some(&moving), &owner, false, "hv3", d),
+            Verdict::Release {
+                timeout: Duration::ZERO,
+                reason: AbsentReason::NotAssigned
+            }
+        );
+        moving.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        ));
+        assert_ne!(verdict(Some(&moving), &owner, false, "hv2", d), Verdict::Keep);
     }
 
     #[test]

@@ -100,6 +100,9 @@ pub struct HypervisorStatus {
     /// libvirt URI the agent manages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_uri: Option<String>,
+    /// libvirt URI the agents of other hypervisors migrate VMs to (`--migration-uri`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration_uri: Option<String>,
     /// libvirt library version, e.g. `9.0.0`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_version: Option<String>,

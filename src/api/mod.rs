@@ -1,10 +1,12 @@
 //! The custom resources of group `seapath.lfenergy.org`, version `v1alpha1`.
 
 mod hypervisor;
+mod migration;
 mod snapshot;
 mod virtual_machine;
 
 pub use hypervisor::*;
+pub use migration::*;
 pub use snapshot::*;
 pub use virtual_machine::*;
 
@@ -24,6 +26,7 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         VirtualMachineSnapshot::crd(),
         VirtualMachineRestore::crd(),
         VirtualMachineSnapshotSchedule::crd(),
+        VirtualMachineMigration::crd(),
     ];
     crds.iter_mut().for_each(declare_metadata);
     crds

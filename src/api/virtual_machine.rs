@@ -81,6 +81,12 @@ pub struct VirtualMachineSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
 
+    /// How the VM may be moved between hypervisors (live migration settings). Unset: live
+    /// migration allowed, 300 ms of downtime at most, 120 s at most, and a failed migration
+    /// leaves the VM where it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::MigrationPolicy>,
+
     /// Seconds a graceful shutdown may take before the domain is destroyed. Unset: 60, written
     /// as vm_manager's `_stop_timeout` on a VM the operator creates; an adopted VM keeps the
     /// `_stop_timeout` it has (vm_manager uses 30 s without one). Set, it is written there too.
@@ -398,6 +404,10 @@ pub struct DomainStatus {
     /// When the agent last observed the domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_time: Option<Time>,
+    /// The last live migration of the domain, as the agent that sent it saw it (carried by the
+    /// target's first report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<super::MigrationReport>,
 }
 
 /// Observed state of a libvirt domain.

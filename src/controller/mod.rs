@@ -6,6 +6,7 @@ pub mod events;
 pub mod fencing;
 pub mod guard;
 pub mod hypervisor;
+pub mod migration;
 pub mod node_health;
 pub mod phase;
 pub mod placement;

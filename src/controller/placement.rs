@@ -4,7 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{FailoverPolicy, Placement};
+use kube::ResourceExt;
+
+use crate::api::{
+    DomainState, FailoverPolicy, MIGRATION_TARGET_LABEL, MOVE_TO_ANNOTATION, Placement, VirtualMachine,
+};
 
 /// A hypervisor as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,6 +143,24 @@ pub fn place(
                 candidates.len()
             ),
         })
+}
+
+/// Where a VirtualMachineMigration moves the VM, when it is time: a live migration hands the
+/// VM to its target once the target's agent reports the domain running there (the node label
+/// then follows the guest); a move by stop and start places it on its target while that host
+/// can take it (the usual hand-over then stops it on the old host before the new one starts it).
+pub fn moved_by_migration(vm: &VirtualMachine, candidates: &[Candidate]) -> Option<String> {
+    if let Some(target) = vm.labels().get(MIGRATION_TARGET_LABEL) {
+        let report = vm.status.as_ref().and_then(|s| s.domain.as_ref());
+        return report
+            .filter(|r| &r.node == target && r.state == DomainState::Running)
+            .map(|r| r.node.clone());
+    }
+    let target = vm.annotations().get(MOVE_TO_ANNOTATION)?;
+    candidates
+        .iter()
+        .find(|c| &c.name == target && c.ready && !c.fenced)
+        .map(|c| c.name.clone())
 }
 
 /// Reason of `Scheduled=False` for a VM pinned away from the host where a copy started

@@ -293,6 +293,10 @@ pub async fn run(
         })
     };
 
+    let migrations = tokio::spawn(crate::controller::migration::run(
+        context.clone(),
+        shutdown.clone(),
+    ));
     controller
         .graceful_shutdown_on(shutdown)
         .run(vm::reconcile, vm::error_policy, context)
@@ -306,6 +310,7 @@ pub async fn run(
         .await;
     hv_controller.abort();
     phase_counter.abort();
+    migrations.await.ok();
     if let Some(snapshots) = snapshots {
         snapshots.await.ok();
     }

@@ -238,7 +238,7 @@ pub enum ShutdownOutcome {
 /// methods block.
 #[derive(Clone)]
 pub struct Domain {
-    inner: virt::domain::Domain,
+    pub(super) inner: virt::domain::Domain,
     name: String,
     uuid: Uuid,
     uri: Arc<str>,
@@ -271,7 +271,7 @@ impl Domain {
         })
     }
 
-    fn err(&self, op: Operation, e: virt::error::Error) -> Error {
+    pub(super) fn err(&self, op: Operation, e: virt::error::Error) -> Error {
         Error::libvirt(op, Target::Domain(self.name.clone()), &self.uri, e)
     }
 

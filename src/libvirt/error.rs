@@ -27,6 +27,8 @@ pub enum Operation {
     GetValue,
     ListSecrets,
     Inspect,
+    Migrate,
+    Job,
 }
 
 impl fmt::Display for Operation {
@@ -47,6 +49,8 @@ impl fmt::Display for Operation {
             Operation::GetValue => "get value of",
             Operation::ListSecrets => "list secrets",
             Operation::Inspect => "inspect",
+            Operation::Migrate => "migrate",
+            Operation::Job => "control the job of",
         })
     }
 }

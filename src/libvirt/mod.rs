@@ -10,8 +10,9 @@
 //! simulated host), `shutdown` turns a domain off at once, undefine accepts only
 //! [`UndefineOptions::test_driver`], and there are no secrets (unsupported error).
 //!
-//! `unsafe` is confined to the private `ffi` submodule: two raw calls replacing `virt` 0.5.0
-//! functions that are unsound (`Secret::usage_id` double-frees, `Secret::value` leaks). Another
+//! `unsafe` is confined to the private `ffi` submodule: raw calls replacing `virt` 0.5.0
+//! functions that are unsound (`Secret::usage_id` double-frees, `Secret::value` leaks,
+//! `Domain::job_stats` builds a Vec from NULL) or missing (virDomainAbortJob). Another
 //! gap is worked around safely in [`Domain::state`] (virt 0.5.0 drops the error of
 //! virDomainGetState).
 //! `virt` 0.5.0 binds libvirt 11 symbols: calling a function newer than the system libvirt
@@ -22,6 +23,7 @@ mod connection;
 mod domain;
 mod error;
 mod ffi;
+mod migration;
 mod secret;
 
 pub use connection::{DomainSummary, HostInfo, Hypervisor, Version};
@@ -29,5 +31,6 @@ pub use domain::{
     DefineOptions, Domain, DomainState, ShutdownOutcome, StateInfo, UndefineOptions, XmlSource,
 };
 pub use error::{Cause, Error, Operation, Result, Target};
+pub use migration::{LiveMigration, MigrationStats};
 pub use secret::{CephSecretSpec, Secret, SecretSummary, SecretUsage, decode_ceph_key};
 pub use virt::error::ErrorNumber;

@@ -23,12 +23,15 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::{DesiredState, GROUP, VirtualMachine, condition_types as ct};
+use crate::api::{
+    DesiredState, GROUP, MigrationPhase, VirtualMachine, VirtualMachineMigration,
+    VirtualMachineMigrationSpec, condition_types as ct,
+};
 
 /// Field manager of every write the plugin makes.
 pub const FIELD_MANAGER: &str = "kubectl-seapath";
 
-/// Operate SEAPATH virtual machines: status, start, stop, disable, snapshot, restore.
+/// Operate SEAPATH virtual machines: status, start, stop, disable, snapshot, restore, migrate.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-seapath", bin_name = "kubectl seapath", version, about)]
 pub struct PluginCli {
@@ -74,6 +77,16 @@ pub enum PluginCommand {
         vm: String,
         /// Name of the VirtualMachineSnapshot.
         snapshot: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Create a VirtualMachineMigration that moves a VM to another hypervisor (live where the
+    /// VM allows it).
+    Migrate {
+        vm: String,
+        /// The hypervisor to move to; the one placement chooses when unset.
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -312,6 +325,9 @@ pub async fn run(
         }
         PluginCommand::Restore { vm, snapshot, wait } => {
             restore(&client, &namespace, &vm, &snapshot, &wait, out, progress).await
+        }
+        PluginCommand::Migrate { vm, to, wait } => {
+            migrate(&client, &namespace, &vm, to.as_deref(), &wait, out, progress).await
         }
     }
 }
@@ -853,6 +869,86 @@ async fn restore(
     )
     .ok();
     Ok(())
+}
+
+async fn migrate(
+    client: &Client,
+    namespace: &str,
+    vm: &str,
+    to: Option<&str>,
+    wait: &WaitArgs,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+) -> Result<(), PluginError> {
+    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
+    vms.get(vm).await.map_err(|e| {
+        Call {
+            verb: "get",
+            resource: "virtualmachines",
+            kind: "VirtualMachine",
+            namespace: namespace.to_owned(),
+            name: vm.to_owned(),
+        }
+        .error(e)
+    })?;
+    let name = format!("{vm}-{}", Timestamp::now().strftime("%Y%m%d%H%M%S"));
+    let api: Api<VirtualMachineMigration> = Api::namespaced(client.clone(), namespace);
+    let call = |verb| Call {
+        verb,
+        resource: "virtualmachinemigrations",
+        kind: "VirtualMachineMigration",
+        namespace: namespace.to_owned(),
+        name: name.clone(),
+    };
+    let migration = VirtualMachineMigration::new(
+        &name,
+        VirtualMachineMigrationSpec {
+            vm_name: vm.to_owned(),
+            target_node: to.map(str::to_owned),
+        },
+    );
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    api.create(&params, &migration)
+        .await
+        .map_err(|e| call("create").error(e))?;
+    writeln!(out, "virtualmachinemigration/{name} created").ok();
+    if !wait.wait {
+        return Ok(());
+    }
+    wait_until(
+        format!("VirtualMachineMigration {namespace}/{name}"),
+        wait.timeout,
+        progress,
+        || async { api.get(&name).await.map_err(|e| call("get").error(e)) },
+        migration_progress,
+    )
+    .await?;
+    let done = api.get(&name).await.map_err(|e| call("get").error(e))?;
+    let message = done.status.and_then(|s| s.message).unwrap_or_default();
+    writeln!(out, "virtualmachinemigration/{name} succeeded: {message}").ok();
+    Ok(())
+}
+
+/// A migration's progress line and, once it ended, its outcome.
+fn migration_progress(m: &VirtualMachineMigration) -> (String, Option<Result<(), String>>) {
+    let status = m.status.clone().unwrap_or_default();
+    let phase = status
+        .phase
+        .map(|p| format!("{p:?}"))
+        .unwrap_or_else(|| "Pending".into());
+    let message = status.message.clone().unwrap_or_default();
+    let line = format!("virtualmachinemigration/{} {phase} ({message})", m.name_any());
+    let outcome = match status.phase {
+        Some(MigrationPhase::Succeeded) => Some(Ok(())),
+        Some(MigrationPhase::Failed) => {
+            Some(Err(format!("{}: {message}", status.reason.unwrap_or_default())))
+        }
+        _ => None,
+    };
+    (line, outcome)
 }
 
 #[cfg(test)]

@@ -107,6 +107,7 @@ impl Case {
             stopped_by_agent: self.stopped_by_agent,
             running_since: self.running_since,
             policy: &self.policy,
+            migration: Some("mig-1"),
         })
     }
 }
@@ -430,4 +431,57 @@ fn state_mapping() {
     assert_eq!(reported_state(DomainState::PmSuspended), ReportedState::Paused);
     assert_eq!(reported_state(DomainState::ShutOff), ReportedState::ShutOff);
     assert_eq!(reported_state(DomainState::Crashed), ReportedState::Crashed);
+}
+
+#[test]
+fn a_migration_moves_only_a_running_guest_and_never_starts_one() {
+    let mut foreign = domain(DomainState::Running, 1);
+    foreign.ownership = Ownership::Foreign;
+    let cases = [
+        (Some(domain(DomainState::Running, 1)), vec![Step::Migrate], None),
+        (None, vec![], Some(Note::MigratedAway)),
+        (Some(domain(DomainState::ShutOff, 1)), vec![], None),
+        (Some(domain(DomainState::Paused, 1)), vec![], None),
+        (Some(domain(DomainState::Crashed, 1)), vec![], None),
+        (Some(foreign), vec![], None),
+    ];
+    for (observed, steps, note) in cases {
+        let mut case = Case::new(Intent::MigrateAway).reported(reported(ReportedState::Running, GEN));
+        case.domain = observed.clone();
+        let d = case.decide();
+        assert_eq!(d.steps, steps, "{observed:?}");
+        assert_eq!(d.note, note, "{observed:?}");
+    }
+    let mut refused = reported(ReportedState::Running, GEN);
+    refused.migration = Some(crate::api::MigrationReport {
+        uid: "mig-1".into(),
+        target: "hv2".into(),
+        message: Some("refused".into()),
+        ..Default::default()
+    });
+    let again = Case::new(Intent::MigrateAway)
+        .domain(domain(DomainState::Running, 1))
+        .reported(refused.clone());
+    assert_eq!(again.decide().steps, [], "a refused migration is not retried");
+    refused.migration.as_mut().unwrap().uid = "mig-0".into();
+    let next = Case::new(Intent::MigrateAway)
+        .domain(domain(DomainState::Running, 1))
+        .reported(refused);
+    assert_eq!(next.decide().steps, [Step::Migrate], "a new migration is tried");
+}
+
+#[test]
+fn an_incoming_guest_is_kept_as_it_is() {
+    for observed in [
+        None,
+        Some(domain(DomainState::Paused, 1)),
+        Some(domain(DomainState::Running, 1)),
+        Some(domain(DomainState::ShutOff, 1)),
+    ] {
+        let mut case = Case::new(Intent::Incoming);
+        case.domain = observed.clone();
+        let d = case.decide();
+        assert_eq!(d.steps, [], "{observed:?}");
+        assert_eq!(d.note, Some(Note::Incoming), "{observed:?}");
+    }
 }

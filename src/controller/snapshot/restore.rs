@@ -129,6 +129,7 @@ pub fn target_vm(
             data_disks: spec.data_disks.iter().map(copy).collect(),
             metadata: spec.metadata.clone(),
             placement: spec.placement.clone(),
+            migration: spec.migration.clone(),
             stop_timeout_seconds: spec.stop_timeout_seconds,
             storage_name: None,
             deletion_policy: spec.deletion_policy,

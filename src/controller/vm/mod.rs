@@ -551,7 +551,7 @@ fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::ap
 }
 
 /// Memory of the VMs placed on each node, from the controller's cache of every VM.
-fn allocated_memory(
+pub(crate) fn allocated_memory(
     ctx: &Context,
     me: &VirtualMachine,
     others: &[Arc<VirtualMachine>],
@@ -569,18 +569,25 @@ fn allocated_memory(
     allocated
 }
 
+/// Every hypervisor as placement sees it.
+pub(crate) fn candidates(ctx: &Context) -> Vec<Candidate> {
+    ctx.hypervisors
+        .state()
+        .iter()
+        .map(|hv| candidate(hv, ctx))
+        .collect()
+}
+
 fn schedule(
     vm: &VirtualMachine,
     ctx: &Context,
     plan: &plan::Plan,
     others: &[Arc<VirtualMachine>],
 ) -> Scheduling {
-    let candidates: Vec<Candidate> = ctx
-        .hypervisors
-        .state()
-        .iter()
-        .map(|hv| candidate(hv, ctx))
-        .collect();
+    let candidates = candidates(ctx);
+    if let Some(node) = placement::moved_by_migration(vm, &candidates) {
+        return Scheduling::Placed(node);
+    }
     // The cache may not show our own last placement yet: remember it, so a reconcile on a stale
     // copy does not place the VM a second time, elsewhere.
     let remembered = ctx.placements.get(&vm.metadata.uid.clone().unwrap_or_default());

@@ -1,0 +1,301 @@
+//! Reconciles VirtualMachineMigrations: observe (the migration, its VM, the hypervisors, other
+//! migrations of the VM, all from caches) -> decide ([`decide::decide`], pure) -> act (the
+//! VM's migration marks, the migration's status) -> report (an Event when it ends). The
+//! agents do the moving; the VM reconciler moves the node label (see `api::migration`).
+
+mod decide;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info_span, warn};
+
+use crate::api::{MIGRATION_FINALIZER, MigrationPhase, VirtualMachine, VirtualMachineMigration};
+use crate::controller::context::Context;
+use crate::controller::events::{self, Note};
+use decide::{Decision, Facts, Marks};
+
+/// The field manager of the marks a migration puts on its VM: apart from the VM reconciler's,
+/// so that each one's server-side apply removes only what it set itself.
+pub const FIELD_MANAGER: &str = "seapath-controller-migration";
+
+/// How often a running migration is looked at without a change (its VM's changes wake it).
+const RUNNING_RECHECK: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "waiting for the source hypervisor's agent to abort the live migration before the migration goes"
+    )]
+    Aborting,
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl MigrationError {
+    fn reason(&self) -> &'static str {
+        match self {
+            MigrationError::Kube(_) => "KubernetesApiError",
+            MigrationError::Aborting => "Aborting",
+            MigrationError::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+impl From<finalizer::Error<MigrationError>> for MigrationError {
+    fn from(err: finalizer::Error<MigrationError>) -> Self {
+        match err {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            other => MigrationError::Finalizer(other.to_string()),
+        }
+    }
+}
+
+/// What the migration reconciler reads: the VM controller's context (VMs, hypervisors,
+/// placement facts) and the migrations' own cache.
+pub struct MigrationContext {
+    pub vm: Arc<Context>,
+    pub migrations: Store<VirtualMachineMigration>,
+}
+
+/// Runs the migration controller until `shutdown`.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let controller = crate::watch::controller(
+        Api::<VirtualMachineMigration>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let migrations = controller.store();
+    let by_vm = migrations.clone();
+    let controller = controller.watches(
+        Api::<VirtualMachine>::all(client),
+        watcher::Config::default(),
+        move |vm: VirtualMachine| migrations_of(&by_vm, &vm),
+    );
+    let context = Arc::new(MigrationContext { vm: ctx, migrations });
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|_| async {})
+        .await;
+}
+
+/// The unfinished migrations of `vm` (a change of the VM is what they wait for).
+fn migrations_of(
+    store: &Store<VirtualMachineMigration>,
+    vm: &VirtualMachine,
+) -> Vec<ObjectRef<VirtualMachineMigration>> {
+    store
+        .state()
+        .iter()
+        .filter(|m| m.namespace() == vm.namespace() && m.spec.vm_name == vm.name_any())
+        .filter(|m| !phase(m).is_final() || m.metadata.deletion_timestamp.is_some())
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+fn phase(m: &VirtualMachineMigration) -> MigrationPhase {
+    m.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .unwrap_or(MigrationPhase::Pending)
+}
+
+pub async fn reconcile(
+    migration: Arc<VirtualMachineMigration>,
+    ctx: Arc<MigrationContext>,
+) -> Result<Action, MigrationError> {
+    let namespace = migration.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", kind = "VirtualMachineMigration", namespace = %namespace, object = %migration.name_any());
+    async move {
+        let timer = ctx.vm.metrics.reconcile_timer("VirtualMachineMigration");
+        let api: Api<VirtualMachineMigration> = Api::namespaced(ctx.vm.client.clone(), &namespace);
+        let result = finalizer(&api, MIGRATION_FINALIZER, migration, |event| async {
+            match event {
+                finalizer::Event::Apply(m) | finalizer::Event::Cleanup(m) => step(&m, &ctx, &api).await,
+            }
+        })
+        .await
+        .map_err(MigrationError::from);
+        match &result {
+            Ok(_) => timer.ok(),
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn error_policy(
+    _: Arc<VirtualMachineMigration>,
+    err: &MigrationError,
+    _: Arc<MigrationContext>,
+) -> Action {
+    if !matches!(err, MigrationError::Aborting) {
+        warn!(error = %err, reason = err.reason(), "reconcile failed");
+    }
+    Action::requeue(Duration::from_secs(1))
+}
+
+/// Observe, decide, act, report.
+async fn step(
+    migration: &VirtualMachineMigration,
+    ctx: &MigrationContext,
+    api: &Api<VirtualMachineMigration>,
+) -> Result<Action, MigrationError> {
+    let vm = observe_vm(ctx, migration);
+    let others = ctx.vm.vms.state();
+    let (candidates, allocated, memory) = match vm.as_deref() {
+        Some(vm) => (
+            crate::controller::vm::candidates(&ctx.vm),
+            crate::controller::vm::allocated_memory(&ctx.vm, vm, &others),
+            ctx.vm.memory_of(vm),
+        ),
+        None => Default::default(),
+    };
+    let busy_with = busy_with(ctx, migration);
+    let decision = decide::decide(&Facts {
+        migration,
+        vm: vm.as_deref(),
+        candidates: &candidates,
+        allocated_mib: &allocated,
+        vm_memory_mib: memory,
+        busy_with: busy_with.as_deref(),
+        now: Time(Timestamp::now()),
+    });
+    if let (Some(vm), Some(marks)) = (vm.as_deref(), &decision.marks) {
+        mark(ctx, vm, marks).await?;
+    }
+    if migration.metadata.deletion_timestamp.is_some() {
+        return if decision.finalize {
+            Ok(Action::await_change())
+        } else {
+            Err(MigrationError::Aborting)
+        };
+    }
+    write_status(migration, api, &decision).await?;
+    report(ctx, migration, &decision);
+    Ok(if decision.status.phase.is_some_and(MigrationPhase::is_final) {
+        Action::await_change()
+    } else {
+        Action::requeue(RUNNING_RECHECK)
+    })
+}
+
+fn observe_vm(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Option<Arc<VirtualMachine>> {
+    let key = ObjectRef::new(&migration.spec.vm_name).within(&migration.namespace().unwrap_or_default());
+    ctx.vm.vms.get(&key)
+}
+
+/// An older unfinished migration of the same VM (the first one created goes first).
+fn busy_with(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Option<String> {
+    let order =
+        |m: &VirtualMachineMigration| (m.metadata.creation_timestamp.clone().map(|t| t.0), m.name_any());
+    ctx.migrations
+        .state()
+        .into_iter()
+        .filter(|m| m.metadata.uid != migration.metadata.uid)
+        .filter(|m| m.namespace() == migration.namespace() && m.spec.vm_name == migration.spec.vm_name)
+        .filter(|m| !phase(m).is_final() && m.metadata.deletion_timestamp.is_none())
+        .filter(|m| order(m) < order(migration))
+        .map(|m| m.name_any())
+        .next()
+}
+
+/// Puts the migration's marks on the VM (server-side apply under the migration's own field
+/// manager: marks it set before and leaves out are removed), unless the VM shows them already.
+async fn mark(ctx: &MigrationContext, vm: &VirtualMachine, marks: &Marks) -> Result<(), MigrationError> {
+    if shows_exactly(vm, marks) {
+        return Ok(());
+    }
+    let api: Api<VirtualMachine> =
+        Api::namespaced(ctx.vm.client.clone(), &vm.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()),
+        "metadata": {"name": vm.name_any(), "labels": marks.labels, "annotations": marks.annotations}
+    });
+    api.patch(
+        &vm.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Whether the VM carries these marks and none of the other migration marks.
+fn shows_exactly(vm: &VirtualMachine, marks: &Marks) -> bool {
+    use crate::api::{
+        MIGRATION_ABORT_ANNOTATION, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION, MOVE_TO_ANNOTATION,
+    };
+    let label_ok = |key: &str| vm.labels().get(key) == marks.labels.get(key);
+    let annotation_ok = |key: &str| vm.annotations().get(key) == marks.annotations.get(key);
+    label_ok(MIGRATION_TARGET_LABEL)
+        && [
+            MIGRATION_UID_ANNOTATION,
+            MIGRATION_ABORT_ANNOTATION,
+            MOVE_TO_ANNOTATION,
+        ]
+        .into_iter()
+        .all(annotation_ok)
+}
+
+async fn write_status(
+    migration: &VirtualMachineMigration,
+    api: &Api<VirtualMachineMigration>,
+    decision: &Decision,
+) -> Result<(), MigrationError> {
+    if migration.status.as_ref() == Some(&decision.status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": VirtualMachineMigration::api_version(&()), "kind": VirtualMachineMigration::kind(&()),
+        "status": decision.status
+    });
+    api.patch_status(
+        &migration.name_any(),
+        &PatchParams::apply(crate::controller::vm::FIELD_MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// An Event when the migration ends or changes course, once: on the write that says so.
+fn report(ctx: &MigrationContext, migration: &VirtualMachineMigration, decision: &Decision) {
+    let Some(notice) = &decision.notice else {
+        return;
+    };
+    let before = migration.status.as_ref();
+    if before.and_then(|s| s.phase) == decision.status.phase
+        && before.and_then(|s| s.mode) == decision.status.mode
+    {
+        return;
+    }
+    let type_ = if notice.warning {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    let note = Note {
+        type_,
+        reason: notice.reason,
+        action: "Migrate",
+        text: notice.message.clone(),
+    };
+    events::publish_in_background(&ctx.vm.recorder, migration, note);
+}
