@@ -1057,7 +1057,8 @@ fn migration_phase(m: &VirtualMachineMigration) -> Option<MigrationPhase> {
 /// and keeps counting from the same boot (no restart), never executing on both hosts; the
 /// migration records its downtime and the bytes sent. A migration the target refuses (a
 /// domain of the same name and another UUID is defined there) fails with libvirt's reason and
-/// leaves the guest running, still the same boot.
+/// leaves the guest running, still the same boot. A source agent killed as a migration starts
+/// and restarted changes nothing: libvirt carries the guest over and the hand-over completes.
 #[tokio::test]
 async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migration_leaves_it_running() {
     let bed = bed_with(
@@ -1150,13 +1151,53 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     .await
     .unwrap();
 
+    // The source's agent dies as the migration starts and comes back: libvirt, peer to peer,
+    // carries the guest over by itself, and the agents and the controller finish the hand-over.
+    let home = format!("{vm}-home");
+    let m: VirtualMachineMigration = serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
+        "metadata": {"name": home}, "spec": {"vmName": vm, "targetNode": hv1}
+    }))
+    .unwrap();
+    migrations.create(&PostParams::default(), &m).await.unwrap();
+    let vms: Api<VirtualMachine> = Api::namespaced(bed.client.clone(), &bed.namespace);
+    eventually("the source told to migrate", async || {
+        let labels = vms.get(&vm).await.ok()?.metadata.labels?;
+        (labels.get("seapath.lfenergy.org/migration-target") == Some(&hv1)).then_some(())
+    })
+    .await;
+    let mut bed = bed;
+    bed.kill(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    bed.restart(1);
+    let done = eventually("the migration with a restarted source agent ended", async || {
+        migrations
+            .get(&home)
+            .await
+            .ok()
+            .filter(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
+    })
+    .await;
+    assert_eq!(
+        migration_phase(&done),
+        Some(MigrationPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
+    bed.started_on(&vm, &hv1).await;
+    let (last, _) = eventually("the guest counting on hv1 again", async || {
+        counter(&namespace, &image).await.filter(|(_, n)| *n > after + 10)
+    })
+    .await;
+    assert_eq!(last, boot, "the guest was restarted");
+
     stop.send(true).unwrap();
     assert_eq!(
         doubles.await.unwrap(),
         Vec::<String>::new(),
         "a guest ran on two hosts"
     );
-    for name in [format!("{vm}-there"), format!("{vm}-back")] {
+    for name in [format!("{vm}-there"), format!("{vm}-back"), home] {
         migrations.delete(&name, &DeleteParams::default()).await.ok();
     }
     bed.tear_down().await;

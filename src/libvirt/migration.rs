@@ -49,6 +49,10 @@ impl Domain {
     /// there, or until libvirt gives up (the guest then keeps running here). The downtime
     /// limit is set once libvirt has started the job (it belongs to the job).
     pub fn migrate_live(&self, migration: &LiveMigration<'_>) -> Result<MigrationStats> {
+        if self.job_running() && self.outlived_job(migration.timeout)? {
+            // A migration started before (by an agent that died since) carried the guest away.
+            return Ok(completed_stats(migration.target_uri, self.name()));
+        }
         let flags = sys::VIR_MIGRATE_LIVE
             | sys::VIR_MIGRATE_PEER2PEER
             | sys::VIR_MIGRATE_PERSIST_DEST
@@ -118,6 +122,23 @@ impl Domain {
                     None => err,
                 })
             }
+        }
+    }
+
+    /// Waits for the domain's current job (a migration started before) to end; true when the
+    /// domain is gone from this host with it. Past `timeout` the job is aborted.
+    fn outlived_job(&self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        while self.job_running() {
+            if Instant::now() > deadline {
+                let _ = ffi::abort_job(&self.inner);
+            }
+            thread::sleep(WATCH_INTERVAL);
+        }
+        match self.state() {
+            Ok(_) => Ok(false),
+            Err(e) if e.is_no_domain() => Ok(true),
+            Err(e) => Err(e),
         }
     }
 
