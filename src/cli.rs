@@ -165,6 +165,10 @@ pub struct ControllerArgs {
     /// operator (a change to the VM or its snapshot objects lists them at once).
     #[arg(long, env = "SEAPATH_UNMANAGED_SNAPSHOT_REFRESH", default_value = "600", value_parser = seconds)]
     pub unmanaged_snapshot_refresh: Duration,
+    /// VMs that leave a draining hypervisor at once (live migrations or moves by stop and
+    /// start).
+    #[arg(long, env = "SEAPATH_DRAIN_PARALLEL", default_value_t = crate::controller::drain::DEFAULT_PARALLEL)]
+    pub drain_parallel: usize,
     /// VMs reconciled at once.
     #[arg(long, env = "SEAPATH_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
@@ -240,6 +244,7 @@ impl ControllerArgs {
             shared_image_namespaces: self.shared_image_namespaces.clone(),
             snapshots: self.snapshots,
             unmanaged_snapshot_refresh: self.unmanaged_snapshot_refresh,
+            drain_parallel: self.drain_parallel,
             instance: self.identity(),
             guard_object: format!("seapath-controller-guard.{}", self.lease_namespace),
         }

@@ -273,7 +273,7 @@ fn roles_grant_exactly_what_the_operator_uses() {
             ),
             (
                 &format!("{g}/virtualmachinemigrations"),
-                &["get", "list", "watch", "patch"]
+                &["get", "list", "watch", "create", "patch"]
             ),
             (&format!("{g}/virtualmachinesnapshots/status"), &["patch"]),
             (&format!("{g}/virtualmachinerestores/status"), &["patch"]),

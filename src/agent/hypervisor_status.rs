@@ -50,6 +50,7 @@ pub fn build_status(
     let now = whole_seconds(now);
     let mut status = previous.cloned().unwrap_or_default();
     status.fence = None;
+    status.drain = None;
     status.libvirt_uri = Some(uri.to_owned());
     status.heartbeat_time = Some(Time(now));
     let (ready, reason, message) = match observation {

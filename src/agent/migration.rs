@@ -118,29 +118,30 @@ fn cancellation(
 }
 
 /// The account of the migration in the target's report: the source's, when the source wrote
-/// it first; else what libvirt here recorded of the migration that brought the guest (the
-/// source's report may come after the target's, and then it is not written at all).
+/// it first (the source's report may come after the target's, and then it is not written at
+/// all), with the downtime and bytes libvirt here recorded of the migration that brought the
+/// guest (libvirt hands them to the target with the guest).
 pub(crate) async fn incoming_report(
     ctx: &Context,
     vm: &VirtualMachine,
     intent: Intent,
     domain_name: &str,
 ) -> Option<MigrationReport> {
-    if intent != Intent::Incoming {
+    let node = ctx.config.node_name.as_str();
+    // Until the controller ends the migration (its marks go), the report keeps the account,
+    // also once the node label moved here.
+    let target_here = vm.labels().get(MIGRATION_TARGET_LABEL).map(String::as_str) == Some(node);
+    if intent != Intent::Incoming && !(target_here && intent == Intent::Started) {
         return None;
     }
-    let node = ctx.config.node_name.as_str();
     let carried = vm
         .status
         .as_ref()
         .and_then(|s| s.domain.as_ref())
         .and_then(|d| d.migration.clone())
         .filter(|m| m.target == node);
-    if carried.is_some() {
-        return carried;
-    }
     let name = domain_name.to_owned();
-    let stats = ctx
+    let local = ctx
         .libvirt
         .run(format!("{domain_name}: migration statistics"), move |hv| {
             hv.lookup_domain(&name)
@@ -148,8 +149,8 @@ pub(crate) async fn incoming_report(
                 .map_err(|e| AgentError::libvirt("migration statistics", e))
         })
         .await
-        .ok()?;
-    Some(MigrationReport {
+        .unwrap_or_default();
+    let mut report = carried.unwrap_or_else(|| MigrationReport {
         uid: vm
             .annotations()
             .get(MIGRATION_UID_ANNOTATION)
@@ -157,10 +158,15 @@ pub(crate) async fn incoming_report(
             .unwrap_or_default(),
         target: node.to_owned(),
         succeeded: true,
-        downtime_milliseconds: stats.downtime.and_then(|d| i64::try_from(d.as_millis()).ok()),
-        bytes_transferred: stats.bytes.and_then(|b| i64::try_from(b).ok()),
-        message: None,
-    })
+        ..Default::default()
+    });
+    let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).ok();
+    report.downtime_milliseconds = local.downtime.and_then(millis).or(report.downtime_milliseconds);
+    report.bytes_transferred = local
+        .bytes
+        .and_then(|b| i64::try_from(b).ok())
+        .or(report.bytes_transferred);
+    Some(report)
 }
 
 /// Whether this node writes its report on the VM. A node the VM is not placed on writes

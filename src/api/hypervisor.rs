@@ -34,6 +34,12 @@ use serde::{Deserialize, Serialize};
     ),
     printcolumn(name = "Heartbeat", type_ = "date", json_path = ".status.heartbeatTime"),
     printcolumn(
+        name = "Drain",
+        type_ = "string",
+        json_path = ".status.drain.phase",
+        description = "Draining while VMs are left on a host being drained, then Drained"
+    ),
+    printcolumn(
         name = "Fence",
         type_ = "string",
         json_path = ".status.fence.state",
@@ -45,6 +51,13 @@ pub struct HypervisorSpec {
     /// When true, the controller places no new VM on this hypervisor (running ones stay).
     #[serde(default)]
     pub unschedulable: bool,
+    /// When true, every VM leaves this hypervisor: live-migrated where its
+    /// `spec.migration` allows it, otherwise stopped and started elsewhere, a few at a time
+    /// (the controller's `--drain-parallel`), highest `spec.placement.priority` first. A
+    /// draining host takes no new VM. `status.drain` shows the progress; set it back to
+    /// false (and `unschedulable` too) to bring the host back (`kubectl seapath uncordon`).
+    #[serde(default)]
+    pub drain: bool,
     /// Set by an administrator who knows the host is down or fenced by other means (powered
     /// off, cut from the network), like Kubernetes' `node.kubernetes.io/out-of-service` taint:
     /// the host is fenced through Ceph at once, without waiting for the grace period, and its
@@ -140,4 +153,34 @@ pub struct HypervisorStatus {
     /// Fencing of the host after it was lost (written by the controller; absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fence: Option<FenceStatus>,
+    /// Progress of a drain (written by the controller while `spec.drain` is true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
 }
+
+/// Where the drain of a hypervisor is.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    /// `Draining` while VMs are left on the host, `Drained` once none is.
+    pub phase: DrainPhase,
+    /// VMs still placed on the host.
+    pub vms_left: i32,
+    /// VMs moving off now (`namespace/name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub moving: Vec<String>,
+    /// VMs that cannot leave, each with the reason (`namespace/name: why`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<String>,
+}
+
+/// Phase of a drain.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DrainPhase {
+    #[default]
+    Draining,
+    Drained,
+}
+
+/// Label on a VirtualMachineMigration a drain created: the drained hypervisor.
+pub const DRAIN_LABEL: &str = "seapath.lfenergy.org/drain";

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod context;
+pub mod drain;
 pub mod events;
 pub mod fencing;
 pub mod guard;

@@ -57,6 +57,8 @@ pub struct ControllerConfig {
     pub snapshots: bool,
     /// Longest time before snapshots taken outside the operator show on a VM's status.
     pub unmanaged_snapshot_refresh: Duration,
+    /// VMs that leave a draining hypervisor at once.
+    pub drain_parallel: usize,
     /// Name reported on Events (the Pod name in a cluster).
     pub instance: String,
     /// The RADOS object (in the pool's default namespace) whose lock the active controller
@@ -297,6 +299,11 @@ pub async fn run(
         context.clone(),
         shutdown.clone(),
     ));
+    let drains = tokio::spawn(crate::controller::drain::run(
+        context.clone(),
+        config.drain_parallel,
+        shutdown.clone(),
+    ));
     controller
         .graceful_shutdown_on(shutdown)
         .run(vm::reconcile, vm::error_policy, context)
@@ -311,6 +318,7 @@ pub async fn run(
     hv_controller.abort();
     phase_counter.abort();
     migrations.await.ok();
+    drains.await.ok();
     if let Some(snapshots) = snapshots {
         snapshots.await.ok();
     }

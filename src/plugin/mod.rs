@@ -24,14 +24,15 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::api::{
-    DesiredState, GROUP, MigrationPhase, VirtualMachine, VirtualMachineMigration,
+    DesiredState, GROUP, Hypervisor, MigrationPhase, VirtualMachine, VirtualMachineMigration,
     VirtualMachineMigrationSpec, condition_types as ct,
 };
 
 /// Field manager of every write the plugin makes.
 pub const FIELD_MANAGER: &str = "kubectl-seapath";
 
-/// Operate SEAPATH virtual machines: status, start, stop, disable, snapshot, restore, migrate.
+/// Operate SEAPATH virtual machines: status, start, stop, disable, snapshot, restore, migrate,
+/// and drain or uncordon hypervisors.
 #[derive(Parser, Debug)]
 #[command(name = "kubectl-seapath", bin_name = "kubectl seapath", version, about)]
 pub struct PluginCli {
@@ -79,6 +80,18 @@ pub enum PluginCommand {
         snapshot: String,
         #[command(flatten)]
         wait: WaitArgs,
+    },
+    /// Drain a hypervisor: cordon it and move every VM off it (live where allowed).
+    Drain {
+        /// The Hypervisor.
+        node: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Bring a cordoned or drained hypervisor back: it takes VMs again.
+    Uncordon {
+        /// The Hypervisor.
+        node: String,
     },
     /// Create a VirtualMachineMigration that moves a VM to another hypervisor (live where the
     /// VM allows it).
@@ -325,6 +338,14 @@ pub async fn run(
         }
         PluginCommand::Restore { vm, snapshot, wait } => {
             restore(&client, &namespace, &vm, &snapshot, &wait, out, progress).await
+        }
+        PluginCommand::Drain { node, wait } => drain(&client, &node, true, &wait, out, progress).await,
+        PluginCommand::Uncordon { node } => {
+            let wait = WaitArgs {
+                wait: false,
+                timeout: Duration::ZERO,
+            };
+            drain(&client, &node, false, &wait, out, progress).await
         }
         PluginCommand::Migrate { vm, to, wait } => {
             migrate(&client, &namespace, &vm, to.as_deref(), &wait, out, progress).await
@@ -932,6 +953,84 @@ async fn migrate(
     Ok(())
 }
 
+/// Sets (or clears) `spec.unschedulable` and `spec.drain` of a Hypervisor; with `--wait`,
+/// follows `status.drain` until no VM is left.
+async fn drain(
+    client: &Client,
+    node: &str,
+    on: bool,
+    wait: &WaitArgs,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+) -> Result<(), PluginError> {
+    let api: Api<Hypervisor> = Api::all(client.clone());
+    let call = |verb| Call {
+        verb,
+        resource: "hypervisors",
+        kind: "Hypervisor",
+        namespace: String::new(),
+        name: node.to_owned(),
+    };
+    api.get(node).await.map_err(|e| call("get").error(e))?;
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let patch = json!({"spec": {"unschedulable": on, "drain": on}});
+    api.patch(node, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| call("patch").error(e))?;
+    let what = if on { "draining" } else { "uncordoned" };
+    writeln!(out, "hypervisor/{node} {what}").ok();
+    if !wait.wait {
+        return Ok(());
+    }
+    wait_until(
+        format!("the drain of hypervisor {node}"),
+        wait.timeout,
+        progress,
+        || async { api.get(node).await.map_err(|e| call("get").error(e)) },
+        drain_progress,
+    )
+    .await?;
+    writeln!(out, "hypervisor/{node} drained").ok();
+    Ok(())
+}
+
+/// A drain's progress line; done once no VM is left.
+fn drain_progress(hv: &Hypervisor) -> (String, Option<Result<(), String>>) {
+    let Some(drain) = hv.status.as_ref().and_then(|s| s.drain.clone()) else {
+        return (format!("hypervisor/{} drain requested", hv.name_any()), None);
+    };
+    let mut line = format!(
+        "hypervisor/{} {:?}: {} VM(s) left",
+        hv.name_any(),
+        drain.phase,
+        drain.vms_left
+    );
+    if !drain.moving.is_empty() {
+        line.push_str(&format!(", moving {}", drain.moving.join(", ")));
+    }
+    if !drain.blocked.is_empty() {
+        line.push_str(&format!("; blocked: {}", drain.blocked.join("; ")));
+    }
+    let retrying = drain
+        .blocked
+        .iter()
+        .any(|b| b.contains(crate::controller::drain::RETRY_NOTE));
+    let stuck = drain.moving.is_empty()
+        && !retrying
+        && usize::try_from(drain.vms_left).is_ok_and(|n| n > 0 && n == drain.blocked.len());
+    let outcome = if drain.phase == crate::api::DrainPhase::Drained {
+        Some(Ok(()))
+    } else if stuck {
+        Some(Err(format!("no VM left can move: {}", drain.blocked.join("; "))))
+    } else {
+        None
+    };
+    (line, outcome)
+}
+
 /// A migration's progress line and, once it ended, its outcome.
 fn migration_progress(m: &VirtualMachineMigration) -> (String, Option<Result<(), String>>) {
     let status = m.status.clone().unwrap_or_default();
@@ -1026,5 +1125,66 @@ mod tests {
         assert_eq!(lines[0].find("NAME   "), lines[1].find("guest0"));
         assert_eq!(lines[0].find("PHASE"), lines[1].find("Started   hv1"));
         assert_eq!(render_table(&[], false), "No VirtualMachines found.\n");
+    }
+
+    #[test]
+    fn a_drain_is_done_when_drained_and_stuck_only_when_nothing_will_move() {
+        use crate::api::{DrainPhase, DrainStatus, HypervisorStatus};
+        let hv = |drain: DrainStatus| {
+            let mut hv = Hypervisor::new("hv1", Default::default());
+            hv.status = Some(HypervisorStatus {
+                drain: Some(drain),
+                ..Default::default()
+            });
+            hv
+        };
+        let status = |phase, vms_left, moving: &[&str], blocked: &[&str]| DrainStatus {
+            phase,
+            vms_left,
+            moving: moving.iter().map(|s| s.to_string()).collect(),
+            blocked: blocked.iter().map(|s| s.to_string()).collect(),
+        };
+        let (line, outcome) =
+            drain_progress(&hv(status(DrainPhase::Draining, 2, &["ns/a"], &["ns/b: pinned"])));
+        assert_eq!(outcome, None);
+        assert!(
+            line.contains("2 VM(s) left, moving ns/a; blocked: ns/b: pinned"),
+            "{line}"
+        );
+        let retried = format!(
+            "ns/b: NoHypervisorAvailable (full; {} x)",
+            crate::controller::drain::RETRY_NOTE
+        );
+        let (_, outcome) = drain_progress(&hv(status(DrainPhase::Draining, 1, &[], &[&retried])));
+        assert_eq!(outcome, None, "a move that will be tried again is waited for");
+        let (_, outcome) = drain_progress(&hv(status(DrainPhase::Draining, 1, &[], &["ns/b: pinned"])));
+        assert!(outcome.is_some_and(|o| o.is_err()));
+        let (_, outcome) = drain_progress(&hv(status(DrainPhase::Drained, 0, &[], &[])));
+        assert_eq!(outcome, Some(Ok(())));
+    }
+
+    #[test]
+    fn a_migration_is_followed_to_its_end() {
+        use crate::api::VirtualMachineMigrationStatus;
+        let mut m = VirtualMachineMigration::new(
+            "m1",
+            VirtualMachineMigrationSpec {
+                vm_name: "guest0".into(),
+                target_node: None,
+            },
+        );
+        assert_eq!(migration_progress(&m).1, None);
+        m.status = Some(VirtualMachineMigrationStatus {
+            phase: Some(MigrationPhase::Failed),
+            reason: Some("TargetFull".into()),
+            message: Some("hypervisor hv2 has 10 MiB free".into()),
+            ..Default::default()
+        });
+        let (line, outcome) = migration_progress(&m);
+        assert!(line.contains("Failed (hypervisor hv2 has 10 MiB free)"), "{line}");
+        assert_eq!(
+            outcome,
+            Some(Err("TargetFull: hypervisor hv2 has 10 MiB free".into()))
+        );
     }
 }

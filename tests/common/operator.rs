@@ -136,6 +136,7 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
             // choose.
             snapshots: options.snapshots,
             unmanaged_snapshot_refresh: seapath_operator::controller::snapshot::inventory::DEFAULT_REFRESH,
+            drain_parallel: seapath_operator::controller::drain::DEFAULT_PARALLEL,
             instance: format!("{prefix}-controller"),
             // One per test binary: binaries run one at a time in CI, but a developer may run
             // two at once against the same test bed.

@@ -281,11 +281,17 @@ fn follow_live(f: &Facts<'_>, mut status: VirtualMachineMigrationStatus) -> Deci
     let mine = report
         .and_then(|r| r.migration.as_ref())
         .filter(|m| m.uid == uid(f.migration));
-    let label = vm.labels().get(NODE_LABEL).map(String::as_str);
+    // libvirt's figures, kept as soon as a report carries them (a later report may not).
+    if let Some(m) = mine.filter(|m| m.succeeded) {
+        status.downtime_milliseconds = m.downtime_milliseconds.or(status.downtime_milliseconds);
+        status.bytes_transferred = m.bytes_transferred.or(status.bytes_transferred);
+    }
+    // Handed over once both the label the agents follow and the placement the VM reconciler
+    // records name the target: the marks keep the VM reconciler on the target until then.
+    let handed_over = vm.labels().get(NODE_LABEL) == Some(&target)
+        && vm.status.as_ref().and_then(|s| s.node.as_deref()) == Some(target.as_str());
     match report {
-        Some(r) if r.node == target && r.state == DomainState::Running && label == Some(target.as_str()) => {
-            status.downtime_milliseconds = mine.and_then(|m| m.downtime_milliseconds);
-            status.bytes_transferred = mine.and_then(|m| m.bytes_transferred);
+        Some(r) if r.node == target && r.state == DomainState::Running && handed_over => {
             let downtime = status
                 .downtime_milliseconds
                 .map(|d| format!(" ({d} ms of downtime)"))

@@ -69,6 +69,19 @@ impl From<finalizer::Error<MigrationError>> for MigrationError {
 pub struct MigrationContext {
     pub vm: Arc<Context>,
     pub migrations: Store<VirtualMachineMigration>,
+    /// Targets chosen by this process (migration UID -> target, MiB), until the cache shows
+    /// them: migrations scheduled at once each count the room the others took.
+    chosen: std::sync::Mutex<std::collections::HashMap<String, Arrival>>,
+    /// Held while a migration chooses its target.
+    scheduling: tokio::sync::Mutex<()>,
+}
+
+/// A VM a migration is bringing to its target.
+#[derive(Clone, Debug)]
+struct Arrival {
+    vm: ObjectRef<VirtualMachine>,
+    target: String,
+    mib: i64,
 }
 
 /// Runs the migration controller until `shutdown`.
@@ -85,7 +98,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         watcher::Config::default(),
         move |vm: VirtualMachine| migrations_of(&by_vm, &vm),
     );
-    let context = Arc::new(MigrationContext { vm: ctx, migrations });
+    let context = Arc::new(MigrationContext {
+        vm: ctx,
+        migrations,
+        chosen: Default::default(),
+        scheduling: Default::default(),
+    });
     controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -157,9 +175,14 @@ async fn step(
     ctx: &MigrationContext,
     api: &Api<VirtualMachineMigration>,
 ) -> Result<Action, MigrationError> {
+    // One target chosen at a time, each counting the room the others took.
+    let _scheduling = match phase(migration) {
+        MigrationPhase::Pending => Some(ctx.scheduling.lock().await),
+        _ => None,
+    };
     let vm = observe_vm(ctx, migration);
     let others = ctx.vm.vms.state();
-    let (candidates, allocated, memory) = match vm.as_deref() {
+    let (candidates, mut allocated, memory) = match vm.as_deref() {
         Some(vm) => (
             crate::controller::vm::candidates(&ctx.vm),
             crate::controller::vm::allocated_memory(&ctx.vm, vm, &others),
@@ -167,6 +190,9 @@ async fn step(
         ),
         None => Default::default(),
     };
+    for (node, mib) in arriving(ctx, migration) {
+        *allocated.entry(node).or_default() += mib;
+    }
     let busy_with = busy_with(ctx, migration);
     let decision = decide::decide(&Facts {
         migration,
@@ -182,12 +208,15 @@ async fn step(
     }
     if migration.metadata.deletion_timestamp.is_some() {
         return if decision.finalize {
+            let uid = migration.metadata.uid.clone().unwrap_or_default();
+            ctx.chosen.lock().expect("chosen targets").remove(&uid);
             Ok(Action::await_change())
         } else {
             Err(MigrationError::Aborting)
         };
     }
     write_status(migration, api, &decision).await?;
+    remember_target(ctx, migration, &decision, memory);
     report(ctx, migration, &decision);
     Ok(if decision.status.phase.is_some_and(MigrationPhase::is_final) {
         Action::await_change()
@@ -199,6 +228,50 @@ async fn step(
 fn observe_vm(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Option<Arc<VirtualMachine>> {
     let key = ObjectRef::new(&migration.spec.vm_name).within(&migration.namespace().unwrap_or_default());
     ctx.vm.vms.get(&key)
+}
+
+/// The memory other unfinished migrations are bringing to their targets: not yet placed
+/// there, but about to be, so two migrations at once do not both count on the same room.
+fn arriving(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<(String, i64)> {
+    let me = migration.metadata.uid.clone().unwrap_or_default();
+    let chosen = ctx.chosen.lock().expect("chosen targets").clone();
+    let placed_there = |a: &Arrival| {
+        ctx.vm
+            .vms
+            .get(&a.vm)
+            .is_some_and(|vm| vm.status.as_ref().and_then(|s| s.node.as_deref()) == Some(a.target.as_str()))
+    };
+    chosen
+        .into_iter()
+        .filter(|(uid, arrival)| *uid != me && !placed_there(arrival))
+        .map(|(_, a)| (a.target, a.mib))
+        .collect()
+}
+
+/// Records the target a migration chose while it moves; forgets it once it ended.
+fn remember_target(
+    ctx: &MigrationContext,
+    migration: &VirtualMachineMigration,
+    decision: &Decision,
+    mib: i64,
+) {
+    let uid = migration.metadata.uid.clone().unwrap_or_default();
+    let mut chosen = ctx.chosen.lock().expect("chosen targets");
+    match (&decision.status.target_node, decision.status.phase) {
+        (Some(target), Some(phase)) if !phase.is_final() => {
+            let vm =
+                ObjectRef::new(&migration.spec.vm_name).within(&migration.namespace().unwrap_or_default());
+            let arrival = Arrival {
+                vm,
+                target: target.clone(),
+                mib,
+            };
+            chosen.insert(uid, arrival);
+        }
+        _ => {
+            chosen.remove(&uid);
+        }
+    }
 }
 
 /// An older unfinished migration of the same VM (the first one created goes first).

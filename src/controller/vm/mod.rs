@@ -601,9 +601,18 @@ fn schedule(
         .into_iter()
         .chain(label.clone())
         .find(|node| !node_fenced(ctx, node));
+    // Where the agents' label points and the agent there reports the guest, it is: a copy
+    // whose recorded node lags behind a label just moved (a live migration hands the VM over
+    // by the label first) must not move it back.
+    let runs_where_labelled = vm
+        .status
+        .as_ref()
+        .and_then(|s| s.domain.as_ref())
+        .filter(|d| label.as_deref() == Some(d.node.as_str()) && d.state.is_active())
+        .map(|d| d.node.clone());
     let current = match (recorded, evacuated_to) {
         (Some(recorded), Some(sent)) if node_fenced(ctx, &recorded) => Some(sent),
-        (recorded, _) => recorded.or(label).or(remembered),
+        (recorded, _) => runs_where_labelled.or(recorded).or(label).or(remembered),
     };
     let allocated = allocated_memory(ctx, vm, others);
     let decision = match (
@@ -704,7 +713,7 @@ fn candidate(hv: &Hypervisor, ctx: &Context) -> Candidate {
             && conditions::is_true(&status.conditions, ct::READY)
             && status.fence.is_none()
             && !hv.spec.out_of_service,
-        unschedulable: hv.spec.unschedulable,
+        unschedulable: hv.spec.unschedulable || hv.spec.drain,
         memory_mib: status.memory_mib,
         fenced: status
             .fence

@@ -132,6 +132,11 @@ impl Case {
         self.vm().labels_mut().insert(NODE_LABEL.into(), node.into());
         self
     }
+
+    fn placed(mut self, node: &str) -> Self {
+        self.vm().status.as_mut().unwrap().node = Some(node.into());
+        self
+    }
 }
 
 #[test]
@@ -233,7 +238,14 @@ fn a_live_migration_ends_only_once_the_target_runs_the_vm_and_holds_its_label() 
         d.marks.as_ref().is_some_and(|m| !m.labels.is_empty()),
         "the marks stay until the node label moved"
     );
-    let d = case.labelled("hv2").decide();
+    let case = case.labelled("hv2");
+    let d = case.decide();
+    assert_eq!(
+        d.status.phase,
+        Some(MigrationPhase::Running),
+        "status.node is not there yet"
+    );
+    let d = case.placed("hv2").decide();
     assert_eq!(d.status.phase, Some(MigrationPhase::Succeeded));
     assert_eq!(d.status.downtime_milliseconds, Some(21));
     assert_eq!(d.status.bytes_transferred, Some(1 << 20));
