@@ -322,6 +322,29 @@ async fn health_checks_and_kstatus_on_real_status_objects() {
     let fresh = json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "Hypervisor", "metadata": {"name": "x"}, "spec": {}});
     assert_eq!(argo_health("Hypervisor.lua", &fresh).0, "Progressing");
 
+    // A migration: Progressing while it runs, then Healthy or Degraded with its reason.
+    let migration = |status: Value| {
+        json!({"apiVersion": "seapath.lfenergy.org/v1alpha1",
+        "kind": "VirtualMachineMigration", "metadata": {"name": "m", "generation": 1},
+        "spec": {"vmName": "guest0"}, "status": status})
+    };
+    assert_eq!(
+        argo_health("VirtualMachineMigration.lua", &migration(json!({}))).0,
+        "Progressing"
+    );
+    let running = migration(json!({"phase": "Running", "message": "live-migrating from hv1 to hv2"}));
+    assert_eq!(
+        argo_health("VirtualMachineMigration.lua", &running).0,
+        "Progressing"
+    );
+    let done = migration(json!({"phase": "Succeeded", "message": "live-migrated"}));
+    assert_eq!(argo_health("VirtualMachineMigration.lua", &done).0, "Healthy");
+    let failed = migration(json!({"phase": "Failed", "reason": "TargetFull", "message": "no room"}));
+    assert_eq!(
+        argo_health("VirtualMachineMigration.lua", &failed),
+        ("Degraded".to_owned(), "TargetFull: no room".to_owned())
+    );
+
     // The generic script (snapshot kinds) follows the same kstatus rules on the VM objects.
     assert_eq!(argo_health("generic.lua", &started).0, "Healthy");
     assert_eq!(argo_health("generic.lua", &stalled).0, "Degraded");

@@ -5,6 +5,7 @@ pub mod context;
 pub mod drain;
 pub mod events;
 pub mod fencing;
+pub mod frame;
 pub mod guard;
 pub mod hypervisor;
 pub mod migration;

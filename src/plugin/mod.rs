@@ -738,15 +738,8 @@ fn dynamic_outcome(object: &DynamicObject, done: &str) -> Option<Result<(), Stri
     }
 }
 
-async fn snapshot(
-    client: &Client,
-    namespace: &str,
-    vm: &str,
-    name: Option<String>,
-    wait: &WaitArgs,
-    out: &mut (dyn Write + Send),
-    progress: &mut (dyn Write + Send),
-) -> Result<(), PluginError> {
+/// Reads the VM first: a missing VM is reported as such, not as a failed create.
+async fn require_vm(client: &Client, namespace: &str, vm: &str) -> Result<VirtualMachine, PluginError> {
     let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
     vms.get(vm).await.map_err(|e| {
         Call {
@@ -757,48 +750,102 @@ async fn snapshot(
             name: vm.to_owned(),
         }
         .error(e)
-    })?;
-    let name = name.unwrap_or_else(|| default_snapshot_name(vm, Timestamp::now()));
-    let resource = snapshot_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    })
+}
+
+/// What `create_and_follow` creates: its API, the object, and how its calls are named.
+struct Creation<'a, K> {
+    api: Api<K>,
+    object: K,
+    resource: &'static str,
+    kind: &'static str,
+    namespace: &'a str,
+}
+
+/// Creates the object and, with `--wait`, prints its progress until `check` says it ended.
+async fn create_and_follow<K>(
+    creation: Creation<'_, K>,
+    wait: &WaitArgs,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+    check: impl Fn(&K) -> (String, Option<Result<(), String>>),
+) -> Result<K, PluginError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let Creation {
+        api,
+        object,
+        resource,
+        kind,
+        namespace,
+    } = creation;
+    let name = object.meta().name.clone().unwrap_or_default();
     let call = |verb| Call {
         verb,
-        resource: "virtualmachinesnapshots",
-        kind: "VirtualMachineSnapshot",
+        resource,
+        kind,
         namespace: namespace.to_owned(),
         name: name.clone(),
     };
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let created = api
+        .create(&params, &object)
+        .await
+        .map_err(|e| call("create").error(e))?;
+    writeln!(out, "{}/{name} created", kind.to_lowercase()).ok();
+    if !wait.wait {
+        return Ok(created);
+    }
+    wait_until(
+        format!("{kind} {namespace}/{name}"),
+        wait.timeout,
+        progress,
+        || async { api.get(&name).await.map_err(|e| call("get").error(e)) },
+        check,
+    )
+    .await?;
+    api.get(&name).await.map_err(|e| call("get").error(e))
+}
+
+async fn snapshot(
+    client: &Client,
+    namespace: &str,
+    vm: &str,
+    name: Option<String>,
+    wait: &WaitArgs,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+) -> Result<(), PluginError> {
+    require_vm(client, namespace, vm).await?;
+    let name = name.unwrap_or_else(|| default_snapshot_name(vm, Timestamp::now()));
+    let resource = snapshot_resource();
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": resource.api_version, "kind": resource.kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"vmName": vm},
     }))
     .expect("a VirtualMachineSnapshot");
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
+    let creation = Creation {
+        api: Api::namespaced_with(client.clone(), namespace, &resource),
+        object,
+        resource: "virtualmachinesnapshots",
+        kind: "VirtualMachineSnapshot",
+        namespace,
     };
-    api.create(&params, &object)
-        .await
-        .map_err(|e| call("create").error(e))?;
-    writeln!(out, "virtualmachinesnapshot/{name} created").ok();
-    if !wait.wait {
-        return Ok(());
-    }
-    wait_until(
-        format!("VirtualMachineSnapshot {namespace}/{name}"),
-        wait.timeout,
-        progress,
-        || async { api.get(&name).await.map_err(|e| call("get").error(e)) },
-        |o: &DynamicObject| {
-            (
-                dynamic_progress("virtualmachinesnapshot", o),
-                dynamic_outcome(o, "Ready"),
-            )
-        },
-    )
+    create_and_follow(creation, wait, out, progress, |o: &DynamicObject| {
+        (
+            dynamic_progress("virtualmachinesnapshot", o),
+            dynamic_outcome(o, "Ready"),
+        )
+    })
     .await?;
-    writeln!(out, "virtualmachinesnapshot/{name} is ready").ok();
+    if wait.wait {
+        writeln!(out, "virtualmachinesnapshot/{name} is ready").ok();
+    }
     Ok(())
 }
 
@@ -811,17 +858,7 @@ async fn restore(
     out: &mut (dyn Write + Send),
     progress: &mut (dyn Write + Send),
 ) -> Result<(), PluginError> {
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
-    vms.get(vm).await.map_err(|e| {
-        Call {
-            verb: "get",
-            resource: "virtualmachines",
-            kind: "VirtualMachine",
-            namespace: namespace.to_owned(),
-            name: vm.to_owned(),
-        }
-        .error(e)
-    })?;
+    require_vm(client, namespace, vm).await?;
     let snapshots: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &snapshot_resource());
     let snap = snapshots.get(snapshot).await.map_err(|e| {
         Call {
@@ -846,49 +883,33 @@ async fn restore(
     let name = format!("{vm}-{snapshot}-{}", Timestamp::now().strftime("%Y%m%d%H%M%S"));
     let name: String = name.chars().take(253).collect();
     let resource = restore_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-    let call = |verb| Call {
-        verb,
-        resource: "virtualmachinerestores",
-        kind: "VirtualMachineRestore",
-        namespace: namespace.to_owned(),
-        name: name.clone(),
-    };
     let object: DynamicObject = serde_json::from_value(json!({
         "apiVersion": resource.api_version, "kind": resource.kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"vmName": vm, "snapshot": snapshot},
     }))
     .expect("a VirtualMachineRestore");
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
+    let creation = Creation {
+        api: Api::namespaced_with(client.clone(), namespace, &resource),
+        object,
+        resource: "virtualmachinerestores",
+        kind: "VirtualMachineRestore",
+        namespace,
     };
-    api.create(&params, &object)
-        .await
-        .map_err(|e| call("create").error(e))?;
-    writeln!(out, "virtualmachinerestore/{name} created").ok();
-    if !wait.wait {
-        return Ok(());
-    }
-    wait_until(
-        format!("VirtualMachineRestore {namespace}/{name}"),
-        wait.timeout,
-        progress,
-        || async { api.get(&name).await.map_err(|e| call("get").error(e)) },
-        |o: &DynamicObject| {
-            (
-                dynamic_progress("virtualmachinerestore", o),
-                dynamic_outcome(o, "Succeeded"),
-            )
-        },
-    )
+    create_and_follow(creation, wait, out, progress, |o: &DynamicObject| {
+        (
+            dynamic_progress("virtualmachinerestore", o),
+            dynamic_outcome(o, "Succeeded"),
+        )
+    })
     .await?;
-    writeln!(
-        out,
-        "virtualmachinerestore/{name} succeeded: {vm} is back at snapshot {snapshot}"
-    )
-    .ok();
+    if wait.wait {
+        writeln!(
+            out,
+            "virtualmachinerestore/{name} succeeded: {vm} is back at snapshot {snapshot}"
+        )
+        .ok();
+    }
     Ok(())
 }
 
@@ -901,55 +922,26 @@ async fn migrate(
     out: &mut (dyn Write + Send),
     progress: &mut (dyn Write + Send),
 ) -> Result<(), PluginError> {
-    let vms: Api<VirtualMachine> = Api::namespaced(client.clone(), namespace);
-    vms.get(vm).await.map_err(|e| {
-        Call {
-            verb: "get",
-            resource: "virtualmachines",
-            kind: "VirtualMachine",
-            namespace: namespace.to_owned(),
-            name: vm.to_owned(),
-        }
-        .error(e)
-    })?;
+    require_vm(client, namespace, vm).await?;
     let name = format!("{vm}-{}", Timestamp::now().strftime("%Y%m%d%H%M%S"));
-    let api: Api<VirtualMachineMigration> = Api::namespaced(client.clone(), namespace);
-    let call = |verb| Call {
-        verb,
+    let creation = Creation {
+        api: Api::namespaced(client.clone(), namespace),
+        object: VirtualMachineMigration::new(
+            &name,
+            VirtualMachineMigrationSpec {
+                vm_name: vm.to_owned(),
+                target_node: to.map(str::to_owned),
+            },
+        ),
         resource: "virtualmachinemigrations",
         kind: "VirtualMachineMigration",
-        namespace: namespace.to_owned(),
-        name: name.clone(),
+        namespace,
     };
-    let migration = VirtualMachineMigration::new(
-        &name,
-        VirtualMachineMigrationSpec {
-            vm_name: vm.to_owned(),
-            target_node: to.map(str::to_owned),
-        },
-    );
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..Default::default()
-    };
-    api.create(&params, &migration)
-        .await
-        .map_err(|e| call("create").error(e))?;
-    writeln!(out, "virtualmachinemigration/{name} created").ok();
-    if !wait.wait {
-        return Ok(());
+    let done = create_and_follow(creation, wait, out, progress, migration_progress).await?;
+    if wait.wait {
+        let message = done.status.and_then(|s| s.message).unwrap_or_default();
+        writeln!(out, "virtualmachinemigration/{name} succeeded: {message}").ok();
     }
-    wait_until(
-        format!("VirtualMachineMigration {namespace}/{name}"),
-        wait.timeout,
-        progress,
-        || async { api.get(&name).await.map_err(|e| call("get").error(e)) },
-        migration_progress,
-    )
-    .await?;
-    let done = api.get(&name).await.map_err(|e| call("get").error(e))?;
-    let message = done.status.and_then(|s| s.message).unwrap_or_default();
-    writeln!(out, "virtualmachinemigration/{name} succeeded: {message}").ok();
     Ok(())
 }
 

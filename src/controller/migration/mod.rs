@@ -14,12 +14,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{Instrument, info_span, warn};
+use tracing::warn;
 
 use crate::api::{MIGRATION_FINALIZER, MigrationPhase, VirtualMachine, VirtualMachineMigration};
 use crate::controller::context::Context;
@@ -45,7 +45,7 @@ pub enum MigrationError {
     Finalizer(String),
 }
 
-impl MigrationError {
+impl crate::controller::frame::FrameError for MigrationError {
     fn reason(&self) -> &'static str {
         match self {
             MigrationError::Kube(_) => "KubernetesApiError",
@@ -53,14 +53,9 @@ impl MigrationError {
             MigrationError::Finalizer(_) => "FinalizerError",
         }
     }
-}
 
-impl From<finalizer::Error<MigrationError>> for MigrationError {
-    fn from(err: finalizer::Error<MigrationError>) -> Self {
-        match err {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            other => MigrationError::Finalizer(other.to_string()),
-        }
+    fn finalizer(message: String) -> Self {
+        MigrationError::Finalizer(message)
     }
 }
 
@@ -137,24 +132,20 @@ pub async fn reconcile(
     ctx: Arc<MigrationContext>,
 ) -> Result<Action, MigrationError> {
     let namespace = migration.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = "VirtualMachineMigration", namespace = %namespace, object = %migration.name_any());
-    async move {
-        let timer = ctx.vm.metrics.reconcile_timer("VirtualMachineMigration");
-        let api: Api<VirtualMachineMigration> = Api::namespaced(ctx.vm.client.clone(), &namespace);
-        let result = finalizer(&api, MIGRATION_FINALIZER, migration, |event| async {
+    let api: Api<VirtualMachineMigration> = Api::namespaced(ctx.vm.client.clone(), &namespace);
+    let metrics = ctx.vm.metrics.clone();
+    crate::controller::frame::finalized(
+        "VirtualMachineMigration",
+        &api,
+        MIGRATION_FINALIZER,
+        migration,
+        &metrics,
+        |event| async {
             match event {
                 finalizer::Event::Apply(m) | finalizer::Event::Cleanup(m) => step(&m, &ctx, &api).await,
             }
-        })
-        .await
-        .map_err(MigrationError::from);
-        match &result {
-            Ok(_) => timer.ok(),
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
+        },
+    )
     .await
 }
 
@@ -164,6 +155,7 @@ pub fn error_policy(
     _: Arc<MigrationContext>,
 ) -> Action {
     if !matches!(err, MigrationError::Aborting) {
+        use crate::controller::frame::FrameError;
         warn!(error = %err, reason = err.reason(), "reconcile failed");
     }
     Action::requeue(Duration::from_secs(1))

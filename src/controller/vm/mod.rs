@@ -15,10 +15,10 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::finalizer;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{info, warn};
 
 use crate::api::{
     DeletionPolicy, DesiredState, DomainState, FenceState, Hypervisor, ImportProgress, NODE_LABEL,
@@ -59,37 +59,31 @@ impl ReconcileError {
     }
 }
 
-impl From<finalizer::Error<ReconcileError>> for ReconcileError {
-    fn from(err: finalizer::Error<ReconcileError>) -> Self {
-        match err {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            other => ReconcileError::Finalizer(other.to_string()),
-        }
+impl crate::controller::frame::FrameError for ReconcileError {
+    fn reason(&self) -> &'static str {
+        ReconcileError::reason(self)
+    }
+
+    fn finalizer(message: String) -> Self {
+        ReconcileError::Finalizer(message)
     }
 }
 
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
-    let namespace = vm.namespace().unwrap_or_default();
-    let span =
-        info_span!("reconcile", kind = "VirtualMachine", namespace = %namespace, object = %vm.name_any());
-    async move {
-        let timer = ctx.metrics.reconcile_timer("VirtualMachine");
-        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = finalizer(&api, VM_FINALIZER, vm, |event| async {
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    crate::controller::frame::finalized(
+        "VirtualMachine",
+        &api,
+        VM_FINALIZER,
+        vm,
+        &ctx.metrics,
+        |event| async {
             match event {
                 finalizer::Event::Apply(vm) => apply(&vm, &ctx, &api).await,
                 finalizer::Event::Cleanup(vm) => cleanup(&vm, &ctx, &api).await,
             }
-        })
-        .await
-        .map_err(ReconcileError::from);
-        match &result {
-            Ok(_) => timer.ok(),
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
+        },
+    )
     .await
 }
 
