@@ -336,6 +336,16 @@ fn follow_live(f: &Facts<'_>, mut status: VirtualMachineMigrationStatus) -> Deci
             let message = format!("the guest stopped on {source} ({:?}) before it moved", r.state);
             fail(f, status, "SourceNotRunning", message)
         }
+        // The source was lost and fenced: nothing there can finish the migration or write the
+        // disks any more, and failover takes the VM from here.
+        // (A guest that arrived is handed over instead: the arms above wait for that.)
+        r if f.candidates.iter().any(|c| c.name == source && c.fenced)
+            && !r.is_some_and(|r| r.node == target && r.state.is_active()) =>
+        {
+            let message =
+                format!("hypervisor {source} was lost and fenced before the VM moved; it fails over");
+            fail(f, status, "SourceLost", message)
+        }
         _ => Decision {
             marks: Some(live),
             ..keep(status)

@@ -310,6 +310,17 @@ fn a_report_of_another_migration_or_a_guest_in_flight_ends_nothing() {
         .reported(report("hv1", DomainState::ShutOff))
         .decide();
     assert_eq!(d.status.reason.as_deref(), Some("SourceNotRunning"));
+    let mut lost = Case::new(Some("hv2")).running();
+    lost.candidates[0].fenced = true;
+    let d = lost.decide();
+    assert_eq!(d.status.reason.as_deref(), Some("SourceLost"));
+    assert_eq!(d.marks, Some(Marks::default()));
+    // Arrived before the source was fenced: handed over, not failed.
+    let mut arrived = Case::new(Some("hv2"))
+        .running()
+        .reported(report("hv2", DomainState::Running));
+    arrived.candidates[0].fenced = true;
+    assert_eq!(arrived.decide().status.phase, Some(MigrationPhase::Running));
 }
 
 #[test]
