@@ -177,8 +177,10 @@ pub struct DrainStatus {
 /// Phase of a drain.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DrainPhase {
+    /// VMs are left on the host (moving or blocked).
     #[default]
     Draining,
+    /// No VM is left on the host.
     Drained,
 }
 

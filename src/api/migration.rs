@@ -103,6 +103,7 @@ pub enum MigrationMode {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualMachineMigrationStatus {
+    /// `Pending`, `Scheduling`, `Running`, then `Succeeded` or `Failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<MigrationPhase>,
     /// How the VM moves (or moved).
@@ -204,8 +205,10 @@ pub struct MigrationReport {
     pub target: String,
     /// Whether libvirt completed the migration.
     pub succeeded: bool,
+    /// How long the guest was paused at the switch-over (libvirt's measure).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_milliseconds: Option<i64>,
+    /// Bytes of memory and device state sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_transferred: Option<i64>,
     /// libvirt's error when it failed.
