@@ -13,7 +13,7 @@ use super::Context;
 use super::domain_reconcile::{Intent, ObservedDomain, Ownership};
 use super::error::AgentError;
 use crate::api::{
-    Hypervisor, MIGRATION_ABORT_ANNOTATION, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION,
+    DomainStatus, Hypervisor, MIGRATION_ABORT_ANNOTATION, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION,
     MigrationReport, VirtualMachine,
 };
 use crate::libvirt::{DomainState as LvState, LiveMigration};
@@ -117,6 +117,14 @@ fn cancellation(
     }
 }
 
+/// The source's last account of the migration the VM is marked for, if it gave one.
+pub(crate) fn own_account(vm: &VirtualMachine, reported: Option<&DomainStatus>) -> Option<MigrationReport> {
+    let uid = vm.annotations().get(MIGRATION_UID_ANNOTATION)?;
+    reported
+        .and_then(|r| r.migration.clone())
+        .filter(|m| &m.uid == uid)
+}
+
 /// The account of the migration in the target's report: the source's, when the source wrote
 /// it first (the source's report may come after the target's, and then it is not written at
 /// all), with the downtime and bytes libvirt here recorded of the migration that brought the
@@ -193,5 +201,39 @@ pub(crate) fn may_report(
         }
         Intent::MigrateAway if observed.is_none() => last_reporter == Some(node),
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_source_keeps_its_account_of_the_migration_it_is_marked_for() {
+        let mut vm: VirtualMachine = serde_json::from_value(serde_json::json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+            "metadata": {"name": "vm1", "annotations": {MIGRATION_UID_ANNOTATION: "m1"}},
+            "spec": {"xml": "<domain/>", "systemDisk": {"source": {"blank": {}}, "size": "1Gi"}}
+        }))
+        .unwrap();
+        let refused = DomainStatus {
+            node: "hv1".into(),
+            migration: Some(MigrationReport {
+                uid: "m1".into(),
+                target: "hv2".into(),
+                message: Some("refused".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(own_account(&vm, Some(&refused)), refused.migration);
+        vm.annotations_mut()
+            .insert(MIGRATION_UID_ANNOTATION.into(), "m2".into());
+        assert_eq!(
+            own_account(&vm, Some(&refused)),
+            None,
+            "another migration's account goes"
+        );
+        assert_eq!(own_account(&vm, None), None);
     }
 }

@@ -353,9 +353,12 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
         decision.note.as_ref(),
         failure.as_ref().map(|(f, _)| f),
     );
-    report.migration = match migrated {
-        Some(report) => Some(report),
-        None => super::migration::incoming_report(ctx, vm, intent, &domain_name).await,
+    report.migration = match (migrated, intent) {
+        (Some(report), _) => Some(report),
+        // The source keeps its account while the VM is marked for that migration: dropping a
+        // refusal would let it try again before the controller ends the migration.
+        (None, Intent::MigrateAway) => super::migration::own_account(vm, reported.as_ref()),
+        (None, _) => super::migration::incoming_report(ctx, vm, intent, &domain_name).await,
     };
     let restarts = if current_restarts.is_none() && decision.restarts == RestartStatus::default() {
         None
