@@ -406,6 +406,30 @@ async fn cel_refusals_name_a_field_and_never_show_an_evaluation_error() {
         "a schedule name may be at most 40 characters long",
     );
 
+    let vm_api = api("VirtualMachine", "virtualmachines");
+    for (name, rule) in [
+        ("norule", json!({})),
+        (
+            "tworules",
+            json!({"vms": ["a"], "selector": {"matchLabels": {"role": "x"}}}),
+        ),
+    ] {
+        refused(
+            create(
+                vm_api.clone(),
+                manifest(
+                    "VirtualMachine",
+                    name,
+                    json!({"xml": BASE_XML, "systemDisk": {"source": {"blank": {}}, "size": "1Gi"},
+                           "placement": {"antiAffinity": [rule]}}),
+                ),
+            )
+            .await,
+            "spec.placement.antiAffinity[0]",
+            "a placement rule selects VMs with vms or selector, exactly one of them",
+        );
+    }
+
     let restores = api("VirtualMachineRestore", "virtualmachinerestores");
     refused(
         create(

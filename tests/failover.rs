@@ -424,6 +424,33 @@ impl Bed {
         }
     }
 
+    async fn create_migration(&self, name: &str, vm: &str, to: Option<&str>) {
+        let migration: VirtualMachineMigration = serde_json::from_value(json!({
+            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
+            "metadata": {"name": name}, "spec": {"vmName": vm, "targetNode": to}
+        }))
+        .unwrap();
+        self.migrations()
+            .create(&PostParams::default(), &migration)
+            .await
+            .expect("create migration");
+    }
+
+    async fn migration_ended(&self, name: &str) -> VirtualMachineMigration {
+        eventually(&format!("migration {name} ended"), async || {
+            self.migrations()
+                .get(name)
+                .await
+                .ok()
+                .filter(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
+        })
+        .await
+    }
+
+    fn migrations(&self) -> Api<VirtualMachineMigration> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
     async fn events(&self, reason: &str) -> Vec<String> {
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(self.client.clone());
         events
@@ -440,22 +467,40 @@ impl Bed {
 
 /// Records every VM seen running on two hosts at once, until stopped.
 fn watch_for_doubles(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
-    watch_for(hosts, |state| state.is_active())
+    watch_for(hosts, |state| state.is_active(), on_two_hosts)
 }
 
 /// Records every VM seen executing (not paused) on two hosts at once: a live migration has the
 /// incoming copy paused on the target while the source runs, which is how libvirt hands over.
 fn watch_for_two_running(hosts: Vec<libvirt::Hypervisor>) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
-    watch_for(hosts, |state| state == libvirt::DomainState::Running)
+    watch_for(
+        hosts,
+        |state| state == libvirt::DomainState::Running,
+        on_two_hosts,
+    )
 }
 
+/// The domains found on two hosts of one sample.
+fn on_two_hosts(running: &[BTreeSet<String>]) -> Vec<String> {
+    let mut doubles = Vec::new();
+    for (i, host) in running.iter().enumerate() {
+        for other in &running[i + 1..] {
+            doubles.extend(host.intersection(other).cloned());
+        }
+    }
+    doubles
+}
+
+/// Samples the domains in the states `counts` accepts on every host every 50 ms, and records
+/// what `judge` finds wrong in each sample, until stopped.
 fn watch_for(
     hosts: Vec<libvirt::Hypervisor>,
     counts: fn(libvirt::DomainState) -> bool,
+    judge: impl Fn(&[BTreeSet<String>]) -> Vec<String> + Send + 'static,
 ) -> (watch::Sender<bool>, JoinHandle<Vec<String>>) {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut doubles = Vec::new();
+        let mut found = Vec::new();
         while !*stopped.borrow() {
             let hosts = hosts.clone();
             let running: Vec<BTreeSet<String>> = tokio::task::spawn_blocking(move || {
@@ -473,15 +518,13 @@ fn watch_for(
             })
             .await
             .unwrap();
-            for name in running[0].intersection(&running[1]) {
-                doubles.push(name.clone());
-            }
+            found.extend(judge(&running));
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 _ = stopped.changed() => {}
             }
         }
-        doubles
+        found
     });
     (stop, task)
 }
@@ -1079,22 +1122,9 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     })
     .await;
     let (stop, doubles) = watch_for_two_running(bed.hosts.iter().map(|h| h.hv.clone()).collect());
-    let migrations: Api<VirtualMachineMigration> = Api::namespaced(bed.client.clone(), &bed.namespace);
     let migrate = async |name: &str, to: &str| {
-        let m: VirtualMachineMigration = serde_json::from_value(json!({
-            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
-            "metadata": {"name": name}, "spec": {"vmName": vm, "targetNode": to}
-        }))
-        .unwrap();
-        migrations.create(&PostParams::default(), &m).await.unwrap();
-        eventually(&format!("migration {name} ended"), async || {
-            migrations
-                .get(name)
-                .await
-                .ok()
-                .filter(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
-        })
-        .await
+        bed.create_migration(name, &vm, Some(to)).await;
+        bed.migration_ended(name).await
     };
 
     let started = Instant::now();
@@ -1164,12 +1194,7 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     // The source's agent dies as the migration starts and comes back: libvirt, peer to peer,
     // carries the guest over by itself, and the agents and the controller finish the hand-over.
     let home = format!("{vm}-home");
-    let m: VirtualMachineMigration = serde_json::from_value(json!({
-        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
-        "metadata": {"name": home}, "spec": {"vmName": vm, "targetNode": hv1}
-    }))
-    .unwrap();
-    migrations.create(&PostParams::default(), &m).await.unwrap();
+    bed.create_migration(&home, &vm, Some(&hv1)).await;
     let vms: Api<VirtualMachine> = Api::namespaced(bed.client.clone(), &bed.namespace);
     eventually("the source told to migrate", async || {
         let labels = vms.get(&vm).await.ok()?.metadata.labels?;
@@ -1180,14 +1205,7 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     bed.kill(1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     bed.restart(1);
-    let done = eventually("the migration with a restarted source agent ended", async || {
-        migrations
-            .get(&home)
-            .await
-            .ok()
-            .filter(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
-    })
-    .await;
+    let done = bed.migration_ended(&home).await;
     assert_eq!(
         migration_phase(&done),
         Some(MigrationPhase::Succeeded),
@@ -1227,7 +1245,10 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
         "a guest ran on two hosts"
     );
     for name in [format!("{vm}-there"), format!("{vm}-back"), home] {
-        migrations.delete(&name, &DeleteParams::default()).await.ok();
+        bed.migrations()
+            .delete(&name, &DeleteParams::default())
+            .await
+            .ok();
     }
     bed.tear_down().await;
 }
@@ -1313,4 +1334,158 @@ async fn a_drained_host_empties_by_priority_within_the_capacity_left() {
         "a VM ran on two hosts"
     );
     bed.tear_down().await;
+}
+
+/// A VM of `memory_mib` labelled `pair: PAIR`, preferring `node`, moved by stop and start (the
+/// simulated hosts cannot live-migrate).
+fn paired_vm(name: &str, pair: &str, node: &str, priority: i32, placement: Value) -> VirtualMachine {
+    let mut spec_placement = json!({"preferredNode": node, "priority": priority});
+    spec_placement
+        .as_object_mut()
+        .unwrap()
+        .extend(placement.as_object().cloned().unwrap_or_default());
+    serde_json::from_value(json!({
+        "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine",
+        "metadata": {"name": name, "labels": {"pair": pair}},
+        "spec": {
+            "xml": xml(1024), "stopTimeoutSeconds": 2,
+            "systemDisk": {"source": {"blank": {}}, "size": "4Mi"},
+            "placement": spec_placement,
+            "migration": {"live": false},
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_drain_of_twenty_vms_keeps_redundant_pairs_apart_and_survives_an_agent_restart() {
+    let mut bed = bed("fo-rules", &[("hv1", 64), ("hv2", 24), ("hv3", 6)]).await;
+    let names: Vec<String> = bed.hosts.iter().map(|h| h.name.clone()).collect();
+    let (hv1, hv2, hv3) = (names[0].clone(), names[1].clone(), names[2].clone());
+    // Eight protection VMs on hv1, each with its redundant twin on hv2 (anti-affinity by label,
+    // required), and twelve VMs without rules on hv1: 20 VMs of 1 GiB on the drained host.
+    let apart =
+        |i: usize| json!({"antiAffinity": [{"selector": {"matchLabels": {"pair": format!("p{i}")}}}]});
+    for i in 0..8 {
+        let twin = paired_vm(&format!("twin{i}"), &format!("p{i}"), &hv2, 0, json!({}));
+        bed.created_vm(&twin).await;
+        bed.started_on(&format!("twin{i}"), &hv2).await;
+        let protection = paired_vm(
+            &format!("prot{i}"),
+            &format!("p{i}"),
+            &hv1,
+            100 + i as i32,
+            apart(i),
+        );
+        bed.created_vm(&protection).await;
+    }
+    for i in 0..12 {
+        let plain = paired_vm(&format!("svc{i}"), "none", &hv1, 0, json!({}));
+        bed.created_vm(&plain).await;
+    }
+    let on_hv1: Vec<String> = (0..8)
+        .map(|i| format!("prot{i}"))
+        .chain((0..12).map(|i| format!("svc{i}")))
+        .collect();
+    for name in &on_hv1 {
+        bed.started_on(name, &hv1).await;
+    }
+    let prot = bed
+        .wait_vm("prot0", "rules reported", |vm| {
+            condition(vm, "PlacementRulesMet").is_some()
+        })
+        .await;
+    assert_eq!(
+        condition(&prot, "PlacementRulesMet").map(|c| (c.0, c.1)),
+        Some(("True".into(), "RulesMet".into()))
+    );
+    // A twin's placement is reported too: another VM's rule names it.
+    let twin = bed.vms.get("twin0").await.unwrap();
+    assert_eq!(
+        condition(&twin, "PlacementRulesMet").map(|c| c.0),
+        Some("True".into())
+    );
+
+    let (stop_doubles, doubles) = watch_for_doubles(bed.hosts.iter().map(|h| h.hv.clone()).collect());
+    let namespace = bed.namespace.clone();
+    let twins_together = move |running: &[BTreeSet<String>]| {
+        let mut found = Vec::new();
+        for host in running {
+            for i in 0..8 {
+                let (a, b) = (format!("{namespace}_prot{i}"), format!("{namespace}_twin{i}"));
+                if host.contains(&a) && host.contains(&b) {
+                    found.push(format!("prot{i} and twin{i} on one host"));
+                }
+            }
+        }
+        found
+    };
+    let (stop_pairs, pairs) = watch_for(
+        bed.hosts.iter().map(|h| h.hv.clone()).collect(),
+        |state| state.is_active(),
+        twins_together,
+    );
+
+    bed.set_spec(&hv1, json!({"unschedulable": true, "drain": true}))
+        .await;
+    // The source's agent dies while VMs move, and comes back within the grace.
+    bed.wait_hv(&hv1, "moving VMs", |hv| {
+        drain(hv).is_some_and(|d| d.vms_left <= 17 && !d.moving.is_empty())
+    })
+    .await;
+    bed.kill(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    bed.restart(0);
+
+    // hv2 holds every twin: the protection VMs may go to hv3 only, which takes six; the two
+    // least important stay, blocked by their rule. The twelve others go to hv2.
+    let drained = bed
+        .wait_hv(&hv1, "drained as far as the rules and capacity go", |hv| {
+            drain(hv).is_some_and(|d| d.vms_left == 2 && d.moving.is_empty() && d.blocked.len() == 2)
+        })
+        .await;
+    let blocked = drain(&drained).unwrap().blocked.join("\n");
+    for i in [0, 1] {
+        assert!(
+            blocked.contains(&format!("prot{i}: ")) && blocked.contains(placement_rules_unsatisfiable()),
+            "{blocked}"
+        );
+    }
+    for i in 0..8 {
+        let at = if i < 2 { &hv1 } else { &hv3 };
+        bed.started_on(&format!("prot{i}"), at).await;
+    }
+    for i in 0..12 {
+        bed.started_on(&format!("svc{i}"), &hv2).await;
+    }
+    // Asked for by name, a target the rule forbids is refused before anything moves.
+    bed.create_migration("refused", "prot0", Some(&hv2)).await;
+    let status = bed.migration_ended("refused").await.status.unwrap();
+    assert_eq!(status.phase, Some(MigrationPhase::Failed));
+    assert_eq!(status.reason.as_deref(), Some("TargetBreaksPlacementRule"));
+    assert!(
+        status.message.as_deref().is_some_and(|m| m.contains("twin0")),
+        "{:?}",
+        status.message
+    );
+
+    stop_doubles.send(true).unwrap();
+    stop_pairs.send(true).unwrap();
+    assert_eq!(
+        doubles.await.unwrap(),
+        Vec::<String>::new(),
+        "a VM ran on two hosts"
+    );
+    assert_eq!(
+        pairs.await.unwrap(),
+        Vec::<String>::new(),
+        "a required rule was broken"
+    );
+    bed.set_spec(&hv1, json!({"unschedulable": false, "drain": false}))
+        .await;
+    bed.tear_down().await;
+}
+
+fn placement_rules_unsatisfiable() -> &'static str {
+    "PlacementRulesUnsatisfiable"
 }

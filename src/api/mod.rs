@@ -65,6 +65,7 @@ pub mod condition_types {
     pub const READY: &str = "Ready";
     pub const STORAGE_READY: &str = "StorageReady";
     pub const SCHEDULED: &str = "Scheduled";
+    pub const PLACEMENT_RULES_MET: &str = "PlacementRulesMet";
     pub const RECONCILING: &str = "Reconciling";
     pub const STALLED: &str = "Stalled";
 }

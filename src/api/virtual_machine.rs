@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -299,6 +299,50 @@ pub struct Placement {
     /// back. A pinned VM never moves.
     #[serde(default)]
     pub failover: FailoverPolicy,
+    /// VMs this one runs on the same hypervisor as (vm_manager's colocation): while any of
+    /// them is placed, this VM goes only where one of them is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub affinity: Vec<PlacementRule>,
+    /// VMs this one never shares a hypervisor with, such as two redundant protection VMs
+    /// (vm_manager's colocation with a negative score). The rule holds both ways: the VMs it
+    /// selects do not come to this VM's hypervisor either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub anti_affinity: Vec<PlacementRule>,
+}
+
+/// VMs of the VM's own namespace, by names or by labels, and how strictly the rule holds.
+/// Placement (new VMs and failover), migration and drain all follow it; a rule that cannot be
+/// met leaves the VM unscheduled (`Required`) or is reported in the `PlacementRulesMet`
+/// condition (`Preferred`), never broken silently.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+// vms is left out when empty: has() first, or the rule fails with "no such key".
+#[x_kube(validation = Rule::new("(has(self.vms) && size(self.vms) > 0) != has(self.selector)").message("a placement rule selects VMs with vms or selector, exactly one of them"))]
+pub struct PlacementRule {
+    /// Names of VMs of this namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub vms: Vec<String>,
+    /// VMs of this namespace whose labels match (the VM itself never counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// `Required` (default, vm_manager's strong colocation): never broken; when no hypervisor
+    /// meets it the VM waits unscheduled. `Preferred` (a weak one): followed when a hypervisor
+    /// allows it, otherwise the VM runs anyway and the PlacementRulesMet condition says so.
+    #[serde(default)]
+    pub mode: RuleMode,
+}
+
+/// How strictly a placement rule holds.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RuleMode {
+    /// Never broken: the VM waits unscheduled instead.
+    #[default]
+    Required,
+    /// Followed when it can be.
+    Preferred,
 }
 
 /// Whether a VM of a lost hypervisor is started elsewhere.

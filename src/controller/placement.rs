@@ -10,6 +10,10 @@ use crate::api::{
     DomainState, FailoverPolicy, MIGRATION_TARGET_LABEL, MOVE_TO_ANNOTATION, Placement, VirtualMachine,
 };
 
+mod rules;
+
+pub use rules::{Broken, Member, broken_at, keeps_away, related};
+
 /// A hypervisor as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
@@ -43,50 +47,76 @@ pub fn fails_over(current: &str, placement: Option<&Placement>, candidates: &[Ca
 pub struct Evacuee<'a> {
     /// `namespace/name`, the tie-breaker after priority.
     pub key: String,
-    pub placement: Option<&'a Placement>,
+    pub member: Member<'a>,
     pub memory_mib: i64,
 }
 
 /// Places the VMs of fenced hosts one after the other, highest priority first (then by name),
-/// each taking the capacity the ones before it left. Every VM's reconcile computes the same
-/// order from the same facts, so when capacity is short the most important VMs get it.
-pub fn place_evacuees(
-    evacuees: &[Evacuee],
+/// each taking the capacity the ones before it left and counting where they went for the
+/// placement rules. Every VM's reconcile computes the same order from the same facts, so when
+/// capacity is short the most important VMs get it. `others` are the VMs that stay, where they
+/// are.
+pub fn place_evacuees<'a>(
+    evacuees: &[Evacuee<'a>],
     candidates: &[Candidate],
     allocated_mib: &BTreeMap<String, i64>,
+    others: &[Member<'a>],
 ) -> BTreeMap<String, Decision> {
     let mut order: Vec<&Evacuee> = evacuees.iter().collect();
-    let priority = |e: &Evacuee| e.placement.map(|p| p.priority).unwrap_or(0);
+    let priority = |e: &Evacuee| e.member.placement.map(|p| p.priority).unwrap_or(0);
     order.sort_by(|a, b| priority(b).cmp(&priority(a)).then_with(|| a.key.cmp(&b.key)));
     let mut allocated = allocated_mib.clone();
+    // Where everyone is: the evacuees nowhere until they are placed.
+    let mut members: Vec<Member<'a>> = others
+        .iter()
+        .filter(|o| !evacuees.iter().any(|e| e.member.is(o)))
+        .cloned()
+        .collect();
+    members.extend(evacuees.iter().map(|e| Member {
+        nodes: Default::default(),
+        ..e.member.clone()
+    }));
     let mut decisions = BTreeMap::new();
     for evacuee in order {
         let decision = place(
             None,
-            evacuee.placement,
+            &evacuee.member,
             evacuee.memory_mib,
             candidates,
             &allocated,
+            &members,
         );
         if let Decision::Node(node) = &decision {
             *allocated.entry(node.clone()).or_default() += evacuee.memory_mib;
+            for member in members.iter_mut().filter(|m| m.is(&evacuee.member)) {
+                member.nodes = [node.clone()].into();
+            }
         }
         decisions.insert(evacuee.key.clone(), decision);
     }
     decisions
 }
 
+/// Reason of `Scheduled=False` when hypervisors have room but the VM's required placement
+/// rules keep it off every one of them.
+pub const REASON_RULES_UNSATISFIABLE: &str = "PlacementRulesUnsatisfiable";
+
 /// Chooses a node. `allocated_mib` is the memory of the VMs already placed on each node
-/// (excluding this one). A VM already placed stays where it is while that node is still allowed,
-/// even when the node is not Ready: unless the node was fenced, a domain may still run there,
-/// and starting a second copy elsewhere would have two hosts write one disk.
+/// (excluding this one), `others` where the other VMs are, for the placement rules. A VM already
+/// placed stays where it is while that node is still allowed, even when the node is not Ready:
+/// unless the node was fenced, a domain may still run there, and starting a second copy
+/// elsewhere would have two hosts write one disk. Among the nodes with room that break no
+/// required rule, the one breaking the fewest preferred rules wins, then the preferred node,
+/// then the most free memory.
 pub fn place(
     current: Option<&str>,
-    placement: Option<&Placement>,
+    vm: &Member,
     vm_memory_mib: i64,
     candidates: &[Candidate],
     allocated_mib: &BTreeMap<String, i64>,
+    others: &[Member],
 ) -> Decision {
+    let placement = vm.placement;
     let pinned = placement.and_then(|p| p.pinned_node.as_deref());
     let preferred = placement.and_then(|p| p.preferred_node.as_deref());
     let free = |c: &Candidate| c.memory_mib - allocated_mib.get(&c.name).copied().unwrap_or(0);
@@ -98,9 +128,27 @@ pub fn place(
             return Decision::Node(current.to_owned());
         }
     }
+    if let Some(message) = rules::invalid(vm) {
+        return Decision::Unschedulable {
+            reason: "InvalidPlacementRule",
+            message,
+        };
+    }
+    let required_break = |node: &str| {
+        rules::broken_at(vm, node, others)
+            .into_iter()
+            .find(|b| b.required)
+            .map(|b| b.message)
+    };
     if let Some(pinned) = pinned {
         return match candidates.iter().find(|c| c.name == pinned) {
-            Some(c) if usable(&c) => Decision::Node(c.name.clone()),
+            Some(c) if usable(&c) => match required_break(pinned) {
+                None => Decision::Node(c.name.clone()),
+                Some(broken) => Decision::Unschedulable {
+                    reason: REASON_RULES_UNSATISFIABLE,
+                    message: format!("the VM is pinned to hypervisor {pinned}, but {broken}"),
+                },
+            },
             Some(c) if !c.ready => Decision::Unschedulable {
                 reason: "PinnedNodeNotReady",
                 message: format!("the VM is pinned to hypervisor {pinned}, which is not Ready"),
@@ -127,22 +175,43 @@ pub fn place(
             },
         };
     }
-    if let Some(c) = preferred.and_then(|p| candidates.iter().filter(usable).find(|c| c.name == p)) {
-        return Decision::Node(c.name.clone());
-    }
-    candidates
-        .iter()
-        .filter(usable)
-        // Most free memory first; the name breaks ties so the choice is deterministic.
-        .max_by(|a, b| free(a).cmp(&free(b)).then_with(|| b.name.cmp(&a.name)))
-        .map(|c| Decision::Node(c.name.clone()))
-        .unwrap_or_else(|| Decision::Unschedulable {
+    let with_room: Vec<&Candidate> = candidates.iter().filter(usable).collect();
+    if with_room.is_empty() {
+        return Decision::Unschedulable {
             reason: "NoHypervisorAvailable",
             message: format!(
                 "no Ready, schedulable hypervisor has {vm_memory_mib} MiB of memory free ({} known)",
                 candidates.len()
             ),
+        };
+    }
+    // Each node with room that breaks no required rule, with the number of preferred ones it breaks.
+    let allowed: Vec<(&Candidate, usize)> = with_room
+        .iter()
+        .filter_map(|c| {
+            let broken = rules::broken_at(vm, &c.name, others);
+            (!broken.iter().any(|b| b.required)).then_some((*c, broken.len()))
         })
+        .collect();
+    let Some(fewest) = allowed.iter().map(|(_, n)| *n).min() else {
+        let why: Vec<String> = with_room.iter().filter_map(|c| required_break(&c.name)).collect();
+        return Decision::Unschedulable {
+            reason: REASON_RULES_UNSATISFIABLE,
+            message: format!(
+                "every hypervisor with room breaks a required placement rule: {}",
+                why.join("; ")
+            ),
+        };
+    };
+    let best = || allowed.iter().filter(|(_, n)| *n == fewest).map(|(c, _)| *c);
+    if let Some(c) = preferred.and_then(|p| best().find(|c| c.name == p)) {
+        return Decision::Node(c.name.clone());
+    }
+    best()
+        // Most free memory first; the name breaks ties so the choice is deterministic.
+        .max_by(|a, b| free(a).cmp(&free(b)).then_with(|| b.name.cmp(&a.name)))
+        .map(|c| Decision::Node(c.name.clone()))
+        .expect("at least one node is allowed")
 }
 
 /// Where a VirtualMachineMigration moves the VM, when it is time: a live migration hands the
@@ -188,6 +257,29 @@ pub fn where_started_outside(host: &str, placement: Option<&Placement>) -> Decis
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::{PlacementRule, RuleMode};
+
+    const NO_LABELS: &BTreeMap<String, String> = &BTreeMap::new();
+
+    /// Places a VM that has no placement rule among VMs that have none.
+    fn place_alone(
+        current: Option<&str>,
+        placement: Option<&Placement>,
+        vm_memory_mib: i64,
+        candidates: &[Candidate],
+        allocated_mib: &BTreeMap<String, i64>,
+    ) -> Decision {
+        let vm = Member::unplaced("ns", "vm", NO_LABELS, placement);
+        place(current, &vm, vm_memory_mib, candidates, allocated_mib, &[])
+    }
+
+    fn evacuee<'a>(name: &'a str, placement: Option<&'a Placement>, memory_mib: i64) -> Evacuee<'a> {
+        Evacuee {
+            key: format!("ns/{name}"),
+            member: Member::unplaced("ns", name, NO_LABELS, placement),
+            memory_mib,
+        }
+    }
 
     fn hv(name: &str, ready: bool, memory_mib: i64) -> Candidate {
         Candidate {
@@ -220,10 +312,10 @@ mod tests {
         let nodes = [fenced("hv1"), hv("hv2", true, 8192)];
         let none = BTreeMap::new();
         assert_eq!(
-            place(Some("hv1"), None, 512, &nodes, &none),
+            place_alone(Some("hv1"), None, 512, &nodes, &none),
             Decision::Node("hv2".into())
         );
-        let stays = |p: Placement| place(Some("hv1"), Some(&p), 512, &nodes, &none);
+        let stays = |p: Placement| place_alone(Some("hv1"), Some(&p), 512, &nodes, &none);
         assert_eq!(
             stays(with(0, FailoverPolicy::Never, None)),
             Decision::Node("hv1".into())
@@ -240,7 +332,7 @@ mod tests {
         // A lost host that is not fenced yet keeps its VMs: a copy may still run there.
         let unfenced = [hv("hv1", false, 8192), hv("hv2", true, 8192)];
         assert_eq!(
-            place(Some("hv1"), None, 512, &unfenced, &none),
+            place_alone(Some("hv1"), None, 512, &unfenced, &none),
             Decision::Node("hv1".into())
         );
     }
@@ -251,28 +343,12 @@ mod tests {
         let low = with(1, FailoverPolicy::Restart, None);
         let high = with(100, FailoverPolicy::Restart, None);
         let evacuees = [
-            Evacuee {
-                key: "ns/a-low".into(),
-                placement: Some(&low),
-                memory_mib: 1024,
-            },
-            Evacuee {
-                key: "ns/b-high".into(),
-                placement: Some(&high),
-                memory_mib: 2048,
-            },
-            Evacuee {
-                key: "ns/c-none".into(),
-                placement: None,
-                memory_mib: 1024,
-            },
-            Evacuee {
-                key: "ns/d-high".into(),
-                placement: Some(&high),
-                memory_mib: 1024,
-            },
+            evacuee("a-low", Some(&low), 1024),
+            evacuee("b-high", Some(&high), 2048),
+            evacuee("c-none", None, 1024),
+            evacuee("d-high", Some(&high), 1024),
         ];
-        let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new());
+        let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new(), &[]);
         assert_eq!(decisions["ns/b-high"], Decision::Node("hv2".into()));
         assert_eq!(decisions["ns/d-high"], Decision::Node("hv3".into()));
         assert!(matches!(
@@ -308,11 +384,11 @@ mod tests {
         ];
         let allocated = BTreeMap::from([("hv1".to_string(), 4096)]);
         assert_eq!(
-            place(None, None, 512, &nodes, &allocated),
+            place_alone(None, None, 512, &nodes, &allocated),
             Decision::Node("hv2".into())
         );
         assert_eq!(
-            place(None, None, 512, &nodes, &BTreeMap::new()),
+            place_alone(None, None, 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv1".into())
         );
     }
@@ -321,25 +397,25 @@ mod tests {
     fn pinned_means_only_there() {
         let nodes = [hv("hv1", true, 8192), hv("hv2", false, 8192)];
         assert_eq!(
-            place(None, Some(&pinned("hv1")), 512, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&pinned("hv1")), 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv1".into())
         );
         assert!(matches!(
-            place(None, Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "PinnedNodeNotReady",
                 ..
             }
         ));
         assert!(matches!(
-            place(None, Some(&pinned("hv9")), 512, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&pinned("hv9")), 512, &nodes, &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "PinnedNodeUnknown",
                 ..
             }
         ));
         assert!(matches!(
-            place(None, Some(&pinned("hv1")), 10000, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&pinned("hv1")), 10000, &nodes, &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "PinnedNodeFull",
                 ..
@@ -354,7 +430,7 @@ mod tests {
             ..hv("hv1", true, memory_mib)
         };
         for (memory_mib, vm_mib) in [(8192, 512), (256, 512)] {
-            let Decision::Unschedulable { reason, message } = place(
+            let Decision::Unschedulable { reason, message } = place_alone(
                 None,
                 Some(&pinned("hv1")),
                 vm_mib,
@@ -377,7 +453,7 @@ mod tests {
             ..hv("hv1", false, 8192)
         };
         assert!(matches!(
-            place(None, Some(&pinned("hv1")), 512, &[down], &BTreeMap::new()),
+            place_alone(None, Some(&pinned("hv1")), 512, &[down], &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "PinnedNodeNotReady",
                 ..
@@ -393,11 +469,11 @@ mod tests {
             hv("hv3", false, 8192),
         ];
         assert_eq!(
-            place(None, Some(&preferred("hv2")), 512, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&preferred("hv2")), 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv2".into())
         );
         assert_eq!(
-            place(None, Some(&preferred("hv3")), 512, &nodes, &BTreeMap::new()),
+            place_alone(None, Some(&preferred("hv3")), 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv1".into())
         );
     }
@@ -406,27 +482,148 @@ mod tests {
     fn a_placed_vm_stays_while_its_node_is_ready() {
         let nodes = [hv("hv1", true, 1024), hv("hv2", true, 65536)];
         assert_eq!(
-            place(Some("hv1"), None, 512, &nodes, &BTreeMap::new()),
+            place_alone(Some("hv1"), None, 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv1".into())
         );
         // Re-pinning elsewhere moves it.
         assert_eq!(
-            place(Some("hv1"), Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
+            place_alone(Some("hv1"), Some(&pinned("hv2")), 512, &nodes, &BTreeMap::new()),
             Decision::Node("hv2".into())
         );
         // A node that stops answering keeps its VMs: it may still run them.
         let down = [hv("hv1", false, 1024), hv("hv2", true, 65536)];
         assert_eq!(
-            place(Some("hv1"), None, 512, &down, &BTreeMap::new()),
+            place_alone(Some("hv1"), None, 512, &down, &BTreeMap::new()),
             Decision::Node("hv1".into())
         );
+    }
+
+    fn apart_from(names: &[&str], mode: RuleMode) -> Placement {
+        Placement {
+            anti_affinity: vec![PlacementRule {
+                vms: names.iter().map(|n| n.to_string()).collect(),
+                selector: None,
+                mode,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn at<'a>(name: &'a str, node: &str) -> Member<'a> {
+        Member {
+            nodes: [node.to_owned()].into(),
+            ..Member::unplaced("ns", name, NO_LABELS, None)
+        }
+    }
+
+    #[test]
+    fn placement_rules_come_before_room_and_the_preferred_node() {
+        let nodes = [
+            hv("hv1", true, 8192),
+            hv("hv2", true, 4096),
+            hv("hv3", true, 2048),
+        ];
+        let none = BTreeMap::new();
+        let others = [at("a", "hv1"), at("c", "hv2")];
+        let place_b = |placement: &Placement, candidates: &[Candidate]| {
+            let b = Member::unplaced("ns", "b", NO_LABELS, Some(placement));
+            place(None, &b, 1024, candidates, &none, &others)
+        };
+        // Kept off a's host, the roomiest.
+        let off_a = apart_from(&["a"], RuleMode::Required);
+        assert_eq!(place_b(&off_a, &nodes), Decision::Node("hv2".into()));
+        // A preferred node that breaks a rule loses to one that breaks none.
+        let off_a_preferring_hv1 = Placement {
+            preferred_node: Some("hv1".into()),
+            ..off_a.clone()
+        };
+        assert_eq!(
+            place_b(&off_a_preferring_hv1, &nodes),
+            Decision::Node("hv2".into())
+        );
+        // Only a's host has room: required waits, preferred runs there.
+        let only_hv1 = [hv("hv1", true, 8192), hv("hv2", true, 512)];
+        let Decision::Unschedulable { reason, message } = place_b(&off_a, &only_hv1) else {
+            panic!("a required rule is never broken");
+        };
+        assert_eq!(reason, REASON_RULES_UNSATISFIABLE);
+        assert!(
+            message.contains("hv1") && message.contains("where a runs"),
+            "{message}"
+        );
+        let prefers_off_a = apart_from(&["a"], RuleMode::Preferred);
+        assert_eq!(place_b(&prefers_off_a, &only_hv1), Decision::Node("hv1".into()));
+        // Fewest preferred rules broken: off a and c, preferred, leaves hv3 despite its room.
+        let off_both = apart_from(&["a", "c"], RuleMode::Preferred);
+        assert_eq!(place_b(&off_both, &nodes), Decision::Node("hv3".into()));
+        // Pinned onto a's host against a required rule: said, not done.
+        let pinned_to_a = Placement {
+            pinned_node: Some("hv1".into()),
+            ..off_a.clone()
+        };
+        assert!(matches!(
+            place_b(&pinned_to_a, &nodes),
+            Decision::Unschedulable {
+                reason: REASON_RULES_UNSATISFIABLE,
+                ..
+            }
+        ));
+        // Affinity: with c, although hv1 has more room.
+        let with_c = Placement {
+            affinity: vec![PlacementRule {
+                vms: vec!["c".into()],
+                selector: None,
+                mode: RuleMode::Required,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(place_b(&with_c, &nodes), Decision::Node("hv2".into()));
+        // a's own rule keeps b away too.
+        let a_apart = apart_from(&["b"], RuleMode::Required);
+        let a = Member {
+            placement: Some(&a_apart),
+            ..at("a", "hv1")
+        };
+        let b = Member::unplaced("ns", "b", NO_LABELS, None);
+        assert_eq!(
+            place(None, &b, 1024, &nodes, &none, &[a, at("c", "hv2")]),
+            Decision::Node("hv2".into())
+        );
+    }
+
+    #[test]
+    fn evacuees_keep_their_rules_among_themselves() {
+        let nodes = [fenced("hv1"), hv("hv2", true, 8192), hv("hv3", true, 2048)];
+        let apart = Placement {
+            priority: 10,
+            ..apart_from(&["a", "b"], RuleMode::Required)
+        };
+        let low = Placement {
+            priority: 1,
+            ..apart.clone()
+        };
+        let evacuees = [evacuee("a", Some(&apart), 1024), evacuee("b", Some(&low), 1024)];
+        let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new(), &[]);
+        assert_eq!(decisions["ns/a"], Decision::Node("hv2".into()));
+        assert_eq!(decisions["ns/b"], Decision::Node("hv3".into()), "not with a");
+        // Room left on one host only: the more important one gets it, the other waits.
+        let one = [fenced("hv1"), hv("hv2", true, 8192)];
+        let decisions = place_evacuees(&evacuees, &one, &BTreeMap::new(), &[]);
+        assert_eq!(decisions["ns/a"], Decision::Node("hv2".into()));
+        assert!(matches!(
+            decisions["ns/b"],
+            Decision::Unschedulable {
+                reason: REASON_RULES_UNSATISFIABLE,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn nothing_fits() {
         let nodes = [hv("hv1", true, 256)];
         assert!(matches!(
-            place(None, None, 512, &nodes, &BTreeMap::new()),
+            place_alone(None, None, 512, &nodes, &BTreeMap::new()),
             Decision::Unschedulable {
                 reason: "NoHypervisorAvailable",
                 ..

@@ -206,11 +206,19 @@ pub async fn run(
     .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
     let vms = controller.store();
     let waiting = vms.clone();
-    let controller = controller.watches(
-        Api::<Hypervisor>::all(client.clone()),
-        watcher::Config::default(),
-        move |hv: Hypervisor| waiting_for_a_hypervisor(&waiting, &hv),
-    );
+    let peers = vms.clone();
+    let controller = controller
+        .watches(
+            Api::<Hypervisor>::all(client.clone()),
+            watcher::Config::default(),
+            move |hv: Hypervisor| waiting_for_a_hypervisor(&waiting, &hv),
+        )
+        // A VM that moves changes what its peers' placement rules find: they report again.
+        .watches(
+            Api::<VirtualMachine>::all(client.clone()),
+            watcher::Config::default(),
+            move |vm: VirtualMachine| vm::related_by_rules(&peers, &vm),
+        );
 
     let storage = StorageContext::new(
         cluster,

@@ -12,7 +12,7 @@ use crate::api::{
     MOVE_TO_ANNOTATION, MigrationFailurePolicy, MigrationMode, MigrationPhase, NODE_LABEL, Placement,
     VirtualMachine, VirtualMachineMigration, VirtualMachineMigrationStatus,
 };
-use crate::controller::placement::{self, Candidate, Decision as Placed};
+use crate::controller::placement::{self, Candidate, Decision as Placed, Member};
 
 /// Everything the decision depends on.
 pub struct Facts<'a> {
@@ -22,6 +22,8 @@ pub struct Facts<'a> {
     pub candidates: &'a [Candidate],
     /// Memory of the other VMs placed on each hypervisor.
     pub allocated_mib: &'a BTreeMap<String, i64>,
+    /// The other VMs, where they are or are going, for the placement rules.
+    pub neighbours: &'a [Member<'a>],
     pub vm_memory_mib: i64,
     /// Another migration of the same VM, older and not finished.
     pub busy_with: Option<&'a str>,
@@ -223,7 +225,8 @@ fn choose_target(f: &Facts<'_>, vm: &VirtualMachine, source: &str) -> Result<Str
             preferred_node: None,
             ..vm.spec.placement.clone().unwrap_or_default()
         };
-        return match placement::place(None, Some(&placement), f.vm_memory_mib, &others, f.allocated_mib) {
+        let me = subject(vm, Some(&placement));
+        return match placement::place(None, &me, f.vm_memory_mib, &others, f.allocated_mib, f.neighbours) {
             Placed::Node(node) => Ok(node),
             Placed::Unschedulable { reason, message } => Err((reason, message)),
         };
@@ -252,7 +255,25 @@ fn choose_target(f: &Facts<'_>, vm: &VirtualMachine, source: &str) -> Result<Str
         );
         return Err(("TargetFull", message));
     }
+    let me = subject(vm, vm.spec.placement.as_ref());
+    if let Some(broken) = placement::broken_at(&me, wanted, f.neighbours)
+        .into_iter()
+        .find(|b| b.required)
+    {
+        let message = format!("the VM may not run on hypervisor {wanted}: {}", broken.message);
+        return Err(("TargetBreaksPlacementRule", message));
+    }
     Ok(wanted.to_owned())
+}
+
+/// The migrating VM as the placement rules see it (where it is does not matter to its own rules).
+fn subject<'a>(vm: &'a VirtualMachine, placement: Option<&'a Placement>) -> Member<'a> {
+    Member::unplaced(
+        vm.metadata.namespace.as_deref().unwrap_or_default(),
+        vm.metadata.name.as_deref().unwrap_or_default(),
+        vm.labels(),
+        placement,
+    )
 }
 
 /// A migration in Scheduling runs once its VM shows its marks.

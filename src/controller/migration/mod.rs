@@ -182,8 +182,18 @@ async fn step(
         ),
         None => Default::default(),
     };
-    for (node, mib) in arriving(ctx, migration) {
-        *allocated.entry(node).or_default() += mib;
+    let mut neighbours = match vm.as_deref() {
+        Some(vm) => crate::controller::vm::neighbours(&ctx.vm, vm, &others),
+        None => Vec::new(),
+    };
+    for arrival in arriving(ctx, migration) {
+        *allocated.entry(arrival.target.clone()).or_default() += arrival.mib;
+        let moving = |m: &&mut crate::controller::placement::Member| {
+            Some(m.namespace) == arrival.vm.namespace.as_deref() && m.name == arrival.vm.name
+        };
+        if let Some(member) = neighbours.iter_mut().find(moving) {
+            member.nodes.insert(arrival.target);
+        }
     }
     let busy_with = busy_with(ctx, migration);
     let decision = decide::decide(&Facts {
@@ -191,6 +201,7 @@ async fn step(
         vm: vm.as_deref(),
         candidates: &candidates,
         allocated_mib: &allocated,
+        neighbours: &neighbours,
         vm_memory_mib: memory,
         busy_with: busy_with.as_deref(),
         now: Time(Timestamp::now()),
@@ -224,7 +235,7 @@ fn observe_vm(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Op
 
 /// The memory other unfinished migrations are bringing to their targets: not yet placed
 /// there, but about to be, so two migrations at once do not both count on the same room.
-fn arriving(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<(String, i64)> {
+fn arriving(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<Arrival> {
     let me = migration.metadata.uid.clone().unwrap_or_default();
     let chosen = ctx.chosen.lock().expect("chosen targets").clone();
     let placed_there = |a: &Arrival| {
@@ -236,7 +247,7 @@ fn arriving(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<
     chosen
         .into_iter()
         .filter(|(uid, arrival)| *uid != me && !placed_there(arrival))
-        .map(|(_, a)| (a.target, a.mib))
+        .map(|(_, a)| a)
         .collect()
 }
 

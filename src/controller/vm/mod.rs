@@ -16,18 +16,19 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::api::{
-    DeletionPolicy, DesiredState, DomainState, FenceState, Hypervisor, ImportProgress, NODE_LABEL,
-    VM_FINALIZER, VirtualMachine, condition_types as ct,
+    DeletionPolicy, DesiredState, DomainState, FenceState, Hypervisor, ImportProgress,
+    MIGRATION_TARGET_LABEL, NODE_LABEL, VM_FINALIZER, VirtualMachine, condition_types as ct,
 };
 use crate::controller::conditions;
 use crate::controller::context::Context;
 use crate::controller::events::{self, Note};
-use crate::controller::placement::{self, Candidate, Decision};
+use crate::controller::placement::{self, Candidate, Decision, Member};
 use crate::controller::storage::{self, StorageError};
 use status::{HostHealth, Scheduling, StatusInput, StorageOutcome};
 
@@ -287,16 +288,22 @@ async fn apply(
     } else {
         schedule(vm, ctx, &plan, &others)
     };
+    // Remembered before anything is awaited: the next VM placed, by this reconcile's neighbour,
+    // counts this one where it goes (room and placement rules) even before the cache shows it.
+    // A reconcile on a copy that does not show the label yet patches it again, but the move is
+    // announced once.
+    let announce = match &scheduling {
+        Scheduling::Placed { node, .. } => {
+            let announce = ctx.placements.get(&uid).as_deref() != Some(node.as_str());
+            ctx.placements.set(&uid, node);
+            announce
+        }
+        _ => false,
+    };
     // The agent follows the label alone, so the label and the status are written at once.
     let label = async {
         match &scheduling {
-            Scheduling::Placed(node) => {
-                // A reconcile on a copy that does not show the label yet patches it again, but
-                // the move is announced once.
-                let announce = ctx.placements.get(&uid).as_deref() != Some(node.as_str());
-                ctx.placements.set(&uid, node);
-                hand_over(vm, ctx, api, node, announce).await
-            }
+            Scheduling::Placed { node, .. } => hand_over(vm, ctx, api, node, announce).await,
             // Its node's agent would start a second copy: it is assigned nowhere meanwhile.
             Scheduling::Unschedulable { reason, .. } if reason == placement::REASON_STARTED_OUTSIDE => {
                 unassign(vm, api).await
@@ -563,6 +570,50 @@ pub(crate) fn allocated_memory(
     allocated
 }
 
+/// Every other VM as the placement rules see it. Rules select within one namespace, but every
+/// namespace is listed: the failover order over all evacuees must come out the same in every
+/// VM's reconcile.
+pub(crate) fn neighbours<'a>(
+    ctx: &Context,
+    me: &VirtualMachine,
+    others: &'a [Arc<VirtualMachine>],
+) -> Vec<Member<'a>> {
+    others
+        .iter()
+        .filter(|o| o.metadata.uid != me.metadata.uid)
+        .map(|o| member(ctx, o))
+        .collect()
+}
+
+/// A VM as the placement rules see it: every node it may run on now (recorded, labelled,
+/// migration target, just placed by this process, or where its agent reports it active),
+/// fenced nodes left out (nothing runs there any more).
+fn member<'a>(ctx: &Context, vm: &'a VirtualMachine) -> Member<'a> {
+    let status = vm.status.as_ref();
+    let active = status
+        .and_then(|s| s.domain.as_ref())
+        .filter(|d| d.state.is_active())
+        .map(|d| d.node.clone());
+    let wherever = [
+        status.and_then(|s| s.node.clone()),
+        vm.labels().get(NODE_LABEL).cloned(),
+        vm.labels().get(MIGRATION_TARGET_LABEL).cloned(),
+        ctx.placements.get(vm.metadata.uid.as_deref().unwrap_or_default()),
+    ];
+    // A disabled VM is nowhere once its domain is gone.
+    let placed = (vm.spec.state != DesiredState::Disabled).then_some(wherever);
+    Member {
+        nodes: placed
+            .into_iter()
+            .flatten()
+            .chain([active])
+            .flatten()
+            .filter(|node| !node_fenced(ctx, node))
+            .collect(),
+        ..ruled(vm)
+    }
+}
+
 /// Every hypervisor as placement sees it.
 pub(crate) fn candidates(ctx: &Context) -> Vec<Candidate> {
     ctx.hypervisors
@@ -580,7 +631,8 @@ fn schedule(
 ) -> Scheduling {
     let candidates = candidates(ctx);
     if let Some(node) = placement::moved_by_migration(vm, &candidates) {
-        return Scheduling::Placed(node);
+        let rules = rules_at(&member(ctx, vm), &node, &neighbours(ctx, vm, others));
+        return Scheduling::Placed { node, rules };
     }
     // The cache may not show our own last placement yet: remember it, so a reconcile on a stale
     // copy does not place the VM a second time, elsewhere.
@@ -609,29 +661,66 @@ fn schedule(
         (recorded, _) => runs_where_labelled.or(recorded).or(label).or(remembered),
     };
     let allocated = allocated_memory(ctx, vm, others);
+    let neighbours = neighbours(ctx, vm, others);
+    let me = member(ctx, vm);
     let decision = match (
         started_outside_on(ctx, vm, &plan.domain, &candidates),
         current.as_deref(),
     ) {
         (Some(host), _) => placement::where_started_outside(&host, vm.spec.placement.as_ref()),
         (None, Some(node)) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
-            evacuate(vm, ctx, others, &candidates, &allocated)
+            evacuate(vm, ctx, others, &candidates, &allocated, &neighbours)
         }
         (None, _) => placement::place(
             current.as_deref(),
-            vm.spec.placement.as_ref(),
+            &me,
             plan.memory_mib,
             &candidates,
             &allocated,
+            &neighbours,
         ),
     };
     match decision {
-        Decision::Node(node) => Scheduling::Placed(node),
+        Decision::Node(node) => Scheduling::Placed {
+            rules: rules_at(&me, &node, &neighbours),
+            node,
+        },
         Decision::Unschedulable { reason, message } => Scheduling::Unschedulable {
             reason: reason.into(),
             message,
         },
     }
+}
+
+/// The rules the VM breaks on `node`, when any rule concerns it (its own, or another VM's
+/// anti-affinity that names it).
+fn rules_at(me: &Member, node: &str, neighbours: &[Member]) -> Option<Vec<placement::Broken>> {
+    let concerned = me.has_rules() || neighbours.iter().any(|o| placement::keeps_away(o, me));
+    concerned.then(|| placement::broken_at(me, node, neighbours))
+}
+
+/// The VMs of `vm`'s namespace that a placement rule ties to it, either way: where `vm` goes
+/// changes what their rules find.
+pub(crate) fn related_by_rules(
+    vms: &Store<VirtualMachine>,
+    vm: &VirtualMachine,
+) -> Vec<ObjectRef<VirtualMachine>> {
+    let me = ruled(vm);
+    vms.state()
+        .iter()
+        .filter(|o| o.metadata.namespace == vm.metadata.namespace && placement::related(&me, &ruled(o)))
+        .map(|o| ObjectRef::from_obj(&**o))
+        .collect()
+}
+
+/// A VM as its placement rules see it, wherever it is.
+fn ruled(vm: &VirtualMachine) -> Member<'_> {
+    Member::unplaced(
+        vm.metadata.namespace.as_deref().unwrap_or_default(),
+        vm.metadata.name.as_deref().unwrap_or_default(),
+        vm.labels(),
+        vm.spec.placement.as_ref(),
+    )
 }
 
 /// An answering hypervisor that reports the VM's domain running there, started outside the
@@ -669,6 +758,7 @@ fn evacuate(
     others: &[Arc<VirtualMachine>],
     candidates: &[Candidate],
     allocated: &BTreeMap<String, i64>,
+    neighbours: &[Member],
 ) -> Decision {
     let leaving = |o: &VirtualMachine| {
         o.spec.state != DesiredState::Disabled
@@ -682,20 +772,20 @@ fn evacuate(
     let mut evacuees: Vec<placement::Evacuee> = others
         .iter()
         .filter(|o| o.metadata.uid != vm.metadata.uid && leaving(o))
-        .map(|o| placement::Evacuee {
-            key: o.key(),
-            placement: o.spec.placement.as_ref(),
-            memory_mib: ctx.memory_of(o),
-        })
+        .map(|o| evacuee(ctx, o))
         .collect();
-    evacuees.push(placement::Evacuee {
-        key: me.clone(),
-        placement: vm.spec.placement.as_ref(),
-        memory_mib: ctx.memory_of(vm),
-    });
+    evacuees.push(evacuee(ctx, vm));
     // The evacuees' own memory counts on the fenced host, which takes nothing: leave it out.
-    let mut decisions = placement::place_evacuees(&evacuees, candidates, allocated);
+    let mut decisions = placement::place_evacuees(&evacuees, candidates, allocated, neighbours);
     decisions.remove(&me).expect("the VM is among the evacuees")
+}
+
+fn evacuee<'a>(ctx: &Context, vm: &'a VirtualMachine) -> placement::Evacuee<'a> {
+    placement::Evacuee {
+        key: vm.key(),
+        member: member(ctx, vm),
+        memory_mib: ctx.memory_of(vm),
+    }
 }
 
 fn candidate(hv: &Hypervisor, ctx: &Context) -> Candidate {
@@ -728,7 +818,7 @@ fn node_fenced(ctx: &Context, node: &str) -> bool {
 /// What is known of the host the VM is (or stays) placed on.
 fn host_health(ctx: &Context, vm: &VirtualMachine, scheduling: &Scheduling) -> HostHealth {
     let node = match scheduling {
-        Scheduling::Placed(node) => Some(node.clone()),
+        Scheduling::Placed { node, .. } => Some(node.clone()),
         _ => vm.status.as_ref().and_then(|s| s.node.clone()),
     };
     let Some(node) = node else {

@@ -9,6 +9,7 @@ use crate::api::{
 use crate::controller::conditions::{self, Desired};
 use crate::controller::node_health::REASON_NODE_LOST;
 use crate::controller::phase;
+use crate::controller::placement::Broken;
 
 /// The outcome of the storage step.
 #[derive(Clone, Debug)]
@@ -30,9 +31,17 @@ pub enum StorageOutcome {
 /// The outcome of placement.
 #[derive(Clone, Debug)]
 pub enum Scheduling {
-    Placed(String),
+    /// On this node, with the placement rules it breaks when the VM has rules or another VM's
+    /// rule names it (`None`: no rule concerns the VM).
+    Placed {
+        node: String,
+        rules: Option<Vec<Broken>>,
+    },
     NotNeeded,
-    Unschedulable { reason: String, message: String },
+    Unschedulable {
+        reason: String,
+        message: String,
+    },
 }
 
 /// What the controller knows of the host the VM is placed on.
@@ -59,7 +68,7 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
     let previous = vm.status.clone().unwrap_or_default();
     let desired = vm.spec.state;
     let node = match input.scheduling {
-        Scheduling::Placed(node) => Some(node.clone()),
+        Scheduling::Placed { node, .. } => Some(node.clone()),
         _ => previous.node.clone(),
     };
     let storage = match input.storage {
@@ -105,7 +114,7 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         }
     };
     match input.scheduling {
-        Scheduling::Placed(node) => wanted.push(Desired::new(
+        Scheduling::Placed { node, .. } => wanted.push(Desired::new(
             ct::SCHEDULED,
             true,
             "Scheduled",
@@ -118,6 +127,13 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
             message.clone(),
         )),
         Scheduling::NotNeeded => {}
+    }
+    if let Scheduling::Placed {
+        node,
+        rules: Some(broken),
+    } = input.scheduling
+    {
+        wanted.push(rules_condition(node, broken));
     }
 
     let domain_failure = previous.domain.as_ref().filter(|_| phase == Phase::Failed);
@@ -202,6 +218,38 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         domain: None,
         // Written by the snapshot controller (its own field manager).
         unmanaged_snapshots: Vec::new(),
+    }
+}
+
+/// `PlacementRulesMet`: whether the VM's placement rules hold on its node. A required rule is
+/// broken only where the VM was placed before the rule or its peers were moved by hand: the
+/// controller never moves a running VM on its own to mend it.
+fn rules_condition(node: &str, broken: &[Broken]) -> Desired {
+    let required = broken.iter().any(|b| b.required);
+    let what = broken
+        .iter()
+        .map(|b| b.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match (broken.is_empty(), required) {
+        (true, _) => Desired::new(
+            ct::PLACEMENT_RULES_MET,
+            true,
+            "RulesMet",
+            format!("the placement rules hold on hypervisor {node}"),
+        ),
+        (false, true) => Desired::new(
+            ct::PLACEMENT_RULES_MET,
+            false,
+            "RequiredRuleBroken",
+            format!("on hypervisor {node}, {what}: move one of the VMs (kubectl seapath migrate VM)"),
+        ),
+        (false, false) => Desired::new(
+            ct::PLACEMENT_RULES_MET,
+            false,
+            "PreferredRuleNotMet",
+            format!("no hypervisor with room meets every preferred rule: on {node}, {what}"),
+        ),
     }
 }
 
@@ -324,7 +372,10 @@ mod tests {
             vm,
             host,
             storage: &storage,
-            scheduling: &Scheduling::Placed("hv1".into()),
+            scheduling: &Scheduling::Placed {
+                node: "hv1".into(),
+                rules: None,
+            },
             domain_uuid: None,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         };
@@ -379,6 +430,48 @@ mod tests {
             message.contains("last acted on generation 3; the VM is at generation 5"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_placement_rules_condition_says_which_rule_is_broken_and_how_badly() {
+        let broken = |required: bool| Broken {
+            required,
+            message: "its antiAffinity keeps it off hypervisor hv1, where b runs".into(),
+        };
+        let cases = [
+            (None, None),
+            (Some(vec![]), Some(("True", "RulesMet"))),
+            (Some(vec![broken(false)]), Some(("False", "PreferredRuleNotMet"))),
+            (
+                Some(vec![broken(false), broken(true)]),
+                Some(("False", "RequiredRuleBroken")),
+            ),
+        ];
+        let vm = vm(1, true, 1, &["system_vm"]);
+        let storage = StorageOutcome::Ready(vm.status.as_ref().unwrap().storage.clone().unwrap());
+        for (rules, expected) in cases {
+            let scheduling = Scheduling::Placed {
+                node: "hv1".into(),
+                rules: rules.clone(),
+            };
+            let status = build(&StatusInput {
+                vm: &vm,
+                host: HostHealth::Answering,
+                storage: &storage,
+                scheduling: &scheduling,
+                domain_uuid: None,
+                now: Time(k8s_openapi::jiff::Timestamp::now()),
+            });
+            let condition = conditions::find(&status.conditions, ct::PLACEMENT_RULES_MET);
+            assert_eq!(
+                condition.map(|c| (c.status.as_str(), c.reason.as_str())),
+                expected,
+                "{rules:?}"
+            );
+            if let Some(c) = condition.filter(|c| c.status == "False") {
+                assert!(c.message.contains("where b runs"), "{}", c.message);
+            }
+        }
     }
 
     #[test]

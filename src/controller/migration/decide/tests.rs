@@ -4,7 +4,8 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::*;
 use crate::api::{
-    DomainStatus, MigrationPolicy, MigrationReport, VirtualMachineMigrationSpec, VirtualMachineStatus,
+    DomainStatus, MigrationPolicy, MigrationReport, PlacementRule, RuleMode, VirtualMachineMigrationSpec,
+    VirtualMachineStatus,
 };
 
 fn hv(name: &str) -> Candidate {
@@ -44,6 +45,8 @@ struct Case {
     candidates: Vec<Candidate>,
     allocated: BTreeMap<String, i64>,
     busy_with: Option<String>,
+    /// Other VMs of the namespace: name and the node each runs on.
+    peers: Vec<(String, String)>,
 }
 
 impl Case {
@@ -75,6 +78,7 @@ impl Case {
             candidates: vec![hv("hv1"), hv("hv2"), hv("hv3")],
             allocated: BTreeMap::from([("hv3".into(), 2048)]),
             busy_with: None,
+            peers: Vec::new(),
         }
     }
 
@@ -87,12 +91,35 @@ impl Case {
         self
     }
 
+    /// vm1 keeps away from `peer`, which runs on `node`.
+    fn apart_from(mut self, peer: &str, node: &str, mode: RuleMode) -> Self {
+        let rule = PlacementRule {
+            vms: vec![peer.into()],
+            selector: None,
+            mode,
+        };
+        let placement = self.vm().spec.placement.get_or_insert_default();
+        placement.anti_affinity.push(rule);
+        self.peers.push((peer.into(), node.into()));
+        self
+    }
+
     fn decide(&self) -> Decision {
+        let no_labels = BTreeMap::new();
+        let neighbours: Vec<Member> = self
+            .peers
+            .iter()
+            .map(|(name, node)| Member {
+                nodes: [node.clone()].into(),
+                ..Member::unplaced("", name, &no_labels, None)
+            })
+            .collect();
         decide(&Facts {
             migration: &self.migration,
             vm: self.vm.as_ref(),
             candidates: &self.candidates,
             allocated_mib: &self.allocated,
+            neighbours: &neighbours,
             vm_memory_mib: 1024,
             busy_with: self.busy_with.as_deref(),
             now: Time(Timestamp::UNIX_EPOCH),
@@ -152,6 +179,16 @@ fn a_running_vm_is_live_migrated_to_the_host_asked_for_or_the_roomiest_other() {
     // hv3 has less free memory than hv2, and hv1 is the source.
     let d = Case::new(None).decide();
     assert_eq!(d.status.target_node.as_deref(), Some("hv2"));
+    // Unless a placement rule keeps the VM off hv2, even a preferred one.
+    for mode in [RuleMode::Required, RuleMode::Preferred] {
+        let d = Case::new(None).apart_from("vm2", "hv2", mode).decide();
+        assert_eq!(d.status.target_node.as_deref(), Some("hv3"), "{mode:?}");
+    }
+    // A preferred rule does not stop a target asked for by name.
+    let d = Case::new(Some("hv2"))
+        .apart_from("vm2", "hv2", RuleMode::Preferred)
+        .decide();
+    assert_eq!(d.status.phase, Some(MigrationPhase::Scheduling));
 }
 
 #[test]
@@ -196,6 +233,12 @@ fn a_migration_that_cannot_start_fails_with_a_reason_and_touches_nothing() {
     let mut unplaced = Case::new(None);
     unplaced.vm().status.as_mut().unwrap().node = None;
     cases.push((unplaced, "NotPlaced"));
+    let kept_off = Case::new(Some("hv2")).apart_from("vm2", "hv2", RuleMode::Required);
+    cases.push((kept_off, "TargetBreaksPlacementRule"));
+    let boxed_in = Case::new(None)
+        .apart_from("vm2", "hv2", RuleMode::Required)
+        .apart_from("vm3", "hv3", RuleMode::Required);
+    cases.push((boxed_in, placement::REASON_RULES_UNSATISFIABLE));
     let mut pinned = Case::new(None);
     pinned.vm().spec.placement = Some(Placement {
         pinned_node: Some("hv1".into()),
