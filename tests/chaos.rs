@@ -47,7 +47,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use seapath_operator::api::{
-    Hypervisor, Phase, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
+    Hypervisor, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION, MOVE_TO_ANNOTATION, MigrationPhase, Phase,
+    RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineMigration, VirtualMachineRestore,
     VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
 };
 use seapath_operator::ceph::{IoCtx, SnapNamespace};
@@ -269,6 +270,8 @@ fn vm_object(
             "xml": XML, "state": state, "stopTimeoutSeconds": 3,
             "systemDisk": system, "dataDisks": disks,
             "placement": {"preferredNode": node},
+            // The test-driver hosts cannot live-migrate: a migration falls back to stop and start.
+            "migration": {"onFailure": "StopAndStart"},
             "deletionPolicy": if retain { "Retain" } else { "Delete" },
         }
     }))
@@ -279,6 +282,10 @@ struct Workload {
     vms: Api<VirtualMachine>,
     snaps: Api<VirtualMachineSnapshot>,
     restores: Api<VirtualMachineRestore>,
+    migrations: Api<VirtualMachineMigration>,
+    hypervisors: Api<Hypervisor>,
+    /// The hypervisor being drained, if any.
+    draining: Option<String>,
     nodes: [String; 2],
     import_file: PathBuf,
     model: Model,
@@ -373,6 +380,53 @@ impl Workload {
             })
             .or_default() += 1;
         name
+    }
+
+    /// One random move: a migration of a VM (to the other host), or a drain started or ended.
+    /// Drawn from a generator of its own, so a seed keeps its other operations.
+    async fn move_step(&mut self, rng: &mut fastrand::Rng) {
+        let live = self.model.live_vms();
+        if rng.u8(0..3) > 0 && !live.is_empty() {
+            let vm = live[rng.usize(0..live.len())].clone();
+            if self.restoring(&vm).await {
+                return;
+            }
+            let name = self.model.name("mg");
+            eprintln!("op: migrate {vm} ({name})");
+            let object: VirtualMachineMigration = serde_json::from_value(json!({
+                "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineMigration",
+                "metadata": {"name": name}, "spec": {"vmName": vm}
+            }))
+            .unwrap();
+            self.migrations
+                .create(&PostParams::default(), &object)
+                .await
+                .expect("create migration");
+            *self.model.ops.entry("migrate").or_default() += 1;
+            return;
+        }
+        let (node, drain) = match self.draining.take() {
+            Some(node) => (node, false),
+            None => (self.nodes[rng.usize(0..2)].clone(), true),
+        };
+        eprintln!("op: {} {node}", if drain { "drain" } else { "uncordon" });
+        if self.set_drain(&node, drain).await && drain {
+            self.draining = Some(node);
+            *self.model.ops.entry("drain").or_default() += 1;
+        }
+    }
+
+    /// Whether the Hypervisor took the change (its agent may not have registered it yet).
+    async fn set_drain(&self, node: &str, drain: bool) -> bool {
+        let patch = json!({"spec": {"unschedulable": drain, "drain": drain}});
+        let patched = self
+            .hypervisors
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        if let Err(e) = &patched {
+            eprintln!("op: {node} not patched: {e}");
+        }
+        patched.is_ok()
     }
 
     /// One random operation of the workload (a no-op when it finds nothing to act on).
@@ -721,6 +775,7 @@ async fn converge(w: &Workload) -> (Vec<String>, BTreeSet<String>) {
                 }
             }
         }
+        pending.extend(unfinished_moves(w).await);
         // Only VMs stuck on a known bug left: they will not move any more.
         let only_known = pending.iter().all(|p| mentions_any(p, &known));
         let settled = Instant::now() + CONVERGE > deadline + Duration::from_secs(60);
@@ -729,6 +784,43 @@ async fn converge(w: &Workload) -> (Vec<String>, BTreeSet<String>) {
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// Migrations (the workload's and the drains') that have not ended, and VMs that still carry a
+/// migration's marks once every migration ended.
+async fn unfinished_moves(w: &Workload) -> Vec<String> {
+    let Ok(migrations) = w.migrations.list(&ListParams::default()).await else {
+        return vec!["migrations cannot be listed".into()];
+    };
+    let mut pending: Vec<String> = migrations
+        .items
+        .iter()
+        .filter(|m| {
+            !m.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(MigrationPhase::is_final)
+        })
+        .map(|m| format!("migration {}: {:?}", m.name_any(), m.status))
+        .collect();
+    if !pending.is_empty() {
+        return pending;
+    }
+    let Ok(vms) = w.vms.list(&ListParams::default()).await else {
+        return vec!["VMs cannot be listed".into()];
+    };
+    for vm in &vms.items {
+        let label = vm.labels().get(MIGRATION_TARGET_LABEL);
+        let annotations = vm.annotations();
+        let marks = [MIGRATION_UID_ANNOTATION, MOVE_TO_ANNOTATION].map(|a| annotations.get(a));
+        if label.is_some() || marks.iter().any(Option::is_some) {
+            pending.push(format!(
+                "VM {} still carries a migration's marks: {label:?} {marks:?}",
+                vm.name_any()
+            ));
+        }
+    }
+    pending
 }
 
 fn ceph_invariants(
@@ -870,6 +962,7 @@ async fn chaos_campaign() {
     let started = Instant::now();
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut outage_rng = fastrand::Rng::with_seed(seed.rotate_left(17) ^ 0x5ea9);
+    let mut move_rng = fastrand::Rng::with_seed(seed.rotate_left(29) ^ 0x3ad1);
     let mut outages: BTreeMap<&'static str, usize> = BTreeMap::new();
 
     let client = common::admin_client().await;
@@ -930,6 +1023,9 @@ async fn chaos_campaign() {
         vms: Api::namespaced(client.clone(), &namespace),
         snaps: Api::namespaced(client.clone(), &namespace),
         restores: Api::namespaced(client.clone(), &namespace),
+        migrations: Api::namespaced(client.clone(), &namespace),
+        hypervisors: hypervisors.clone(),
+        draining: None,
         nodes: nodes.clone(),
         import_file: import_file.clone(),
         model: Model::default(),
@@ -963,6 +1059,9 @@ async fn chaos_campaign() {
     for point in 0..kills {
         for _ in 0..rng.usize(1..=2) {
             w.step(&mut rng).await;
+        }
+        if move_rng.u8(0..3) == 0 {
+            w.move_step(&mut move_rng).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.u64(0..=2000))).await;
         let target = match rng.u8(0..4) {
@@ -1003,6 +1102,10 @@ async fn chaos_campaign() {
         )
         .await
         .expect("suspend the schedule");
+    // A drain under way ends: the VMs it could not move stay where they are.
+    if let Some(node) = w.draining.take() {
+        w.set_drain(&node, false).await;
+    }
     let (pending, known_vms) = converge(&w).await;
     violations.extend(
         pending

@@ -195,6 +195,9 @@ pub struct HostDomains {
     /// Names of the running domains the agent did not define (no marker, or a marker without
     /// its digest): vm_manager's and Pacemaker's guests, sorted.
     pub started_outside: Vec<String>,
+    /// `namespace/name` of the VMs the agent's cache assigns to this host, domain or not: the
+    /// agent may still define them (see `Context::assignment_gate`).
+    pub assigned: Vec<String>,
 }
 
 /// Every domain of the host that carries an owner marker, sorted by name.

@@ -26,6 +26,9 @@ pub enum AgentError {
     /// A Kubernetes API call failed.
     #[error("{context}: {error}")]
     Kube { context: String, error: kube::Error },
+    /// The VM left this node (the cache no longer assigns it here) before a define or start.
+    #[error("{0}: no longer assigned to this node")]
+    NotAssigned(String),
     /// A blocking libvirt/librbd task panicked or was cancelled.
     #[error("{context}: blocking task failed: {error}")]
     Blocking {

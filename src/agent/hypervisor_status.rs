@@ -64,6 +64,7 @@ pub fn build_status(
             status.allocated_memory_mib = i64::try_from(allocated_kib.div_ceil(1024)).unwrap_or(i64::MAX);
             status.running_vms = domains.iter().filter(|d| d.state.state.is_active()).count() as i32;
             let mut vms: Vec<String> = domains.iter().map(MarkedDomain::owner_key).collect();
+            vms.extend(host.assigned.iter().cloned());
             vms.sort();
             vms.dedup();
             status.vms = vms;
@@ -154,6 +155,22 @@ async fn write_status(
 }
 
 /// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
+/// The host's facts and domains, and the VMs the agent's cache assigns here, read together
+/// while no domain is defined or started: a VM this report leaves out is one the agent
+/// neither runs nor will define, so the controller may hand it to another host.
+async fn observe_host(ctx: &Context) -> Observation {
+    let _no_define_meanwhile = ctx.assignment_gate.write().await;
+    let mut observation = ctx
+        .libvirt
+        .run("heartbeat", actions::host_snapshot)
+        .await
+        .map_err(|e| e.to_string());
+    if let Ok((_, host)) = &mut observation {
+        host.assigned = ctx.assigned_here();
+    }
+    observation
+}
+
 pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let node = ctx.config.node_name.clone();
     let api: Api<Hypervisor> = Api::all(ctx.client.clone());
@@ -174,11 +191,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
             }
         }
         if registered {
-            let observation = ctx
-                .libvirt
-                .run("heartbeat", actions::host_snapshot)
-                .await
-                .map_err(|e| e.to_string());
+            let observation = observe_host(&ctx).await;
             if let Err(e) = &observation {
                 warn!(node, "libvirt does not answer: {e}");
             }
@@ -279,6 +292,8 @@ mod tests {
                     marked("a", "vm1", DomainState::Running, 1024 * 1024 + 1),
                 ],
                 started_outside: vec![],
+                // Assigned here with no domain yet, or with one: listed once either way.
+                assigned: vec!["c/vm3".into(), "a/vm1".into()],
             },
         ));
         let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
@@ -288,7 +303,7 @@ mod tests {
         assert_eq!((s.cpus, s.memory_mib), (8, 16384));
         assert_eq!(s.allocated_memory_mib, 1537);
         assert_eq!(s.running_vms, 1);
-        assert_eq!(s.vms, ["a/vm1", "b/vm2"]);
+        assert_eq!(s.vms, ["a/vm1", "b/vm2", "c/vm3"]);
         assert!(s.started_outside.is_empty());
         assert_eq!(s.heartbeat_time, Some(Time(t(0))));
         let ready = &s.conditions[0];
@@ -307,6 +322,7 @@ mod tests {
             HostDomains {
                 marked: vec![marked("a", "ours", DomainState::Running, 1024)],
                 started_outside: vec!["VM1".into(), "a_pcmk".into()],
+                assigned: vec![],
             },
         ));
         let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));

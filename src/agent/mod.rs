@@ -110,6 +110,11 @@ pub(crate) struct Context {
     pub(crate) stored_xml: stored_xml::StoredXmlCache,
     /// Heartbeat renewal and fencing: whether domains may start.
     pub(crate) fence: self_fence::FenceWatch,
+    /// Defines and starts (read) against the heartbeat's listing (write): a domain is
+    /// defined or started only for a VM the cache assigns here at that moment, and the
+    /// heartbeat lists every such VM, so a heartbeat that leaves a VM out proves the agent
+    /// will not bring it up from a stale view after the controller moved it.
+    pub(crate) assignment_gate: tokio::sync::RwLock<()>,
 }
 
 impl Context {
@@ -122,6 +127,26 @@ impl Context {
             .lock()
             .expect("VM memory")
             .insert(uid.to_owned(), memory);
+    }
+
+    /// `namespace/name` of the VMs the cache assigns to this node.
+    pub(crate) fn assigned_here(&self) -> Vec<String> {
+        let Some(store) = self.store.get() else {
+            return Vec::new();
+        };
+        store
+            .state()
+            .iter()
+            .filter(|vm| {
+                kube::ResourceExt::labels(&***vm).get(crate::api::NODE_LABEL) == Some(&self.config.node_name)
+            })
+            .map(|vm| vm.key())
+            .collect()
+    }
+
+    /// Whether the cache assigns `vm` to this node now.
+    pub(crate) fn is_assigned_here(&self, vm: &VirtualMachine) -> bool {
+        self.assigned_here().contains(&vm.key())
     }
 
     pub(crate) fn forget(&self, uid: &str) {
@@ -196,6 +221,7 @@ impl Agent {
             store: OnceLock::new(),
             sweep_now: Notify::new(),
             domains_changed: Notify::new(),
+            assignment_gate: Default::default(),
             stored_xml: stored_xml::StoredXmlCache::default(),
             fence: self_fence::FenceWatch::default(),
             config,

@@ -294,7 +294,9 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
                 info!(domain = %domain_name, "started");
             }
             (_, Ok(())) => {}
-            (_, Err(e)) if e.is_libvirt_connection() => return Err(e),
+            (_, Err(e)) if e.is_libvirt_connection() || matches!(e, AgentError::NotAssigned(_)) => {
+                return Err(e);
+            }
             (Step::Start, Err(e)) => {
                 let (restarts, note) = domain_reconcile::start_failed(&decision.restarts, now, &ctx.policy);
                 decision.restarts = restarts;
@@ -448,6 +450,20 @@ async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Store
     Ok((text, identity))
 }
 
+/// Holds the assignment gate for a define or start, once the cache still assigns the VM
+/// here (see `Context::assignment_gate`).
+async fn assigned<'a>(
+    ctx: &'a Context,
+    vm: &VirtualMachine,
+    context: &str,
+) -> Result<tokio::sync::RwLockReadGuard<'a, ()>, AgentError> {
+    let gate = ctx.assignment_gate.read().await;
+    if !ctx.is_assigned_here(vm) {
+        return Err(AgentError::NotAssigned(context.to_owned()));
+    }
+    Ok(gate)
+}
+
 /// Runs one step; a live migration returns how it went (a refusal is reported, not an error).
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
@@ -489,6 +505,7 @@ async fn run_step(
             Ok(None)
         }
         Step::Define => {
+            let _assigned = assigned(ctx, vm, &context).await?;
             let Some((text, _)) = stored else {
                 return Err(AgentError::Config(format!(
                     "{context}: no stored XML to define from"
@@ -503,6 +520,7 @@ async fn run_step(
             Ok(None)
         }
         Step::Start => {
+            let _assigned = assigned(ctx, vm, &context).await?;
             ctx.libvirt
                 .run(context, move |hv| actions::start(hv, &stats, &c, &name))
                 .await?;

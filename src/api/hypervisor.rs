@@ -134,7 +134,9 @@ pub struct HypervisorStatus {
     /// Number of running domains managed by the operator.
     #[serde(default)]
     pub running_vms: i32,
-    /// `namespace/name` of every VM the agent manages on this host.
+    /// `namespace/name` of every VM the agent manages on this host: those whose domain it
+    /// holds, and those its cache assigns here (it may still define them). The controller
+    /// hands a VM to another host once a heartbeat leaves it out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<String>,
     /// Names of the libvirt domains running here that the agent did not define: vm_manager's

@@ -21,7 +21,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use crate::api::{MIGRATION_FINALIZER, MigrationPhase, VirtualMachine, VirtualMachineMigration};
+use crate::api::{
+    MIGRATION_FINALIZER, MIGRATION_UID_ANNOTATION, MigrationPhase, VirtualMachine, VirtualMachineMigration,
+};
 use crate::controller::context::Context;
 use crate::controller::events::{self, Note};
 use decide::{Decision, Facts, Marks};
@@ -106,16 +108,23 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-/// The unfinished migrations of `vm` (a change of the VM is what they wait for).
+/// The migrations of `vm` a change of the VM concerns: the unfinished ones (it is what they
+/// wait for), and an ended one whose marks the VM still shows (the copy the migration ended
+/// on may not have shown them yet: they go now).
 fn migrations_of(
     store: &Store<VirtualMachineMigration>,
     vm: &VirtualMachine,
 ) -> Vec<ObjectRef<VirtualMachineMigration>> {
+    let marked_by = vm.annotations().get(MIGRATION_UID_ANNOTATION);
     store
         .state()
         .iter()
         .filter(|m| m.namespace() == vm.namespace() && m.spec.vm_name == vm.name_any())
-        .filter(|m| !phase(m).is_final() || m.metadata.deletion_timestamp.is_some())
+        .filter(|m| {
+            !phase(m).is_final()
+                || m.metadata.deletion_timestamp.is_some()
+                || marked_by == m.metadata.uid.as_ref()
+        })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
 }

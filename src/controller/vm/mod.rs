@@ -456,12 +456,11 @@ async fn hand_over(
         return Ok(());
     }
     let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
-    let old_node_busy = domain.is_some_and(|d| {
-        d.node != node
-            && d.state != DomainState::Absent
-            && !released_per_heartbeat(ctx, vm, d)
-            && !node_fenced(ctx, &d.node)
-    });
+    // Even a domain reported Absent is released only by a heartbeat that leaves the VM out:
+    // the old node's agent may still be about to define it from a view that predates the
+    // move (a start asked for at the same time), and that heartbeat proves it no longer will.
+    let old_node_busy = domain
+        .is_some_and(|d| d.node != node && !released_per_heartbeat(ctx, vm, d) && !node_fenced(ctx, &d.node));
     let labels = if old_node_busy {
         if label.is_none() {
             return Ok(());
@@ -530,7 +529,9 @@ async fn apply_labels(
 }
 
 /// The old node's heartbeat, newer than its last report on this VM, no longer lists the VM:
-/// the domain is gone there even if the agent's own report of it got lost.
+/// the domain is gone there even if the agent's own report of it got lost, and the agent's
+/// cache no longer assigns the VM there, so it will not define it again (the heartbeat lists
+/// what the cache assigns, read under the gate that defines and starts take).
 fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
     let key = format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any());
     let Some(hv) = ctx
