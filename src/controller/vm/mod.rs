@@ -531,7 +531,7 @@ async fn apply_labels(
 /// The old node's heartbeat, newer than its last report on this VM, no longer lists the VM:
 /// the domain is gone there even if the agent's own report of it got lost, and the agent's
 /// cache no longer assigns the VM there, so it will not define it again (the heartbeat lists
-/// what the cache assigns, read under the gate that defines take).
+/// what the cache assigns, read under the gate that defines and starts take).
 fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
     let key = format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any());
     let Some(hv) = ctx
