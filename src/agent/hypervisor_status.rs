@@ -156,8 +156,8 @@ async fn write_status(
 
 /// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
 /// The host's facts and domains, and the VMs the agent's cache assigns here, read together
-/// while no domain is being defined: a VM this report leaves out is one the agent neither
-/// runs nor will define, so the controller may hand it to another host.
+/// while no domain is defined or started: a VM this report leaves out is one the agent
+/// neither runs nor will define, so the controller may hand it to another host.
 async fn observe_host(ctx: &Context) -> Observation {
     let _no_define_meanwhile = ctx.assignment_gate.write().await;
     let mut observation = ctx

@@ -450,8 +450,8 @@ async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Store
     Ok((text, identity))
 }
 
-/// Holds the assignment gate for a define, once the cache still assigns the VM here (see
-/// `Context::assignment_gate`).
+/// Holds the assignment gate for a define or start, once the cache still assigns the VM
+/// here (see `Context::assignment_gate`).
 async fn assigned<'a>(
     ctx: &'a Context,
     vm: &VirtualMachine,
@@ -520,9 +520,7 @@ async fn run_step(
             Ok(None)
         }
         Step::Start => {
-            // Checked, not held: the domain is defined, so every heartbeat lists it whatever
-            // the start does, and a slow start must not hold the heartbeat back.
-            drop(assigned(ctx, vm, &context).await?);
+            let _assigned = assigned(ctx, vm, &context).await?;
             ctx.libvirt
                 .run(context, move |hv| actions::start(hv, &stats, &c, &name))
                 .await?;
