@@ -1447,7 +1447,8 @@ async fn a_drain_of_twenty_vms_keeps_redundant_pairs_apart_and_survives_an_agent
     let blocked = drain(&drained).unwrap().blocked.join("\n");
     for i in [0, 1] {
         assert!(
-            blocked.contains(&format!("prot{i}: ")) && blocked.contains(placement_rules_unsatisfiable()),
+            blocked.contains(&format!("prot{i}: "))
+                && blocked.contains(seapath_operator::controller::placement::REASON_RULES_UNSATISFIABLE),
             "{blocked}"
         );
     }
@@ -1484,8 +1485,4 @@ async fn a_drain_of_twenty_vms_keeps_redundant_pairs_apart_and_survives_an_agent
     bed.set_spec(&hv1, json!({"unschedulable": false, "drain": false}))
         .await;
     bed.tear_down().await;
-}
-
-fn placement_rules_unsatisfiable() -> &'static str {
-    "PlacementRulesUnsatisfiable"
 }

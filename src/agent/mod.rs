@@ -146,7 +146,13 @@ impl Context {
 
     /// Whether the cache assigns `vm` to this node now.
     pub(crate) fn is_assigned_here(&self, vm: &VirtualMachine) -> bool {
-        self.assigned_here().contains(&vm.key())
+        let current = self
+            .store
+            .get()
+            .and_then(|store| store.get(&kube::runtime::reflector::ObjectRef::from_obj(vm)));
+        current.is_some_and(|vm| {
+            kube::ResourceExt::labels(&*vm).get(crate::api::NODE_LABEL) == Some(&self.config.node_name)
+        })
     }
 
     pub(crate) fn forget(&self, uid: &str) {

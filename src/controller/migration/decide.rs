@@ -225,7 +225,7 @@ fn choose_target(f: &Facts<'_>, vm: &VirtualMachine, source: &str) -> Result<Str
             preferred_node: None,
             ..vm.spec.placement.clone().unwrap_or_default()
         };
-        let me = subject(vm, Some(&placement));
+        let me = Member::of(vm, Some(&placement));
         return match placement::place(None, &me, f.vm_memory_mib, &others, f.allocated_mib, f.neighbours) {
             Placed::Node(node) => Ok(node),
             Placed::Unschedulable { reason, message } => Err((reason, message)),
@@ -255,7 +255,7 @@ fn choose_target(f: &Facts<'_>, vm: &VirtualMachine, source: &str) -> Result<Str
         );
         return Err(("TargetFull", message));
     }
-    let me = subject(vm, vm.spec.placement.as_ref());
+    let me = Member::of(vm, vm.spec.placement.as_ref());
     if let Some(broken) = placement::broken_at(&me, wanted, f.neighbours)
         .into_iter()
         .find(|b| b.required)
@@ -264,16 +264,6 @@ fn choose_target(f: &Facts<'_>, vm: &VirtualMachine, source: &str) -> Result<Str
         return Err(("TargetBreaksPlacementRule", message));
     }
     Ok(wanted.to_owned())
-}
-
-/// The migrating VM as the placement rules see it (where it is does not matter to its own rules).
-fn subject<'a>(vm: &'a VirtualMachine, placement: Option<&'a Placement>) -> Member<'a> {
-    Member::unplaced(
-        vm.metadata.namespace.as_deref().unwrap_or_default(),
-        vm.metadata.name.as_deref().unwrap_or_default(),
-        vm.labels(),
-        placement,
-    )
 }
 
 /// A migration in Scheduling runs once its VM shows its marks.

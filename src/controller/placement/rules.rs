@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kube::core::{Selector, SelectorExt};
 
-use crate::api::{Placement, PlacementRule, RuleMode};
+use crate::api::{Placement, PlacementRule, RuleMode, VirtualMachine};
 
 /// A VM as the rules see it.
 #[derive(Clone, Debug)]
@@ -49,6 +49,16 @@ impl<'a> Member<'a> {
         self.placement
             .map(|p| p.anti_affinity.as_slice())
             .unwrap_or_default()
+    }
+
+    /// `vm` under `placement` (its own, or one adjusted by the caller), wherever it is.
+    pub fn of(vm: &'a VirtualMachine, placement: Option<&'a Placement>) -> Self {
+        Member::unplaced(
+            vm.metadata.namespace.as_deref().unwrap_or_default(),
+            vm.metadata.name.as_deref().unwrap_or_default(),
+            kube::ResourceExt::labels(vm),
+            placement,
+        )
     }
 
     /// Whether the VM has rules of its own.

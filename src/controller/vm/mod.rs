@@ -716,12 +716,7 @@ pub(crate) fn related_by_rules(
 
 /// A VM as its placement rules see it, wherever it is.
 fn ruled(vm: &VirtualMachine) -> Member<'_> {
-    Member::unplaced(
-        vm.metadata.namespace.as_deref().unwrap_or_default(),
-        vm.metadata.name.as_deref().unwrap_or_default(),
-        vm.labels(),
-        vm.spec.placement.as_ref(),
-    )
+    Member::of(vm, vm.spec.placement.as_ref())
 }
 
 /// An answering hypervisor that reports the VM's domain running there, started outside the
