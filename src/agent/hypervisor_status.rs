@@ -154,12 +154,14 @@ async fn write_status(
     Ok(written)
 }
 
-/// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
 /// The host's facts and domains, and the VMs the agent's cache assigns here, read together
-/// while no domain is defined or started: a VM this report leaves out is one the agent
-/// neither runs nor will define, so the controller may hand it to another host.
-async fn observe_host(ctx: &Context) -> Observation {
+/// while no domain is being defined, with the time they were read: a VM this report leaves
+/// out is one the agent neither holds nor will define, so the controller may hand it to
+/// another host once the report is newer than the agent's last word on the VM. The time is
+/// taken here, not when the status is written, so that "newer" is about what was seen.
+async fn observe_host(ctx: &Context) -> (Observation, Timestamp) {
     let _no_define_meanwhile = ctx.assignment_gate.write().await;
+    let seen_at = Timestamp::now();
     let mut observation = ctx
         .libvirt
         .run("heartbeat", actions::host_snapshot)
@@ -168,9 +170,10 @@ async fn observe_host(ctx: &Context) -> Observation {
     if let Ok((_, host)) = &mut observation {
         host.assigned = ctx.assigned_here();
     }
-    observation
+    (observation, seen_at)
 }
 
+/// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
 pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let node = ctx.config.node_name.clone();
     let api: Api<Hypervisor> = Api::all(ctx.client.clone());
@@ -191,7 +194,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
             }
         }
         if registered {
-            let observation = observe_host(&ctx).await;
+            let (observation, seen_at) = observe_host(&ctx).await;
             if let Err(e) = &observation {
                 warn!(node, "libvirt does not answer: {e}");
             }
@@ -201,7 +204,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
                 previous.as_ref(),
                 generation,
                 ctx.fence.fenced_by_controller(),
-                Timestamp::now(),
+                seen_at,
             );
             status.migration_uri = ctx.config.migration_uri();
             match write_status(&api, &node, &status).await {

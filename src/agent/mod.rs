@@ -110,10 +110,12 @@ pub(crate) struct Context {
     pub(crate) stored_xml: stored_xml::StoredXmlCache,
     /// Heartbeat renewal and fencing: whether domains may start.
     pub(crate) fence: self_fence::FenceWatch,
-    /// Defines and starts (read) against the heartbeat's listing (write): a domain is
-    /// defined or started only for a VM the cache assigns here at that moment, and the
-    /// heartbeat lists every such VM, so a heartbeat that leaves a VM out proves the agent
-    /// will not bring it up from a stale view after the controller moved it.
+    /// Defines (read) against the heartbeat's listing (write): a domain is defined only for
+    /// a VM the cache assigns here at that moment, and the heartbeat lists every such VM and
+    /// every defined domain, so a heartbeat that leaves a VM out proves the agent will not
+    /// bring it up from a stale view after the controller moved it. Starts only check the
+    /// cache: their domain is defined, hence listed, and a start (slow under load) must not
+    /// hold the heartbeat back. See docs/architecture.md, "Moving a VM between nodes".
     pub(crate) assignment_gate: tokio::sync::RwLock<()>,
 }
 

@@ -261,7 +261,41 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
         debug!(steps = ?decision.steps, note = ?decision.note, "acting");
     }
 
-    // Act.
+    // Claim, then act.
+    let mut written = reported.clone();
+    let mut report_on = vm.resource_version();
+    if decision.steps.contains(&Step::Define) {
+        match claim(
+            ctx,
+            vm,
+            &domain_name,
+            observed.as_ref(),
+            current_restarts.as_ref(),
+        )
+        .await
+        {
+            Ok(claimed) => {
+                // Remembered at once: if the define fails, the next report is compared with
+                // what the server shows now.
+                ctx.remember(
+                    &uid,
+                    super::VmMemory {
+                        reported: Some(claimed.domain.clone()),
+                        restarts: current_restarts.clone(),
+                        stopped_by_agent,
+                        running_since,
+                    },
+                );
+                written = Some(claimed.domain);
+                report_on = claimed.resource_version;
+            }
+            Err(e) if e.is_conflict() => {
+                debug!(domain = %domain_name, "the VM changed before the define: deciding again on the new version");
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let stop_timeout = vm.spec.stop_timeout();
     let mut stopped = stopped_by_agent;
     let acted = !decision.steps.is_empty();
@@ -368,16 +402,14 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
         Some(decision.restarts.clone())
     };
     let unchanged =
-        reported.as_ref().is_some_and(|r| status::same_report(r, &report)) && restarts == current_restarts;
-    let mut written = reported.clone();
+        written.as_ref().is_some_and(|r| status::same_report(r, &report)) && restarts == current_restarts;
     if !unchanged && super::migration::may_report(vm, intent, node, observed.as_ref()) {
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
         // Written on the version this decision was made from: a copy that is out of date (the
         // VM moved to another node while this agent was cut off) must not replace the report
         // of the node that runs the VM now.
-        let w = match status::apply(&api, vm, report.clone(), restarts.as_ref(), vm.resource_version()).await
-        {
-            Ok(w) => w,
+        let w = match status::apply(&api, vm, report.clone(), restarts.as_ref(), report_on).await {
+            Ok(w) => w.domain,
             Err(e) if e.is_conflict() => {
                 debug!(domain = %domain_name, "the VM changed meanwhile: deciding again on the new version");
                 return Ok(Action::requeue(CONFLICT_RETRY));
@@ -450,8 +482,35 @@ async fn read_stored(ctx: &Context, what: &str, names: &VmNames) -> Result<Store
     Ok((text, identity))
 }
 
-/// Holds the assignment gate for a define or start, once the cache still assigns the VM
-/// here (see `Context::assignment_gate`).
+/// Says, before a define, that this node is about to hold the VM's domain: `status.domain`
+/// names this node, written on the version of the VM that assigns it here. The controller
+/// moves a VM to another node with a write conditional on the version it decided from, so of
+/// a claim and a move made at once, one fails. A move that comes after finds this node named
+/// and waits for a heartbeat, newer than this claim, that leaves the VM out; a claim that
+/// fails means the VM moved, and nothing is defined.
+async fn claim(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    domain_name: &str,
+    observed: Option<&ObservedDomain>,
+    restarts: Option<&RestartStatus>,
+) -> Result<status::Written, AgentError> {
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
+    let report = status::domain_status(
+        &ctx.config.node_name,
+        domain_name,
+        vm.metadata.generation,
+        observed,
+        None,
+        None,
+    );
+    let claimed = status::apply(&api, vm, report, restarts, vm.resource_version()).await?;
+    ctx.stats.vm_status_write();
+    Ok(claimed)
+}
+
+/// Holds the assignment gate for a define, once the cache still assigns the VM here (see
+/// `Context::assignment_gate`).
 async fn assigned<'a>(
     ctx: &'a Context,
     vm: &VirtualMachine,
@@ -520,7 +579,9 @@ async fn run_step(
             Ok(None)
         }
         Step::Start => {
-            let _assigned = assigned(ctx, vm, &context).await?;
+            // Checked, not held: the domain is defined, so every heartbeat lists it whatever
+            // the start does, and a start, slow under load, must not hold the heartbeat back.
+            drop(assigned(ctx, vm, &context).await?);
             ctx.libvirt
                 .run(context, move |hv| actions::start(hv, &stats, &c, &name))
                 .await?;

@@ -125,6 +125,13 @@ pub fn same_report(a: &DomainStatus, b: &DomainStatus) -> bool {
     }
 }
 
+/// What a status write left on the server.
+pub struct Written {
+    pub domain: DomainStatus,
+    /// The object's version after the write, for a later write conditional on it.
+    pub resource_version: Option<String>,
+}
+
 /// Writes `status.domain` (stamped now) and `status.restarts` (removed when `None`).
 /// With `resource_version`, the write only succeeds on that version of the object.
 pub async fn apply(
@@ -133,7 +140,7 @@ pub async fn apply(
     mut domain: DomainStatus,
     restarts: Option<&RestartStatus>,
     resource_version: Option<String>,
-) -> Result<DomainStatus, AgentError> {
+) -> Result<Written, AgentError> {
     domain.observed_time = Some(Time(whole_seconds(Timestamp::now())));
     let mut status = json!({ "domain": &domain });
     if let Some(r) = restarts {
@@ -153,7 +160,8 @@ pub async fn apply(
         "status": status,
     });
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(&vm.name_any(), &params, &Patch::Apply(&patch))
+    let written = api
+        .patch_status(&vm.name_any(), &params, &Patch::Apply(&patch))
         .await
         .map_err(|e| {
             AgentError::kube(
@@ -165,7 +173,10 @@ pub async fn apply(
                 e,
             )
         })?;
-    Ok(domain)
+    Ok(Written {
+        domain,
+        resource_version: written.resource_version(),
+    })
 }
 
 #[cfg(test)]

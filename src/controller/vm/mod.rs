@@ -19,7 +19,7 @@ use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{
     DeletionPolicy, DesiredState, DomainState, FenceState, Hypervisor, ImportProgress,
@@ -290,36 +290,35 @@ async fn apply(
     };
     // Remembered before anything is awaited: the next VM placed, by this reconcile's neighbour,
     // counts this one where it goes (room and placement rules) even before the cache shows it.
-    // A reconcile on a copy that does not show the label yet patches it again, but the move is
-    // announced once.
-    let announce = match &scheduling {
-        Scheduling::Placed { node, .. } => {
-            let announce = ctx.placements.get(&uid).as_deref() != Some(node.as_str());
-            ctx.placements.set(&uid, node);
-            announce
+    if let Scheduling::Placed { node, .. } = &scheduling {
+        ctx.placements.set(&uid, node);
+    }
+    // The agent follows the label alone, so the label goes first.
+    let handed = match &scheduling {
+        Scheduling::Placed { node, .. } => hand_over(vm, ctx, api, node).await?,
+        // Its node's agent would start a second copy: it is assigned nowhere meanwhile.
+        Scheduling::Unschedulable { reason, .. } if reason == placement::REASON_STARTED_OUTSIDE => {
+            unassign(vm, api).await?;
+            HandOver::Unchanged
         }
-        _ => false,
+        _ => HandOver::Unchanged,
     };
-    // The agent follows the label alone, so the label and the status are written at once.
-    let label = async {
-        match &scheduling {
-            Scheduling::Placed { node, .. } => hand_over(vm, ctx, api, node, announce).await,
-            // Its node's agent would start a second copy: it is assigned nowhere meanwhile.
-            Scheduling::Unschedulable { reason, .. } if reason == placement::REASON_STARTED_OUTSIDE => {
-                unassign(vm, api).await
-            }
-            _ => Ok(()),
-        }
-    };
+    if handed == HandOver::Outdated {
+        // The newer version's event decides again; the check after a while is a safety net.
+        return Ok(Action::requeue(OUTDATED_RECHECK));
+    }
     ctx.failures.reset(&uid);
-    let status = write_status(vm, ctx, api, &storage_outcome, &scheduling, Some(plan.uuid));
-    tokio::try_join!(label, status)?;
+    write_status(vm, ctx, api, &storage_outcome, &scheduling, Some(plan.uuid)).await?;
     let host = host_health(ctx, vm, &scheduling);
     Ok(Action::requeue(next_check(&host, ctx.settings.resync)))
 }
 
 /// How often a VM on a lost host is looked at again while the host is fenced or comes back.
 const LOST_HOST_RECHECK: Duration = Duration::from_secs(2);
+
+/// When a VM whose node label could not be written, because it changed since it was read, is
+/// looked at again if its change's event did not come first.
+const OUTDATED_RECHECK: Duration = Duration::from_secs(1);
 
 /// When to reconcile again without a change. A lost host's fence and return are announced by
 /// Hypervisor events, but those come from a watch apart from the cache placement reads, which
@@ -441,6 +440,20 @@ fn import_progress_reporter(
     (tx, task)
 }
 
+/// What `hand_over` did.
+#[derive(Debug, PartialEq, Eq)]
+enum HandOver {
+    /// The label already named the node, or the old node still holds the domain and the
+    /// label is already gone.
+    Unchanged,
+    /// The label now names the node.
+    Moved,
+    /// The label was removed so that the old node releases the domain.
+    Releasing,
+    /// The VM changed since this decision was read: nothing was written.
+    Outdated,
+}
+
 /// Points the node label at `node`. When the VM moves while its domain is still defined on the
 /// old node, the label is first removed, so the old agent stops and undefines the domain, and
 /// only set to the new node once the old one reports it gone: two hosts never run one disk.
@@ -449,11 +462,10 @@ async fn hand_over(
     ctx: &Context,
     api: &Api<VirtualMachine>,
     node: &str,
-    announce: bool,
-) -> Result<(), ReconcileError> {
+) -> Result<HandOver, ReconcileError> {
     let label = vm.labels().get(NODE_LABEL).map(String::as_str);
     if label == Some(node) {
-        return Ok(());
+        return Ok(HandOver::Unchanged);
     }
     let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
     // Even a domain reported Absent is released only by a heartbeat that leaves the VM out:
@@ -461,22 +473,35 @@ async fn hand_over(
     // move (a start asked for at the same time), and that heartbeat proves it no longer will.
     let old_node_busy = domain
         .is_some_and(|d| d.node != node && !released_per_heartbeat(ctx, vm, d) && !node_fenced(ctx, &d.node));
-    let labels = if old_node_busy {
+    if old_node_busy {
         if label.is_none() {
-            return Ok(());
+            return Ok(HandOver::Unchanged);
         }
         info!(from = ?label, to = %node, "moving: waiting for the old node to release the domain");
-        json!({})
-    } else {
-        json!({NODE_LABEL: node})
-    };
-    apply_labels(vm, api, labels).await?;
+        apply_labels(vm, api, json!({}), None).await?;
+        return Ok(HandOver::Releasing);
+    }
+    // A node is named only on the version this decision read: an agent that claimed the VM
+    // meanwhile (the agent's `claim`, written before any define) makes this write fail, and the
+    // claim's event brings the VM back here to wait for that node's release. A copy of the VM
+    // older than this controller's own last label write fails the same way, so a move is
+    // announced once.
+    match apply_labels(vm, api, json!({NODE_LABEL: node}), vm.resource_version()).await {
+        Err(ReconcileError::Kube(kube::Error::Api(e))) if e.code == 409 => {
+            debug!(to = %node, "the VM changed since this decision: deciding again on its new version");
+            return Ok(HandOver::Outdated);
+        }
+        written => written?,
+    }
+    announce_move(ctx, vm, domain, node);
+    Ok(HandOver::Moved)
+}
+
+/// The Event of a placement or of a failover.
+fn announce_move(ctx: &Context, vm: &VirtualMachine, domain: Option<&crate::api::DomainStatus>, node: &str) {
     let failed_over_from = domain
         .filter(|d| d.node != node && d.state != DomainState::Absent && node_fenced(ctx, &d.node))
         .map(|d| d.node.clone());
-    if !announce || old_node_busy {
-        return Ok(());
-    }
     if let Some(from) = failed_over_from {
         warn!(from = %from, to = %node, "failing over");
         publish(
@@ -498,7 +523,6 @@ async fn hand_over(
             format!("placed on hypervisor {node}"),
         );
     }
-    Ok(())
 }
 
 /// Removes the node label (the agents follow it alone).
@@ -506,18 +530,24 @@ async fn unassign(vm: &VirtualMachine, api: &Api<VirtualMachine>) -> Result<(), 
     if !vm.labels().contains_key(NODE_LABEL) {
         return Ok(());
     }
-    apply_labels(vm, api, json!({})).await
+    apply_labels(vm, api, json!({}), None).await
 }
 
-/// The controller's labels of the VM (server-side apply: a label it set and leaves out goes).
+/// The controller's labels of the VM (server-side apply: a label it set and leaves out goes),
+/// with `on_version`, only on that version of the VM.
 async fn apply_labels(
     vm: &VirtualMachine,
     api: &Api<VirtualMachine>,
     labels: serde_json::Value,
+    on_version: Option<String>,
 ) -> Result<(), ReconcileError> {
+    let mut metadata = json!({"name": vm.name_any(), "labels": labels});
+    if let Some(version) = on_version {
+        metadata["resourceVersion"] = json!(version);
+    }
     let patch = json!({
         "apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()),
-        "metadata": {"name": vm.name_any(), "labels": labels}
+        "metadata": metadata
     });
     api.patch(
         &vm.name_any(),
@@ -531,7 +561,7 @@ async fn apply_labels(
 /// The old node's heartbeat, newer than its last report on this VM, no longer lists the VM:
 /// the domain is gone there even if the agent's own report of it got lost, and the agent's
 /// cache no longer assigns the VM there, so it will not define it again (the heartbeat lists
-/// what the cache assigns, read under the gate that defines and starts take).
+/// what the cache assigns, read under the gate that defines take).
 fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
     let key = format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any());
     let Some(hv) = ctx
