@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod crdgen;
 pub mod domain_xml;
+pub mod field_manager;
 pub mod http;
 pub mod leader;
 pub mod libvirt;

@@ -19,8 +19,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
-use seapath_operator::agent::{AgentError, FIELD_MANAGER, status};
+use seapath_operator::agent::{AgentError, status};
 use seapath_operator::api::{DomainState, DomainStatus, Hypervisor, NODE_LABEL, VirtualMachine};
+use seapath_operator::field_manager::AGENT as FIELD_MANAGER;
 use serde_json::json;
 
 use common::chart::{client_from, node_agent_kubeconfig, service_account_kubeconfig, unique, vm_manifest};

@@ -108,7 +108,7 @@ async fn status_start_stop_disable_and_clear_errors() {
                 .managed_fields
                 .unwrap_or_default()
                 .iter()
-                .any(|m| m.manager.as_deref() == Some(seapath_operator::plugin::FIELD_MANAGER)),
+                .any(|m| m.manager.as_deref() == Some(seapath_operator::field_manager::PLUGIN)),
             "no kubectl-seapath field manager"
         );
     }

@@ -23,7 +23,7 @@ use serde_json::json;
 use common::snapshots::{create_vm, rbd, snap_names, snapshot_controllers, wait_for, wait_gone};
 
 fn as_controller() -> PatchParams {
-    PatchParams::apply(seapath_operator::controller::snapshot::FIELD_MANAGER).force()
+    PatchParams::apply(seapath_operator::field_manager::SNAPSHOT).force()
 }
 
 fn status_patch(status: serde_json::Value, kind: &str) -> Patch<serde_json::Value> {

@@ -28,7 +28,7 @@ fn status_patch(status: serde_json::Value, kind: &str) -> Patch<serde_json::Valu
 }
 
 fn as_controller() -> PatchParams {
-    PatchParams::apply(seapath_operator::controller::snapshot::FIELD_MANAGER).force()
+    PatchParams::apply(seapath_operator::field_manager::SNAPSHOT).force()
 }
 
 #[tokio::test]
@@ -151,7 +151,7 @@ async fn killed_controller_resumes_snapshots_and_restores() {
         .await
         .unwrap();
     let as_restore = PatchParams {
-        field_manager: Some(seapath_operator::controller::snapshot::RESTORE_FIELD_MANAGER.into()),
+        field_manager: Some(seapath_operator::field_manager::RESTORE.into()),
         ..Default::default()
     };
     vms.patch(

@@ -16,8 +16,8 @@ use super::Context;
 use super::actions::{self, HostDomains, MarkedDomain};
 use super::backoff::whole_seconds;
 use super::error::AgentError;
-use super::status::FIELD_MANAGER;
 use crate::api::{Hypervisor, HypervisorStatus, condition_types};
+use crate::field_manager;
 use crate::libvirt::HostInfo;
 
 /// Reason of `Ready=True`.
@@ -128,7 +128,11 @@ async fn register(
         "spec": {},
     });
     let created = api
-        .patch(node, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(&object))
+        .patch(
+            node,
+            &PatchParams::apply(field_manager::AGENT),
+            &Patch::Apply(&object),
+        )
         .await
         .map_err(|e| AgentError::kube(&context, e))?;
     info!(node, "registered the Hypervisor object");
@@ -146,7 +150,7 @@ async fn write_status(
         "metadata": { "name": node },
         "status": status,
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(field_manager::AGENT).force();
     let written = api
         .patch_status(node, &params, &Patch::Apply(&patch))
         .await

@@ -52,7 +52,6 @@ pub use config::{
 };
 pub use connection::{AgentStats, StatsSnapshot};
 pub use error::AgentError;
-pub use status::FIELD_MANAGER;
 
 use crate::api::{DomainStatus, MIGRATION_TARGET_LABEL, NODE_LABEL, RestartStatus, VirtualMachine};
 use crate::libvirt::Hypervisor;

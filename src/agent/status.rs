@@ -12,9 +12,7 @@ use super::backoff::whole_seconds;
 use super::domain_reconcile::{Note, ObservedDomain, Ownership, reported_state};
 use super::error::AgentError;
 use crate::api::{DomainState, DomainStatus, RestartStatus, VirtualMachine};
-
-/// Field manager of everything the agents write.
-pub const FIELD_MANAGER: &str = "seapath-agent";
+use crate::field_manager;
 
 /// An operation that failed, reported with the observed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -159,7 +157,7 @@ pub async fn apply(
         "metadata": metadata,
         "status": status,
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let params = PatchParams::apply(field_manager::AGENT).force();
     let written = api
         .patch_status(&vm.name_any(), &params, &Patch::Apply(&patch))
         .await

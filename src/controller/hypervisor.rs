@@ -24,10 +24,8 @@ use crate::controller::events::{self, Note};
 use crate::controller::fencing::{self, VmImages};
 use crate::controller::node_health::{self, HeartbeatClock, NodeAction, NodeFacts};
 use crate::controller::storage::StorageError;
+use crate::field_manager;
 use crate::metrics::Metrics;
-
-/// Field manager of the controller's writes to Hypervisor status (fence, lost mark).
-pub const FIELD_MANAGER: &str = "seapath-controller-health";
 
 /// How the controller judges and fences hosts.
 #[derive(Clone, Debug)]
@@ -339,7 +337,7 @@ async fn write_fence(
 
 fn params() -> PatchParams {
     PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
+        field_manager: Some(field_manager::HEALTH.into()),
         ..Default::default()
     }
 }

@@ -27,9 +27,7 @@ use crate::api::{
     DesiredState, GROUP, Hypervisor, MigrationPhase, VirtualMachine, VirtualMachineMigration,
     VirtualMachineMigrationSpec, condition_types as ct,
 };
-
-/// Field manager of every write the plugin makes.
-pub const FIELD_MANAGER: &str = "kubectl-seapath";
+use crate::field_manager;
 
 /// Operate SEAPATH virtual machines: status, start, stop, disable, snapshot, restore, migrate,
 /// and drain or uncordon hypervisors.
@@ -122,23 +120,14 @@ pub struct WaitArgs {
     pub timeout: Duration,
 }
 
-/// `30s`, `5m`, `1h`, or a number of seconds.
+/// `30s`, `5m`, `1h 30m` (humantime's durations), or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration such as 30s, 5m or 1h"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("'{text}' is not a duration such as 30s, 5m or 1h")),
-    };
-    Ok(Duration::from_secs(seconds))
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration such as 30s, 5m or 1h: {e}"))
 }
 
 /// What can go wrong, worded for the person at the terminal.
@@ -661,7 +650,7 @@ async fn set_state(
     api.get(&args.vm).await.map_err(|e| call("get").error(e))?;
     let patch = json!({"spec": {"state": state}});
     let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
+        field_manager: Some(field_manager::PLUGIN.into()),
         ..Default::default()
     };
     let patched = api
@@ -789,7 +778,7 @@ where
         name: name.clone(),
     };
     let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
+        field_manager: Some(field_manager::PLUGIN.into()),
         ..Default::default()
     };
     let created = api
@@ -965,7 +954,7 @@ async fn drain(
     };
     api.get(node).await.map_err(|e| call("get").error(e))?;
     let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
+        field_manager: Some(field_manager::PLUGIN.into()),
         ..Default::default()
     };
     let patch = json!({"spec": {"unschedulable": on, "drain": on}});
@@ -1080,7 +1069,8 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert!(parse_duration("5 minutes").is_err());
+        assert_eq!(parse_duration("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("m").is_err());
     }
 

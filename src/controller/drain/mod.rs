@@ -24,10 +24,7 @@ use crate::api::{
     VirtualMachineMigrationSpec,
 };
 use crate::controller::context::Context;
-
-/// The field manager of `status.drain`: apart from the fencing's, so that removing the one
-/// never touches the other.
-pub const FIELD_MANAGER: &str = "seapath-controller-drain";
+use crate::field_manager;
 
 /// Label on a drain's migrations: the Hypervisor's generation when the drain was asked for, so
 /// that a later drain starts afresh.
@@ -199,7 +196,7 @@ async fn write_status(ctx: &DrainContext, node: &str, drain: Option<&DrainStatus
     });
     api.patch_status(
         node,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::DRAIN).force(),
         &Patch::Apply(patch),
     )
     .await?;

@@ -26,11 +26,8 @@ use crate::api::{
 };
 use crate::controller::context::Context;
 use crate::controller::events::{self, Note};
+use crate::field_manager;
 use decide::{Decision, Facts, Marks};
-
-/// The field manager of the marks a migration puts on its VM: apart from the VM reconciler's,
-/// so that each one's server-side apply removes only what it set itself.
-pub const FIELD_MANAGER: &str = "seapath-controller-migration";
 
 /// How often a running migration is looked at without a change (its VM's changes wake it).
 const RUNNING_RECHECK: Duration = Duration::from_secs(5);
@@ -315,7 +312,7 @@ async fn mark(ctx: &MigrationContext, vm: &VirtualMachine, marks: &Marks) -> Res
     });
     api.patch(
         &vm.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::MIGRATION).force(),
         &Patch::Apply(patch),
     )
     .await?;
@@ -353,7 +350,7 @@ async fn write_status(
     });
     api.patch_status(
         &migration.name_any(),
-        &PatchParams::apply(crate::controller::vm::FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::CONTROLLER).force(),
         &Patch::Apply(patch),
     )
     .await?;

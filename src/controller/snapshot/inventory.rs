@@ -26,9 +26,8 @@ use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, rbd, reset_failures};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
 use crate::ceph::SnapInfo;
+use crate::field_manager;
 
-/// Field manager of `status.unmanagedSnapshots`.
-pub const FIELD_MANAGER: &str = "seapath-snapshot-inventory";
 /// How often, by default, the list is refreshed without any change seen on the objects
 /// (snapshots taken or removed by hand leave no trace in Kubernetes). Each refresh opens every
 /// image of the VM: with 500 VMs a 5-minute period kept an idle controller above 1 % of a core.
@@ -193,13 +192,13 @@ async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Acti
             json!({"unmanagedSnapshots": list})
         };
         let patch = json!({
-            "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": status
+            "apiVersion": <VirtualMachine as kube::Resource>::api_version(&()), "kind": <VirtualMachine as kube::Resource>::kind(&()), "status": status
         });
         let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
         match api
             .patch_status(
                 &vm.name_any(),
-                &PatchParams::apply(FIELD_MANAGER).force(),
+                &PatchParams::apply(field_manager::SNAPSHOT_INVENTORY).force(),
                 &Patch::Apply(patch),
             )
             .await

@@ -56,12 +56,8 @@ use crate::api::{
 use crate::controller::context::FailureCounter;
 use crate::controller::events::{self, Note};
 use crate::controller::storage::{StorageContext, StorageError};
+use crate::field_manager;
 use crate::metrics::Metrics;
-
-/// Field manager of the status writes of the three controllers.
-pub const FIELD_MANAGER: &str = "seapath-snapshot-controller";
-/// Field manager of the restore's writes to a VM's `spec.state`.
-pub const RESTORE_FIELD_MANAGER: &str = "seapath-restore";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,19 +170,19 @@ pub fn now() -> Time {
 }
 
 /// Writes a whole status with server-side apply (this controller owns every status field).
-pub async fn write_status<K, S>(api: &Api<K>, obj: &K, kind: &str, status: &S) -> Result<(), Error>
+pub async fn write_status<K, S>(api: &Api<K>, obj: &K, status: &S) -> Result<(), Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
     S: Serialize,
 {
     let patch = serde_json::json!({
-        "apiVersion": "seapath.lfenergy.org/v1alpha1",
-        "kind": kind,
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
         "status": status,
     });
     api.patch_status(
         &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::SNAPSHOT).force(),
         &Patch::Apply(patch),
     )
     .await?;

@@ -35,7 +35,7 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span};
 
 use super::vmsnapshot::{per_image, rbd_name};
-use super::{Ctx, Error, RESTORE_FIELD_MANAGER, now, rbd, reset_failures, write_status};
+use super::{Ctx, Error, now, rbd, reset_failures, write_status};
 use crate::api::{
     DesiredState, Disk, DiskSource, DomainState, OperationError, Phase, RESTORE_FINALIZER, RESTORE_LABEL,
     RESTORE_UID_ANNOTATION, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
@@ -43,6 +43,7 @@ use crate::api::{
 };
 use crate::controller::conditions::{Desired, merge};
 use crate::controller::phase;
+use crate::field_manager;
 
 const KIND: &str = "VirtualMachineRestore";
 const POLL: Duration = Duration::from_secs(2);
@@ -220,7 +221,7 @@ impl Step<'_> {
             if previous.phase != Some(phase) {
                 info!(?phase, reason, "restore step");
             }
-            write_status(self.api, self.restore, KIND, &status).await?;
+            write_status(self.api, self.restore, &status).await?;
         }
         Ok(status)
     }
@@ -263,7 +264,7 @@ impl Step<'_> {
     async fn set_vm_state(&self, state: DesiredState) -> Result<i64, Error> {
         let patch = json!({"spec": {"state": state}});
         let params = PatchParams {
-            field_manager: Some(RESTORE_FIELD_MANAGER.into()),
+            field_manager: Some(field_manager::RESTORE.into()),
             ..Default::default()
         };
         let vm = self

@@ -265,7 +265,7 @@ async fn apply(
             status.observed_generation = generation;
             status.conditions = merge(&previous.conditions, &conditions, generation, &time);
             if status != previous {
-                write_status(&api, schedule, KIND, &status).await?;
+                write_status(&api, schedule, &status).await?;
             }
             Ok::<_, Error>(())
         }

@@ -121,7 +121,7 @@ impl Writer<'_> {
             if previous.phase != Some(phase) {
                 info!(?phase, reason, "snapshot phase");
             }
-            write_status(self.api, self.snap, KIND, &status).await?;
+            write_status(self.api, self.snap, &status).await?;
         }
         Ok(status)
     }

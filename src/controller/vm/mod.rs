@@ -30,9 +30,8 @@ use crate::controller::context::Context;
 use crate::controller::events::{self, Note};
 use crate::controller::placement::{self, Candidate, Decision, Member};
 use crate::controller::storage::{self, StorageError};
+use crate::field_manager;
 use status::{HostHealth, Scheduling, StatusInput, StorageOutcome};
-
-pub const FIELD_MANAGER: &str = "seapath-controller";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -406,10 +405,6 @@ async fn still_present(
     Some(recorded.clone())
 }
 
-/// Field manager of `status.import`, separate from the controller's so that progress patches
-/// and the controller's status patches never remove each other's fields.
-const IMPORT_FIELD_MANAGER: &str = "seapath-controller-import";
-
 /// Writes import progress to `status.import` in the order it comes, and clears it when the
 /// sender is dropped (the import ended, one way or another).
 fn import_progress_reporter(
@@ -421,17 +416,17 @@ fn import_progress_reporter(
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ImportProgress>();
     let task = tokio::spawn(async move {
-        let params = PatchParams::apply(IMPORT_FIELD_MANAGER).force();
+        let params = PatchParams::apply(field_manager::IMPORT).force();
         let mut reported = false;
         while let Some(progress) = rx.recv().await {
-            let patch = json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": {"import": progress}});
+            let patch = json!({"apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()), "status": {"import": progress}});
             match api.patch_status(&name, &params, &Patch::Apply(patch)).await {
                 Ok(_) => reported = true,
                 Err(err) => warn!(error = %err, "reporting import progress failed"),
             }
         }
         if reported {
-            let clear = json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": {}});
+            let clear = json!({"apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()), "status": {}});
             if let Err(err) = api.patch_status(&name, &params, &Patch::Apply(clear)).await {
                 warn!(error = %err, "clearing import progress failed");
             }
@@ -551,7 +546,7 @@ async fn apply_labels(
     });
     api.patch(
         &vm.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::CONTROLLER).force(),
         &Patch::Apply(patch),
     )
     .await?;
@@ -911,11 +906,10 @@ async fn write_status(
     }
     let phase_changed = vm.status.as_ref().and_then(|s| s.phase) != new.phase;
     let phase = new.phase;
-    let patch =
-        json!({"apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachine", "status": new});
+    let patch = json!({"apiVersion": VirtualMachine::api_version(&()), "kind": VirtualMachine::kind(&()), "status": new});
     api.patch_status(
         &vm.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager::CONTROLLER).force(),
         &Patch::Apply(patch),
     )
     .await?;
