@@ -1,6 +1,7 @@
-//! What a finalizer-guarded reconcile shares: a span naming the object, the reconcile timer,
-//! and the finalizer, whose own failures become the reconciler's error. The VM and migration
-//! reconcilers run in it; the snapshot controllers still carry their own copy.
+//! What every reconcile of the controller shares: a span naming the object, the reconcile
+//! timer labelled with the failure's reason, and, for the kinds that hold a finalizer, the
+//! finalizer, whose own failures become the reconciler's error. The VM, migration, snapshot,
+//! restore, schedule and inventory reconcilers all run in it.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -24,8 +25,36 @@ pub trait FrameError: std::error::Error + Send + 'static {
     fn finalizer(message: String) -> Self;
 }
 
+/// Runs `reconcile` for `object` in a span naming it, timed under `kind`.
+pub async fn observed<K, E, Fut>(
+    kind: &'static str,
+    object: &K,
+    metrics: &Metrics,
+    reconcile: Fut,
+) -> Result<Action, E>
+where
+    K: Resource<DynamicType = ()>,
+    E: FrameError,
+    Fut: Future<Output = Result<Action, E>>,
+{
+    let namespace = object.namespace().unwrap_or_default();
+    let span = info_span!("reconcile", kind, namespace = %namespace, object = %object.name_any());
+    async move {
+        let timer = metrics.reconcile_timer(kind);
+        let result = reconcile.await;
+        match &result {
+            Ok(_) => timer.ok(),
+            Err(e) => timer.error(e.reason()),
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
 /// Runs `step` for `object` under `finalizer_name`: `Apply` while it lives, `Cleanup` once it
-/// is deleted (the finalizer goes when `Cleanup` succeeds).
+/// is deleted (the finalizer goes when `Cleanup` succeeds). A finalizer found already gone
+/// when it is removed means the object was deleted meanwhile, the end the cleanup was for.
 pub async fn finalized<K, E, F, Fut>(
     kind: &'static str,
     api: &Api<K>,
@@ -40,22 +69,16 @@ where
     F: FnOnce(finalizer::Event<K>) -> Fut,
     Fut: Future<Output = Result<Action, E>>,
 {
-    let namespace = object.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind, namespace = %namespace, object = %object.name_any());
-    async move {
-        let timer = metrics.reconcile_timer(kind);
-        let result = finalizer(api, finalizer_name, object, step)
+    let guarded = async {
+        finalizer(api, finalizer_name, object.clone(), step)
             .await
-            .map_err(|err| match err {
-                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-                other => E::finalizer(other.to_string()),
-            });
-        match &result {
-            Ok(_) => timer.ok(),
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
-    .await
+            .or_else(|err| match err {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => Err(e),
+                finalizer::Error::RemoveFinalizer(kube::Error::Api(e)) if e.code == 404 => {
+                    Ok(Action::await_change())
+                }
+                other => Err(E::finalizer(other.to_string())),
+            })
+    };
+    observed(kind, object.as_ref(), metrics, guarded).await
 }

@@ -19,13 +19,14 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
-use tracing::{Instrument, debug, info_span};
+use tracing::debug;
 
 use super::checks::{self, RecentChecks};
 use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, rbd, reset_failures};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
 use crate::ceph::SnapInfo;
+use crate::controller::frame;
 use crate::field_manager;
 
 /// How often, by default, the list is refreshed without any change seen on the objects
@@ -130,21 +131,12 @@ impl Seen {
 
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let namespace = vm.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %vm.name_any());
-    async move {
-        let timer = ctx.metrics.reconcile_timer(KIND);
-        let result = refresh(&vm, &ctx, &namespace).await;
-        match &result {
-            Ok(_) => {
-                reset_failures(&ctx, vm.as_ref());
-                timer.ok()
-            }
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
-    .await
+    let run = async {
+        let action = refresh(&vm, &ctx, &namespace).await?;
+        reset_failures(&ctx, vm.as_ref());
+        Ok(action)
+    };
+    frame::observed(KIND, vm.as_ref(), &ctx.metrics, run).await
 }
 
 async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Action, Error> {

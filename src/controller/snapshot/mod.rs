@@ -42,7 +42,6 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -82,12 +81,13 @@ impl Error {
     }
 }
 
-impl From<finalizer::Error<Error>> for Error {
-    fn from(err: finalizer::Error<Error>) -> Self {
-        match err {
-            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
-            other => Error::Finalizer(other.to_string()),
-        }
+impl crate::controller::frame::FrameError for Error {
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
+    }
+
+    fn finalizer(message: String) -> Self {
+        Error::Finalizer(message)
     }
 }
 
@@ -129,12 +129,6 @@ impl RecentlyCleaned {
         cleaned.retain(|_, at| at.elapsed() < Self::KEEP);
         cleaned.insert(uid.to_owned(), std::time::Instant::now());
     }
-}
-
-/// The finalizer is already gone from an object this process cleaned up: the object was
-/// deleted meanwhile, which is the end the cleanup was for.
-pub(crate) fn finalizer_already_removed(err: &finalizer::Error<Error>) -> bool {
-    matches!(err, finalizer::Error::RemoveFinalizer(kube::Error::Api(e)) if e.code == 404)
 }
 
 impl Ctx {

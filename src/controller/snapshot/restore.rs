@@ -30,9 +30,9 @@ use kube::ResourceExt;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
+use kube::runtime::finalizer;
 use serde_json::json;
-use tracing::{Instrument, info, info_span};
+use tracing::info;
 
 use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, now, rbd, reset_failures, write_status};
@@ -42,6 +42,7 @@ use crate::api::{
     VirtualMachineRestoreStatus, VirtualMachineSnapshot, VirtualMachineSpec, VmSource, condition_types as ct,
 };
 use crate::controller::conditions::{Desired, merge};
+use crate::controller::frame;
 use crate::controller::phase;
 use crate::field_manager;
 
@@ -282,43 +283,29 @@ impl Step<'_> {
 
 pub async fn reconcile(restore: Arc<VirtualMachineRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let namespace = restore.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %restore.name_any());
-    async move {
-        let timer = ctx.metrics.reconcile_timer(KIND);
-        let api: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = finalizer(&api, RESTORE_FINALIZER, restore, |event| async {
+    let api: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let (ctx, api) = (&ctx, &api);
+    frame::finalized(
+        KIND,
+        api,
+        RESTORE_FINALIZER,
+        restore,
+        &ctx.metrics,
+        |event| async move {
+            let (finalizer::Event::Apply(restore) | finalizer::Event::Cleanup(restore)) = &event;
+            let step = Step {
+                ctx,
+                api,
+                vms: Api::namespaced(ctx.client.clone(), &namespace),
+                restore,
+                namespace: namespace.clone(),
+            };
             match event {
-                finalizer::Event::Apply(restore) => {
-                    let step = Step {
-                        ctx: &ctx,
-                        api: &api,
-                        vms: Api::namespaced(ctx.client.clone(), &namespace),
-                        restore: &restore,
-                        namespace: namespace.clone(),
-                    };
-                    apply(&step).await
-                }
-                finalizer::Event::Cleanup(restore) => {
-                    let step = Step {
-                        ctx: &ctx,
-                        api: &api,
-                        vms: Api::namespaced(ctx.client.clone(), &namespace),
-                        restore: &restore,
-                        namespace: namespace.clone(),
-                    };
-                    cleanup(&step).await
-                }
+                finalizer::Event::Apply(_) => apply(&step).await,
+                finalizer::Event::Cleanup(_) => cleanup(&step).await,
             }
-        })
-        .await
-        .map_err(Error::from);
-        match &result {
-            Ok(_) => timer.ok(),
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
+        },
+    )
     .await
 }
 

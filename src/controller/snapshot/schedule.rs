@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::core::Selector;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tracing::{Instrument, info, info_span};
+use tracing::info;
 
 use super::cron::{Cron, parse_duration, time_zone};
 use super::{Ctx, Error, now, reset_failures, write_status};
@@ -27,6 +27,7 @@ use crate::api::{
     condition_types as ct,
 };
 use crate::controller::conditions::{Desired, merge};
+use crate::controller::frame;
 
 const KIND: &str = "VirtualMachineSnapshotSchedule";
 /// Retention by age is re-evaluated at least this often.
@@ -213,36 +214,21 @@ pub async fn reconcile(
     ctx: Arc<Ctx>,
 ) -> Result<Action, Error> {
     let namespace = schedule.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %schedule.name_any());
-    async move {
-        let timer = ctx.metrics.reconcile_timer(KIND);
+    let run = async {
         // The status carries counters (purgedTotal, failures) that each run adds to: start from
         // the object as the API server has it, not from a cache that may miss the last write.
         let api: Api<VirtualMachineSnapshotSchedule> = Api::namespaced(ctx.client.clone(), &namespace);
-        let schedule = match api.get_opt(&schedule.name_any()).await {
-            Ok(Some(fresh)) => Arc::new(fresh),
-            Ok(None) => return Ok(Action::await_change()),
-            Err(e) => {
-                timer.error("KubernetesApiError");
-                return Err(e.into());
-            }
+        let Some(fresh) = api.get_opt(&schedule.name_any()).await? else {
+            return Ok(Action::await_change());
         };
-        let result = if schedule.metadata.deletion_timestamp.is_some() {
-            Ok(Action::await_change())
-        } else {
-            apply(&schedule, &ctx, &namespace).await
-        };
-        match &result {
-            Ok(_) => {
-                reset_failures(&ctx, schedule.as_ref());
-                timer.ok()
-            }
-            Err(e) => timer.error(e.reason()),
+        if fresh.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
         }
-        result
-    }
-    .instrument(span)
-    .await
+        let action = apply(&fresh, &ctx, &namespace).await?;
+        reset_failures(&ctx, &fresh);
+        Ok(action)
+    };
+    frame::observed(KIND, schedule.as_ref(), &ctx.metrics, run).await
 }
 
 async fn apply(

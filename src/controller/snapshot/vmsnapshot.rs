@@ -11,8 +11,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{self, finalizer};
-use tracing::{Instrument, info, info_span};
+use kube::runtime::finalizer;
+use tracing::info;
 
 use super::rbd::{self, Removed};
 use super::{Ctx, Error, VmLock, checks, cron, now, reset_failures, write_status};
@@ -21,6 +21,7 @@ use crate::api::{
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
 };
 use crate::controller::conditions::{Desired, merge};
+use crate::controller::frame;
 use crate::controller::storage::StorageError;
 
 const KIND: &str = "VirtualMachineSnapshot";
@@ -128,12 +129,15 @@ impl Writer<'_> {
 }
 
 pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Result<Action, Error> {
-    let namespace = snap.namespace().unwrap_or_default();
-    let span = info_span!("reconcile", kind = KIND, namespace = %namespace, object = %snap.name_any());
-    async move {
-        let timer = ctx.metrics.reconcile_timer(KIND);
-        let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), &namespace);
-        let result = finalizer(&api, SNAPSHOT_FINALIZER, snap, |event| async {
+    let api: Api<VirtualMachineSnapshot> =
+        Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
+    frame::finalized(
+        KIND,
+        &api,
+        SNAPSHOT_FINALIZER,
+        snap,
+        &ctx.metrics,
+        |event| async {
             match event {
                 finalizer::Event::Apply(snap) => apply(&snap, &ctx, &api).await,
                 finalizer::Event::Cleanup(snap) => {
@@ -149,19 +153,8 @@ pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Resu
                     done
                 }
             }
-        })
-        .await;
-        let result = match result {
-            Err(e) if super::finalizer_already_removed(&e) => Ok(Action::await_change()),
-            other => other.map_err(Error::from),
-        };
-        match &result {
-            Ok(_) => timer.ok(),
-            Err(e) => timer.error(e.reason()),
-        }
-        result
-    }
-    .instrument(span)
+        },
+    )
     .await
 }
 
