@@ -6,6 +6,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -13,8 +14,9 @@ use kube::runtime::finalizer::{self, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug, info_span, warn};
 
+use crate::controller::context::FailureCounter;
 use crate::metrics::Metrics;
 
 /// An error a reconciler returns through the frame.
@@ -23,6 +25,43 @@ pub trait FrameError: std::error::Error + Send + 'static {
     fn reason(&self) -> &'static str;
     /// The finalizer itself failed (adding or removing it).
     fn finalizer(message: String) -> Self;
+    /// How to retry: a failure backs off; a wait for something under way does not.
+    fn retry(&self) -> Retry {
+        Retry::BackOff
+    }
+}
+
+/// How a failed reconcile is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Something under way is awaited (a domain to go, an image to be released): look again
+    /// after this, however often it has been awaited already.
+    After(Duration),
+    /// A failure: retry after [`back_off`] of the object's consecutive failures.
+    BackOff,
+}
+
+/// The longest wait between two retries of a failing object.
+pub const MAX_BACK_OFF: Duration = Duration::from_secs(120);
+
+/// The one back-off of the controller: 1 s after the first failure, doubling with each
+/// consecutive one, up to [`MAX_BACK_OFF`].
+pub fn back_off(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.saturating_sub(1).min(16)).min(MAX_BACK_OFF)
+}
+
+/// The error policy of a reconciler that counts its objects' failures in `failures` (and
+/// resets them when a reconcile succeeds).
+pub fn error_policy<K: Resource, E: FrameError>(object: &K, err: &E, failures: &FailureCounter) -> Action {
+    let delay = match err.retry() {
+        Retry::After(delay) => {
+            debug!(reason = err.reason(), retry_in = ?delay, "{err}");
+            return Action::requeue(delay);
+        }
+        Retry::BackOff => back_off(failures.bump(&object.meta().uid.clone().unwrap_or_default())),
+    };
+    warn!(error = %err, reason = err.reason(), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Runs `reconcile` for `object` in a span naming it, timed under `kind`.
@@ -81,4 +120,16 @@ where
             })
     };
     observed(kind, object.as_ref(), metrics, guarded).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_back_off_doubles_from_one_second_up_to_its_cap() {
+        let waits: Vec<u64> = (1..=9).map(|n| back_off(n).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 120, 120]);
+        assert_eq!(back_off(u32::MAX), MAX_BACK_OFF);
+    }
 }

@@ -47,13 +47,13 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
 
 use crate::api::{
     VirtualMachine, VirtualMachineRestore, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
 };
 use crate::controller::context::FailureCounter;
 use crate::controller::events::{self, Note};
+use crate::controller::frame::{self, FrameError, Retry};
 use crate::controller::storage::{StorageContext, StorageError};
 use crate::field_manager;
 use crate::metrics::Metrics;
@@ -81,13 +81,21 @@ impl Error {
     }
 }
 
-impl crate::controller::frame::FrameError for Error {
+impl FrameError for Error {
     fn reason(&self) -> &'static str {
         Error::reason(self)
     }
 
     fn finalizer(message: String) -> Self {
         Error::Finalizer(message)
+    }
+
+    fn retry(&self) -> Retry {
+        match self {
+            Error::Waiting(_) => Retry::After(Duration::from_secs(2)),
+            Error::Storage(StorageError::ImageBusy { .. }) => Retry::After(Duration::from_secs(5)),
+            _ => Retry::BackOff,
+        }
     }
 }
 
@@ -187,18 +195,7 @@ where
 /// waiting is not a failure, nor is a disk another client holds: that client may be a dead
 /// process whose lock is broken once Ceph drops its watch (30 s), so it is polled.
 fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action {
-    match err {
-        Error::Waiting(_) => return Action::requeue(Duration::from_secs(2)),
-        Error::Storage(busy @ StorageError::ImageBusy { .. }) => {
-            info!(reason = busy.reason(), "{busy}; checking again in 5 s");
-            return Action::requeue(Duration::from_secs(5));
-        }
-        _ => {}
-    }
-    let failures = ctx.failures.bump(&obj.meta().uid.clone().unwrap_or_default());
-    let delay = Duration::from_secs(1u64 << failures.min(7)).min(Duration::from_secs(120));
-    warn!(error = %err, reason = err.reason(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    frame::error_policy(obj.as_ref(), err, &ctx.failures)
 }
 
 fn reset_failures<K: Resource>(ctx: &Ctx, obj: &K) {

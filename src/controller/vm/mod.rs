@@ -28,6 +28,7 @@ use crate::api::{
 use crate::controller::conditions;
 use crate::controller::context::Context;
 use crate::controller::events::{self, Note};
+use crate::controller::frame::{self, FrameError, Retry};
 use crate::controller::placement::{self, Candidate, Decision, Member};
 use crate::controller::storage::{self, StorageError};
 use crate::field_manager;
@@ -59,7 +60,7 @@ impl ReconcileError {
     }
 }
 
-impl crate::controller::frame::FrameError for ReconcileError {
+impl FrameError for ReconcileError {
     fn reason(&self) -> &'static str {
         ReconcileError::reason(self)
     }
@@ -67,11 +68,18 @@ impl crate::controller::frame::FrameError for ReconcileError {
     fn finalizer(message: String) -> Self {
         ReconcileError::Finalizer(message)
     }
+
+    fn retry(&self) -> Retry {
+        match self {
+            ReconcileError::WaitingForDomain { .. } => Retry::After(Duration::from_secs(2)),
+            _ => Retry::BackOff,
+        }
+    }
 }
 
 pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
-    crate::controller::frame::finalized(
+    frame::finalized(
         "VirtualMachine",
         &api,
         VM_FINALIZER,
@@ -87,15 +95,8 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Context>) -> Result<Act
     .await
 }
 
-/// Retries with a delay that grows with the failures of this object, up to five minutes.
 pub fn error_policy(vm: Arc<VirtualMachine>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
-    if matches!(err, ReconcileError::WaitingForDomain { .. }) {
-        return Action::requeue(Duration::from_secs(2));
-    }
-    let failures = ctx.failures.bump(&vm.metadata.uid.clone().unwrap_or_default());
-    let delay = Duration::from_secs(1u64 << failures.min(8)).min(Duration::from_secs(300));
-    warn!(error = %err, reason = err.reason(), retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    frame::error_policy(vm.as_ref(), err, &ctx.failures)
 }
 
 /// Publishes an Event without waiting for it: Events tell people what happened and are never
