@@ -162,12 +162,22 @@ pub struct Decision {
 
 impl Decision {
     fn idle(facts: &Facts<'_>) -> Self {
+        Decision::idle_with(facts.restarts.clone())
+    }
+
+    /// Nothing to do, the restarts kept as they are.
+    pub fn idle_with(restarts: RestartStatus) -> Self {
         Decision {
             steps: Vec::new(),
-            restarts: facts.restarts.clone(),
+            restarts,
             note: None,
             requeue_after: None,
         }
+    }
+
+    /// Whether a domain is defined or started.
+    pub fn brings_up(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s, Step::Define | Step::Start))
     }
 
     fn with_note(mut self, note: Note) -> Self {

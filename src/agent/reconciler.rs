@@ -20,8 +20,8 @@ use super::error::AgentError;
 use super::status::{self, Failure};
 use super::stored_xml::Stored;
 use crate::api::{
-    DesiredState, DomainState, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION, MigrationReport, NODE_LABEL,
-    RestartStatus, VirtualMachine, condition_types,
+    DesiredState, DomainState, DomainStatus, MIGRATION_TARGET_LABEL, MIGRATION_UID_ANNOTATION,
+    MigrationReport, NODE_LABEL, RestartStatus, VirtualMachine, condition_types,
 };
 use crate::domain_xml::DomainOwner;
 use crate::libvirt::DomainState as LvState;
@@ -131,321 +131,423 @@ const CONFLICT_RETRY: Duration = Duration::from_millis(100);
 /// How soon a VM whose start was held back by a fence is looked at again.
 const FENCED_RECHECK: Duration = Duration::from_secs(2);
 
+/// The VM as this node sees it: its names and what the node wants of it.
+struct Target {
+    what: String,
+    uid: String,
+    domain_name: String,
+    names: VmNames,
+    owner: DomainOwner,
+    intent: Intent,
+    generation: Option<i64>,
+}
+
+impl Target {
+    fn of(vm: &VirtualMachine, ctx: &Context) -> Self {
+        let namespace = vm.namespace().unwrap_or_default();
+        let name = vm.name_any();
+        let uid = vm.uid().unwrap_or_default();
+        let names = VmNames::new(&rbd_namespace_of(vm, ctx), &storage_name_of(vm));
+        Target {
+            what: format!("VM {namespace}/{name}"),
+            domain_name: names.domain(),
+            owner: DomainOwner::new(&namespace, &name, &uid),
+            intent: intent_of(vm, &ctx.config.node_name),
+            generation: vm.metadata.generation,
+            uid,
+            names,
+        }
+    }
+}
+
+/// What the agent knows of the VM besides libvirt: its last report from this node, the
+/// restarts, and whether it stopped the domain itself.
+struct Known {
+    reported: Option<DomainStatus>,
+    restarts: Option<RestartStatus>,
+    stopped_by_agent: bool,
+    running_since: Option<Timestamp>,
+}
+
+impl Known {
+    /// From the agent's memory, else from the VM's status (after a restart of the agent).
+    fn of(vm: &VirtualMachine, ctx: &Context, target: &Target) -> Self {
+        let memory = ctx.memory_of(&target.uid);
+        let from_vm = vm.status.as_ref();
+        Known {
+            reported: memory
+                .as_ref()
+                .and_then(|m| m.reported.clone())
+                .or_else(|| from_vm.and_then(|s| s.domain.clone()))
+                .filter(|d| d.node == ctx.config.node_name),
+            restarts: match &memory {
+                Some(m) => m.restarts.clone(),
+                None => from_vm.and_then(|s| s.restarts.clone()),
+            },
+            stopped_by_agent: memory.as_ref().is_some_and(|m| m.stopped_by_agent),
+            running_since: memory.as_ref().and_then(|m| m.running_since),
+        }
+    }
+}
+
+/// A decision with what it was made from: the stored XML it read, or why it could not.
+struct Plan {
+    decision: Decision,
+    stored: Option<Stored>,
+    failure: Option<(Failure, AgentError)>,
+}
+
+/// What carrying a decision's steps out left.
+struct Acted {
+    stopped: bool,
+    running_since: Option<Timestamp>,
+    migrated: Option<MigrationReport>,
+    failure: Option<(Failure, AgentError)>,
+}
+
+/// Observe, decide, claim, act, report.
 async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, AgentError> {
     ctx.stats.reconcile();
-    let node = ctx.config.node_name.as_str();
-    let namespace = vm.namespace().unwrap_or_default();
-    let name = vm.name_any();
-    let uid = vm.uid().unwrap_or_default();
-    let what = format!("VM {namespace}/{name}");
-    let rbd_namespace = rbd_namespace_of(vm, ctx);
-    let names = VmNames::new(&rbd_namespace, &storage_name_of(vm));
-    let domain_name = names.domain();
-    let owner = DomainOwner::new(&namespace, &name, &uid);
-    let intent = intent_of(vm, node);
-    let generation = vm.metadata.generation;
-
-    let _guard = ctx.locks.lock(&domain_name).await;
-
-    let memory = ctx.memory_of(&uid);
-    let from_vm = vm.status.as_ref();
-    let reported = memory
-        .as_ref()
-        .and_then(|m| m.reported.clone())
-        .or_else(|| from_vm.and_then(|s| s.domain.clone()))
-        .filter(|d| d.node == node);
-    let current_restarts: Option<RestartStatus> = match &memory {
-        Some(m) => m.restarts.clone(),
-        None => from_vm.and_then(|s| s.restarts.clone()),
-    };
-    let stopped_by_agent = memory.as_ref().is_some_and(|m| m.stopped_by_agent);
-    let mut running_since = memory.as_ref().and_then(|m| m.running_since);
-
-    let observed = observe(ctx, &what, &domain_name, &owner).await?;
+    let target = Target::of(vm, ctx);
+    let _guard = ctx.locks.lock(&target.domain_name).await;
+    let mut known = Known::of(vm, ctx, &target);
+    let observed = observe(ctx, &target.what, &target.domain_name, &target.owner).await?;
     let now = Timestamp::now();
-    match observed.as_ref().map(|d| d.state.state) {
-        Some(LvState::Running) => {
-            running_since.get_or_insert(now);
-        }
-        _ => running_since = None,
+    if observed.as_ref().map(|d| d.state.state) == Some(LvState::Running) {
+        known.running_since.get_or_insert(now);
+    } else {
+        known.running_since = None;
     }
-
-    // The stored XML, when a domain is wanted and storage is ready.
-    let ready = storage_ready(vm);
-    let mut failure: Option<(Failure, AgentError)> = None;
-    let mut stored: Option<Stored> = None;
-    let mut stored_is_a_copy = false;
-    if matches!(intent, Intent::Started | Intent::Stopped)
-        && ready
-        && !gave_up(reported.as_ref(), generation.unwrap_or(0))
-    {
-        if let Some(copy) = ctx
-            .stored_xml
-            .get(&uid, generation, ctx.config.stored_xml_recheck)
-        {
-            stored = Some(copy);
-            stored_is_a_copy = true;
-        } else {
-            match read_stored(ctx, &what, &names).await {
-                Ok(s) => {
-                    ctx.stored_xml.put(&uid, generation, &s);
-                    stored = Some(s);
-                }
-                Err(e) => failure = Some(unreadable(e)),
-            }
-        }
-    }
-
-    let restarts_before = current_restarts.clone().unwrap_or_default();
-    let no_action = || Decision {
-        steps: Vec::new(),
-        restarts: restarts_before.clone(),
-        note: None,
-        requeue_after: None,
+    let mut plan = plan(vm, ctx, &target, &known, observed.as_ref(), now).await;
+    let (written, report_on) =
+        match claim_if_defining(vm, ctx, &target, &known, &plan, observed.as_ref()).await? {
+            None => (known.reported.clone(), vm.resource_version()),
+            Some(Some(claimed)) => (Some(claimed.domain), claimed.resource_version),
+            Some(None) => return Ok(Action::requeue(CONFLICT_RETRY)),
+        };
+    let acted = act(vm, ctx, &target, &known, &mut plan, now).await?;
+    let observed = if plan.decision.steps.is_empty() {
+        observed
+    } else {
+        observe(ctx, &target.what, &target.domain_name, &target.owner).await?
     };
+    known.stopped_by_agent = acted.stopped;
+    known.running_since = acted
+        .running_since
+        .filter(|_| observed.as_ref().map(|d| d.state.state) == Some(LvState::Running));
+    let failure = plan.failure.take().or(acted.failure);
+    let report = Report {
+        observed: observed.as_ref(),
+        failure: failure.as_ref().map(|(f, _)| f),
+        migrated: acted.migrated,
+        written,
+        on_version: report_on,
+    };
+    let state = report_state(vm, ctx, &target, &known, &plan.decision, report).await?;
+    let Some(state) = state else {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    };
+    if let Some((f, e)) = failure
+        && f.reason != "StartFailed"
+    {
+        return Err(e);
+    }
+    Ok(Action::requeue(next_reconcile(ctx, &plan.decision, state)))
+}
+
+/// When to look at the VM again without a change.
+fn next_reconcile(ctx: &Context, decision: &Decision, state: DomainState) -> Duration {
+    if state == DomainState::Failed {
+        // Nothing happens before the spec changes (which triggers a reconcile).
+        return ctx.config.resync_period;
+    }
+    match decision.requeue_after {
+        Some(after) => ctx
+            .config
+            .resync_period
+            .min(after.max(Duration::from_millis(100))),
+        None => ctx.config.resync_period,
+    }
+}
+
+/// Claims the VM (see `claim`) when the plan defines its domain: `None` when it does not,
+/// `Some(None)` when the VM changed meanwhile and the reconcile must decide again.
+async fn claim_if_defining(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    target: &Target,
+    known: &Known,
+    plan: &Plan,
+    observed: Option<&ObservedDomain>,
+) -> Result<Option<Option<status::Written>>, AgentError> {
+    if !plan.decision.steps.contains(&Step::Define) {
+        return Ok(None);
+    }
+    match claim(ctx, vm, &target.domain_name, observed, known.restarts.as_ref()).await {
+        Ok(claimed) => {
+            // Remembered at once: if the define fails, the next report is compared with what
+            // the server shows now.
+            let memory = memory_of(known, Some(claimed.domain.clone()), known.restarts.clone());
+            ctx.remember(&target.uid, memory);
+            Ok(Some(Some(claimed)))
+        }
+        Err(e) if e.is_conflict() => {
+            debug!(domain = %target.domain_name, "the VM changed before the define: deciding again on the new version");
+            Ok(Some(None))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn memory_of(
+    known: &Known,
+    reported: Option<DomainStatus>,
+    restarts: Option<RestartStatus>,
+) -> super::VmMemory {
+    super::VmMemory {
+        reported,
+        restarts,
+        stopped_by_agent: known.stopped_by_agent,
+        running_since: known.running_since,
+    }
+}
+
+/// Reads the stored XML when a domain is wanted and the storage is ready, and decides. A
+/// domain is defined and started from what RBD holds now, never from a kept copy: a start is
+/// when a changed XML takes effect. A fenced host defines and starts nothing.
+async fn plan(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    target: &Target,
+    known: &Known,
+    observed: Option<&ObservedDomain>,
+    now: Timestamp,
+) -> Plan {
+    let ready = storage_ready(vm);
+    let restarts = known.restarts.clone().unwrap_or_default();
     let decide = |stored: Option<&Stored>| {
         domain_reconcile::decide(&Facts {
             now,
-            generation: generation.unwrap_or(0),
-            intent,
+            generation: target.generation.unwrap_or(0),
+            intent: target.intent,
             storage_ready: ready,
             stored: stored.map(|(_, s)| s),
-            domain: observed.as_ref(),
-            reported: reported.as_ref(),
-            restarts: &restarts_before,
-            stopped_by_agent,
-            running_since,
+            domain: observed,
+            reported: known.reported.as_ref(),
+            restarts: &restarts,
+            stopped_by_agent: known.stopped_by_agent,
+            running_since: known.running_since,
             policy: &ctx.policy,
             migration: vm.annotations().get(MIGRATION_UID_ANNOTATION).map(String::as_str),
         })
     };
-    let mut decision = if failure.is_some() {
-        no_action()
-    } else {
-        decide(stored.as_ref())
+    let unreadable = |e: AgentError| Plan {
+        decision: Decision::idle_with(restarts.clone()),
+        stored: None,
+        failure: Some(unreadable(e)),
     };
-    // A domain is defined and started from what RBD holds now, never from a kept copy: a
-    // start is when a changed XML takes effect.
-    if stored_is_a_copy
-        && decision
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::Define | Step::Start))
+    let wanted = matches!(target.intent, Intent::Started | Intent::Stopped)
+        && ready
+        && !gave_up(known.reported.as_ref(), target.generation.unwrap_or(0));
+    let (stored, is_a_copy) = if !wanted {
+        (None, false)
+    } else if let Some(copy) =
+        ctx.stored_xml
+            .get(&target.uid, target.generation, ctx.config.stored_xml_recheck)
     {
-        match read_stored(ctx, &what, &names).await {
+        (Some(copy), true)
+    } else {
+        match fresh_stored(ctx, target).await {
+            Ok(s) => (Some(s), false),
+            Err(e) => return unreadable(e),
+        }
+    };
+    let mut plan = Plan {
+        decision: decide(stored.as_ref()),
+        stored,
+        failure: None,
+    };
+    if is_a_copy && plan.decision.brings_up() {
+        match fresh_stored(ctx, target).await {
             Ok(s) => {
-                ctx.stored_xml.put(&uid, generation, &s);
-                decision = decide(Some(&s));
-                stored = Some(s);
+                plan.decision = decide(Some(&s));
+                plan.stored = Some(s);
             }
-            Err(e) => {
-                failure = Some(unreadable(e));
-                decision = no_action();
-            }
+            Err(e) => return unreadable(e),
         }
     }
-    if ctx.fence.blocks_starts()
-        && decision
-            .steps
-            .iter()
-            .any(|s| matches!(s, Step::Define | Step::Start))
-    {
+    if ctx.fence.blocks_starts() && plan.decision.brings_up() {
         // Self-fenced, or fenced by the controller: the VM may be running elsewhere already.
-        decision
+        plan.decision
             .steps
             .retain(|s| !matches!(s, Step::Define | Step::Start));
-        decision.requeue_after = Some(FENCED_RECHECK);
-        debug!(domain = %domain_name, "not starting: this host is fenced");
+        plan.decision.requeue_after = Some(FENCED_RECHECK);
+        debug!(domain = %target.domain_name, "not starting: this host is fenced");
     }
-    if !decision.steps.is_empty() {
-        debug!(steps = ?decision.steps, note = ?decision.note, "acting");
+    if !plan.decision.steps.is_empty() {
+        debug!(steps = ?plan.decision.steps, note = ?plan.decision.note, "acting");
     }
+    plan
+}
 
-    // Claim, then act.
-    let mut written = reported.clone();
-    let mut report_on = vm.resource_version();
-    if decision.steps.contains(&Step::Define) {
-        match claim(
-            ctx,
-            vm,
-            &domain_name,
-            observed.as_ref(),
-            current_restarts.as_ref(),
-        )
-        .await
-        {
-            Ok(claimed) => {
-                // Remembered at once: if the define fails, the next report is compared with
-                // what the server shows now.
-                ctx.remember(
-                    &uid,
-                    super::VmMemory {
-                        reported: Some(claimed.domain.clone()),
-                        restarts: current_restarts.clone(),
-                        stopped_by_agent,
-                        running_since,
-                    },
-                );
-                written = Some(claimed.domain);
-                report_on = claimed.resource_version;
-            }
-            Err(e) if e.is_conflict() => {
-                debug!(domain = %domain_name, "the VM changed before the define: deciding again on the new version");
-                return Ok(Action::requeue(CONFLICT_RETRY));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    let stop_timeout = vm.spec.stop_timeout();
-    let mut stopped = stopped_by_agent;
-    let acted = !decision.steps.is_empty();
-    let mut migrated = None;
+/// The XML as RBD holds it now, kept for the next reconciles.
+async fn fresh_stored(ctx: &Context, target: &Target) -> Result<Stored, AgentError> {
+    let stored = read_stored(ctx, &target.what, &target.names).await?;
+    ctx.stored_xml.put(&target.uid, target.generation, &stored);
+    Ok(stored)
+}
+
+/// Carries the steps out in order, up to the first that fails. A failed start is counted in
+/// the restarts and reported, not an error of the reconcile; a lost libvirt connection or a VM
+/// no longer assigned here ends the reconcile at once.
+async fn act(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    target: &Target,
+    known: &Known,
+    plan: &mut Plan,
+    now: Timestamp,
+) -> Result<Acted, AgentError> {
+    let mut acted = Acted {
+        stopped: known.stopped_by_agent,
+        running_since: known.running_since,
+        migrated: None,
+        failure: None,
+    };
+    let decision = &mut plan.decision;
     for step in decision.steps.clone() {
         let result = run_step(
             ctx,
             vm,
-            &what,
-            &domain_name,
-            &owner,
+            &target.what,
+            &target.domain_name,
+            &target.owner,
             step,
-            stop_timeout,
-            stored.as_ref(),
+            vm.spec.stop_timeout(),
+            plan.stored.as_ref(),
         )
-        .await
-        .map(|report| {
-            if report.as_ref().is_some_and(|r| r.succeeded) {
-                decision.note = Some(Note::MigratedAway);
-            }
-            migrated = migrated.take().or(report);
-        });
+        .await;
         // Even a failed step may have changed the domain: the Hypervisor status follows.
         ctx.domains_changed.notify_one();
-        match (step, result) {
-            (Step::Stop, Ok(())) => stopped = true,
-            (Step::Start, Ok(())) => {
-                stopped = false;
-                running_since = Some(Timestamp::now());
-                info!(domain = %domain_name, "started");
-            }
-            (_, Ok(())) => {}
-            (_, Err(e)) if e.is_libvirt_connection() || matches!(e, AgentError::NotAssigned(_)) => {
-                return Err(e);
-            }
-            (Step::Start, Err(e)) => {
-                let (restarts, note) = domain_reconcile::start_failed(&decision.restarts, now, &ctx.policy);
-                decision.restarts = restarts;
-                if let Note::BackingOff { retry_after, .. } = &note {
-                    decision.requeue_after = Some(super::backoff::until(now, *retry_after));
+        let e = match result {
+            Ok(report) => {
+                if report.as_ref().is_some_and(|r| r.succeeded) {
+                    decision.note = Some(Note::MigratedAway);
                 }
-                decision.note = Some(note);
-                warn!(domain = %domain_name, "start failed: {e}");
-                // Counted and reported: not an error of the reconciliation.
-                failure = Some((
-                    Failure {
-                        reason: "StartFailed",
-                        message: e.to_string(),
-                    },
-                    e,
-                ));
-                break;
+                acted.migrated = acted.migrated.take().or(report);
+                match step {
+                    Step::Stop => acted.stopped = true,
+                    Step::Start => {
+                        acted.stopped = false;
+                        acted.running_since = Some(Timestamp::now());
+                        info!(domain = %target.domain_name, "started");
+                    }
+                    _ => {}
+                }
+                continue;
             }
-            (step, Err(e)) => {
-                let reason = match step {
-                    Step::Stop => "StopFailed",
-                    Step::Destroy => "DestroyFailed",
-                    Step::Undefine => "UndefineFailed",
-                    Step::Define => "DefineFailed",
-                    Step::Start => "StartFailed",
-                    Step::Migrate => "MigrationFailed",
-                };
-                failure = Some((
-                    Failure {
-                        reason,
-                        message: e.to_string(),
-                    },
-                    e,
-                ));
-                break;
+            Err(e) if e.is_libvirt_connection() || matches!(e, AgentError::NotAssigned(_)) => return Err(e),
+            Err(e) => e,
+        };
+        if step == Step::Start {
+            let (restarts, note) = domain_reconcile::start_failed(&decision.restarts, now, &ctx.policy);
+            decision.restarts = restarts;
+            if let Note::BackingOff { retry_after, .. } = &note {
+                decision.requeue_after = Some(super::backoff::until(now, *retry_after));
             }
+            decision.note = Some(note);
+            warn!(domain = %target.domain_name, "start failed: {e}");
         }
+        let reason = match step {
+            Step::Stop => "StopFailed",
+            Step::Destroy => "DestroyFailed",
+            Step::Undefine => "UndefineFailed",
+            Step::Define => "DefineFailed",
+            Step::Start => "StartFailed",
+            Step::Migrate => "MigrationFailed",
+        };
+        acted.failure = Some((
+            Failure {
+                reason,
+                message: e.to_string(),
+            },
+            e,
+        ));
+        break;
     }
-    let observed = if acted {
-        let o = observe(ctx, &what, &domain_name, &owner).await?;
-        if o.as_ref().map(|d| d.state.state) != Some(LvState::Running) {
-            running_since = None;
-        }
-        o
-    } else {
-        observed
-    };
+    Ok(acted)
+}
 
-    // Report.
-    let start_failed = failure.as_ref().is_some_and(|(f, _)| f.reason == "StartFailed");
-    let mut report = status::domain_status(
+/// What the report is made of, besides the decision.
+struct Report<'a> {
+    observed: Option<&'a ObservedDomain>,
+    failure: Option<&'a Failure>,
+    migrated: Option<MigrationReport>,
+    /// The last `status.domain` this node wrote.
+    written: Option<DomainStatus>,
+    /// The version of the VM the report is written on.
+    on_version: Option<String>,
+}
+
+/// Writes `status.domain` and `status.restarts` when they changed, and remembers them. `None`
+/// when the VM changed meanwhile: the reconcile decides again on the new version.
+async fn report_state(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    target: &Target,
+    known: &Known,
+    decision: &Decision,
+    report: Report<'_>,
+) -> Result<Option<DomainState>, AgentError> {
+    let node = ctx.config.node_name.as_str();
+    let mut status = status::domain_status(
         node,
-        &domain_name,
-        generation,
-        observed.as_ref(),
+        &target.domain_name,
+        target.generation,
+        report.observed,
         decision.note.as_ref(),
-        failure.as_ref().map(|(f, _)| f),
+        report.failure,
     );
-    report.migration = match (migrated, intent) {
-        (Some(report), _) => Some(report),
+    status.migration = match (report.migrated, target.intent) {
+        (Some(migrated), _) => Some(migrated),
         // The source keeps its account while the VM is marked for that migration: dropping a
         // refusal would let it try again before the controller ends the migration.
-        (None, Intent::MigrateAway) => super::migration::own_account(vm, reported.as_ref()),
-        (None, _) => super::migration::incoming_report(ctx, vm, intent, &domain_name).await,
+        (None, Intent::MigrateAway) => super::migration::own_account(vm, known.reported.as_ref()),
+        (None, _) => super::migration::incoming_report(ctx, vm, target.intent, &target.domain_name).await,
     };
-    let restarts = if current_restarts.is_none() && decision.restarts == RestartStatus::default() {
+    let restarts = if known.restarts.is_none() && decision.restarts == RestartStatus::default() {
         None
     } else {
         Some(decision.restarts.clone())
     };
-    let unchanged =
-        written.as_ref().is_some_and(|r| status::same_report(r, &report)) && restarts == current_restarts;
-    if !unchanged && super::migration::may_report(vm, intent, node, observed.as_ref()) {
-        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let unchanged = report
+        .written
+        .as_ref()
+        .is_some_and(|r| status::same_report(r, &status))
+        && restarts == known.restarts;
+    let mut written = report.written;
+    if !unchanged && super::migration::may_report(vm, target.intent, node, report.observed) {
+        let api: Api<VirtualMachine> =
+            Api::namespaced(ctx.client.clone(), &vm.namespace().unwrap_or_default());
         // Written on the version this decision was made from: a copy that is out of date (the
         // VM moved to another node while this agent was cut off) must not replace the report
         // of the node that runs the VM now.
-        let w = match status::apply(&api, vm, report.clone(), restarts.as_ref(), report_on).await {
+        let w = match status::apply(&api, vm, status.clone(), restarts.as_ref(), report.on_version).await {
             Ok(w) => w.domain,
             Err(e) if e.is_conflict() => {
-                debug!(domain = %domain_name, "the VM changed meanwhile: deciding again on the new version");
-                return Ok(Action::requeue(CONFLICT_RETRY));
+                debug!(domain = %target.domain_name, "the VM changed meanwhile: deciding again on the new version");
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
         ctx.stats.vm_status_write();
-        if reported.as_ref().map(|r| r.state) != Some(w.state) {
-            info!(domain = %domain_name, state = ?w.state, reason = ?w.reason, "domain state");
+        if known.reported.as_ref().map(|r| r.state) != Some(w.state) {
+            info!(domain = %target.domain_name, state = ?w.state, reason = ?w.reason, "domain state");
         }
         written = Some(w);
     }
-    ctx.remember(
-        &uid,
-        super::VmMemory {
-            reported: written,
-            restarts,
-            stopped_by_agent: stopped,
-            running_since,
-        },
-    );
-
-    if let Some((_, e)) = failure
-        && !start_failed
-    {
-        return Err(e);
-    }
-    let mut requeue = ctx.config.resync_period;
-    if let Some(after) = decision.requeue_after {
-        requeue = requeue.min(after.max(Duration::from_millis(100)));
-    }
-    if report.state == DomainState::Failed {
-        // Nothing happens before the spec changes (which triggers a reconcile).
-        requeue = ctx.config.resync_period;
-    }
-    Ok(Action::requeue(requeue))
+    ctx.remember(&target.uid, memory_of(known, written, restarts));
+    Ok(Some(status.state))
 }
 
 async fn observe(
