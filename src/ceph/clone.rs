@@ -3,8 +3,8 @@
 use std::ptr;
 
 use super::cluster::IoCtx;
-use super::error::{CephError, Result};
-use super::ffi::{self, MAX_ERANGE_RETRIES, check, cstring, rbd};
+use super::error::Result;
+use super::ffi::{self, check, cstring, rbd};
 use super::image::{Image, ImageOptions};
 
 /// An image another image is linked to (a clone's parent or a parent's child).
@@ -145,24 +145,15 @@ impl Image {
     /// The clones of this image's snapshots (of the snapshot it was opened at, if any).
     pub fn children(&self) -> Result<Vec<LinkedImage>> {
         const OP: &str = "rbd children";
-        let mut cap = 16usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut specs = vec![empty_linked_spec(); cap];
-            let mut n = specs.len();
+        let (r, mut specs, n) = ffi::sized(OP, self.spec(), empty_linked_spec(), 16, |specs, n| {
             // SAFETY: `specs` has room for `n` entries; librbd fills them or asks for more.
-            let r = unsafe { rbd::rbd_list_children3(self.raw, specs.as_mut_ptr(), &mut n) };
-            if r == -libc::ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(OP, self.spec(), r)?;
-            let n = n.min(specs.len());
-            // SAFETY: the first `n` entries were filled by librbd.
-            let out = specs[..n].iter().map(|s| unsafe { linked_image(s) }).collect();
-            // SAFETY: releases exactly the `n` filled entries, once.
-            unsafe { rbd::rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
-            return Ok(out);
-        }
-        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_list_children3(self.raw, specs.as_mut_ptr(), n) }
+        })?;
+        check(OP, self.spec(), r)?;
+        // SAFETY: the first `n` entries were filled by librbd.
+        let out = specs[..n].iter().map(|s| unsafe { linked_image(s) }).collect();
+        // SAFETY: releases exactly the `n` filled entries, once.
+        unsafe { rbd::rbd_linked_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
+        Ok(out)
     }
 }

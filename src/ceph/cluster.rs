@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{CephError, Result};
-use super::ffi::{self, MAX_ERANGE_RETRIES, check, cstring, rados, rbd};
+use super::ffi::{self, check, cstring, rados, rbd};
 
 /// How to reach the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,20 +364,12 @@ impl IoCtx {
     pub fn list_namespaces(&self) -> Result<Vec<String>> {
         const OP: &str = "rbd namespace list";
         let target = self.pool().to_string();
-        let mut size = 1024usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut buf = vec![0u8; size];
-            let mut len = buf.len();
+        let (r, buf, len) = ffi::sized(OP, &target, 0u8, 1024, |buf, len| {
             // SAFETY: `buf` is writable for `len` bytes; librbd reports the needed size on ERANGE.
-            let r = unsafe { rbd::rbd_namespace_list(self.raw(), buf.as_mut_ptr().cast(), &mut len) };
-            if r == -libc::ERANGE {
-                size = len.max(size * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            return Ok(ffi::split_nul_list(&buf[..len.min(buf.len())]));
-        }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_namespace_list(self.raw(), buf.as_mut_ptr().cast(), len) }
+        })?;
+        check(OP, &target, r)?;
+        Ok(ffi::split_nul_list(&buf[..len]))
     }
 
     /// Initialises the pool for RBD (`rbd pool init`); `force` also when it has another app.

@@ -13,6 +13,32 @@ pub(crate) use rbd_sys as rbd;
 /// up; the size only changes between tries if another client changes the list meanwhile.
 pub(crate) const MAX_ERANGE_RETRIES: usize = 16;
 
+/// Calls a librbd or librados function that fills a buffer of `T` (entries or bytes) and,
+/// when the buffer is too small, answers `-ERANGE` with the size it needs in the in/out count:
+/// the buffer grows to that size (at least doubling) until the answer fits, at most
+/// [`MAX_ERANGE_RETRIES`] times. Returns the last return code, for the caller to check (some
+/// calls have codes of their own, such as `ENOENT`), the buffer, and the count filled (at most
+/// the buffer's length).
+pub(crate) fn sized<T: Clone>(
+    op: &'static str,
+    target: &str,
+    empty: T,
+    first_size: usize,
+    mut call: impl FnMut(&mut [T], &mut usize) -> c_int,
+) -> Result<(c_int, Vec<T>, usize)> {
+    let mut size = first_size;
+    for _ in 0..MAX_ERANGE_RETRIES {
+        let mut buf = vec![empty.clone(); size];
+        let mut n = buf.len();
+        let r = call(&mut buf, &mut n);
+        if r != -libc::ERANGE {
+            return Ok((r, buf, n.min(size)));
+        }
+        size = n.max(size * 2);
+    }
+    Err(CephError::new(op, target, -i64::from(libc::ERANGE)))
+}
+
 /// A C string for a Ceph call, or `EINVAL` naming `op`/`target` if `s` holds a NUL byte.
 pub(crate) fn cstring(op: &'static str, target: &str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|_| CephError::invalid(op, target, format!("{s:?} contains a NUL byte")))

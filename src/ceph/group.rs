@@ -8,7 +8,7 @@ use std::ptr;
 
 use super::cluster::IoCtx;
 use super::error::{CephError, Result};
-use super::ffi::{self, MAX_ERANGE_RETRIES, check, cstring, rbd};
+use super::ffi::{self, check, cstring, rbd};
 use super::image::Image;
 
 /// Whether an image is fully in a group or half-way through being added/removed.
@@ -84,23 +84,15 @@ impl IoCtx {
     pub fn group_list(&self) -> Result<Vec<String>> {
         const OP: &str = "rbd group list";
         let target = self.location();
-        let mut size = 1024usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut buf = vec![0u8; size];
-            let mut len = buf.len();
+        let (r, buf, _) = ffi::sized(OP, &target, 0u8, 1024, |buf, len| {
             // SAFETY: `buf` is writable for `len` bytes (never null: librbd rejects a null buffer
             // even for an empty list); on ERANGE librbd stores the needed size.
-            let r = unsafe { rbd::rbd_group_list(self.raw(), buf.as_mut_ptr().cast(), &mut len) };
-            if r == -libc::ERANGE {
-                size = len.max(size * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            let mut names = ffi::split_nul_list(&buf);
-            names.sort();
-            return Ok(names);
-        }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_group_list(self.raw(), buf.as_mut_ptr().cast(), len) }
+        })?;
+        check(OP, &target, r)?;
+        let mut names = ffi::split_nul_list(&buf);
+        names.sort();
+        Ok(names)
     }
 
     /// `ENOENT` unless `group` exists; librbd's group listings report a missing group as empty.
@@ -139,59 +131,46 @@ impl IoCtx {
         const OP: &str = "rbd group image list";
         let target = self.spec(group);
         let g = cstring(OP, &target, group)?;
-        let mut cap = 16usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let empty = rbd::rbd_group_image_info_t {
-                name: ptr::null_mut(),
-                pool: 0,
-                state: rbd::rbd_group_image_state_t(0),
-            };
-            let mut infos = vec![empty; cap];
-            let mut n = infos.len();
+        let empty = rbd::rbd_group_image_info_t {
+            name: ptr::null_mut(),
+            pool: 0,
+            state: rbd::rbd_group_image_state_t(0),
+        };
+        let (r, mut infos, n) = ffi::sized(OP, &target, empty, 16, |infos, n| {
             // SAFETY: `infos` has room for `n` entries of the size passed; librbd fills them or
             // asks for more with ERANGE.
-            let r = unsafe {
+            unsafe {
                 rbd::rbd_group_image_list(
                     self.raw(),
                     g.as_ptr(),
                     infos.as_mut_ptr(),
                     size_of::<rbd::rbd_group_image_info_t>(),
-                    &mut n,
-                )
-            };
-            if r == -libc::ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            let n = n.min(infos.len());
-            let out: Vec<GroupImage> = infos[..n]
-                .iter()
-                .map(|i| GroupImage {
-                    // SAFETY: the first `n` entries hold strdup'd names.
-                    name: unsafe { ffi::string_from_ptr(i.name) },
-                    pool_id: i.pool,
-                    state: if i.state == rbd::rbd_group_image_state_t::RBD_GROUP_IMAGE_STATE_ATTACHED {
-                        GroupImageState::Attached
-                    } else {
-                        GroupImageState::Incomplete
-                    },
-                })
-                .collect();
-            // SAFETY: releases exactly the `n` filled entries, once.
-            unsafe {
-                rbd::rbd_group_image_list_cleanup(
-                    infos.as_mut_ptr(),
-                    size_of::<rbd::rbd_group_image_info_t>(),
                     n,
                 )
-            };
-            if out.is_empty() {
-                self.group_must_exist(OP, group)?;
             }
-            return Ok(out);
+        })?;
+        check(OP, &target, r)?;
+        let out: Vec<GroupImage> = infos[..n]
+            .iter()
+            .map(|i| GroupImage {
+                // SAFETY: the first `n` entries hold strdup'd names.
+                name: unsafe { ffi::string_from_ptr(i.name) },
+                pool_id: i.pool,
+                state: if i.state == rbd::rbd_group_image_state_t::RBD_GROUP_IMAGE_STATE_ATTACHED {
+                    GroupImageState::Attached
+                } else {
+                    GroupImageState::Incomplete
+                },
+            })
+            .collect();
+        // SAFETY: releases exactly the `n` filled entries, once.
+        unsafe {
+            rbd::rbd_group_image_list_cleanup(infos.as_mut_ptr(), size_of::<rbd::rbd_group_image_info_t>(), n)
+        };
+        if out.is_empty() {
+            self.group_must_exist(OP, group)?;
         }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+        Ok(out)
     }
 
     /// Snapshots every member image at once (`EEXIST` if the name is taken).
@@ -239,57 +218,44 @@ impl IoCtx {
         const OP: &str = "rbd group snap list";
         let target = self.spec(group);
         let g = cstring(OP, &target, group)?;
-        let mut cap = 16usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let empty = rbd::rbd_group_snap_info_t {
-                name: ptr::null_mut(),
-                state: rbd::rbd_group_snap_state_t(0),
-            };
-            let mut infos = vec![empty; cap];
-            let mut n = infos.len();
+        let empty = rbd::rbd_group_snap_info_t {
+            name: ptr::null_mut(),
+            state: rbd::rbd_group_snap_state_t(0),
+        };
+        let (r, mut infos, n) = ffi::sized(OP, &target, empty, 16, |infos, n| {
             // SAFETY: `infos` has room for `n` entries of the size passed; librbd fills them or
             // asks for more with ERANGE.
-            let r = unsafe {
+            unsafe {
                 rbd::rbd_group_snap_list(
                     self.raw(),
                     g.as_ptr(),
                     infos.as_mut_ptr(),
                     size_of::<rbd::rbd_group_snap_info_t>(),
-                    &mut n,
-                )
-            };
-            if r == -libc::ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            let n = n.min(infos.len());
-            let out: Vec<GroupSnap> = infos[..n]
-                .iter()
-                .map(|i| GroupSnap {
-                    // SAFETY: the first `n` entries hold strdup'd names.
-                    name: unsafe { ffi::string_from_ptr(i.name) },
-                    state: if i.state == rbd::rbd_group_snap_state_t::RBD_GROUP_SNAP_STATE_COMPLETE {
-                        GroupSnapState::Complete
-                    } else {
-                        GroupSnapState::Incomplete
-                    },
-                })
-                .collect();
-            // SAFETY: releases exactly the `n` filled entries, once.
-            unsafe {
-                rbd::rbd_group_snap_list_cleanup(
-                    infos.as_mut_ptr(),
-                    size_of::<rbd::rbd_group_snap_info_t>(),
                     n,
                 )
-            };
-            if out.is_empty() {
-                self.group_must_exist(OP, group)?;
             }
-            return Ok(out);
+        })?;
+        check(OP, &target, r)?;
+        let out: Vec<GroupSnap> = infos[..n]
+            .iter()
+            .map(|i| GroupSnap {
+                // SAFETY: the first `n` entries hold strdup'd names.
+                name: unsafe { ffi::string_from_ptr(i.name) },
+                state: if i.state == rbd::rbd_group_snap_state_t::RBD_GROUP_SNAP_STATE_COMPLETE {
+                    GroupSnapState::Complete
+                } else {
+                    GroupSnapState::Incomplete
+                },
+            })
+            .collect();
+        // SAFETY: releases exactly the `n` filled entries, once.
+        unsafe {
+            rbd::rbd_group_snap_list_cleanup(infos.as_mut_ptr(), size_of::<rbd::rbd_group_snap_info_t>(), n)
+        };
+        if out.is_empty() {
+            self.group_must_exist(OP, group)?;
         }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+        Ok(out)
     }
 }
 

@@ -8,7 +8,7 @@ use std::ptr;
 
 use super::cluster::IoCtx;
 use super::error::{CephError, Result};
-use super::ffi::{self, MAX_ERANGE_RETRIES, RawImageOptions, check, check_isize, cstring, rbd};
+use super::ffi::{self, RawImageOptions, check, check_isize, cstring, rbd};
 
 /// RBD image feature bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -236,41 +236,30 @@ impl IoCtx {
     pub fn list_image_ids(&self) -> Result<Vec<ImageName>> {
         const OP: &str = "rbd image list";
         let target = self.location();
-        let mut cap = 64usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut specs = vec![
-                rbd::rbd_image_spec_t {
-                    id: ptr::null_mut(),
-                    name: ptr::null_mut()
-                };
-                cap
-            ];
-            let mut n = specs.len();
+        let empty = rbd::rbd_image_spec_t {
+            id: ptr::null_mut(),
+            name: ptr::null_mut(),
+        };
+        let (r, mut specs, n) = ffi::sized(OP, &target, empty, 64, |specs, n| {
             // SAFETY: `specs` has room for `n` entries; librbd fills them (strdup'd strings) and
             // reports the count, or the needed count with ERANGE.
-            let r = unsafe { rbd::rbd_list2(self.raw(), specs.as_mut_ptr(), &mut n) };
-            if r == -libc::ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            let n = n.min(specs.len());
-            let mut images: Vec<ImageName> = specs[..n]
-                .iter()
-                // SAFETY: the first `n` entries were filled with valid strings.
-                .map(|s| unsafe {
-                    ImageName {
-                        name: ffi::string_from_ptr(s.name),
-                        id: ffi::string_from_ptr(s.id),
-                    }
-                })
-                .collect();
-            // SAFETY: frees exactly the `n` entries librbd filled, once.
-            unsafe { rbd::rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
-            images.sort_by(|a, b| a.name.cmp(&b.name));
-            return Ok(images);
-        }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_list2(self.raw(), specs.as_mut_ptr(), n) }
+        })?;
+        check(OP, &target, r)?;
+        let mut images: Vec<ImageName> = specs[..n]
+            .iter()
+            // SAFETY: the first `n` entries were filled with valid strings.
+            .map(|s| unsafe {
+                ImageName {
+                    name: ffi::string_from_ptr(s.name),
+                    id: ffi::string_from_ptr(s.id),
+                }
+            })
+            .collect();
+        // SAFETY: frees exactly the `n` entries librbd filled, once.
+        unsafe { rbd::rbd_image_spec_list_cleanup(specs.as_mut_ptr(), n) };
+        images.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(images)
     }
 }
 
@@ -371,19 +360,13 @@ impl Image {
     /// The image's internal id (its RADOS objects are `rbd_data.<id>.*`).
     pub fn id(&self) -> Result<String> {
         const OP: &str = "rbd image id";
-        let mut size = 64usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut buf = vec![0u8; size];
+        // librbd does not say the size it needs here: the buffer doubles.
+        let (r, buf, _) = ffi::sized(OP, &self.target, 0u8, 64, |buf, _| {
             // SAFETY: `buf` is writable for its length.
-            let r = unsafe { rbd::rbd_get_id(self.raw, buf.as_mut_ptr().cast::<c_char>(), buf.len()) };
-            if r == -libc::ERANGE {
-                size *= 2;
-                continue;
-            }
-            check(OP, &self.target, r)?;
-            return Ok(ffi::string_from_buf(&buf));
-        }
-        Err(CephError::new(OP, &self.target, -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_get_id(self.raw, buf.as_mut_ptr().cast::<c_char>(), buf.len()) }
+        })?;
+        check(OP, &self.target, r)?;
+        Ok(ffi::string_from_buf(&buf))
     }
 
     /// Grows or shrinks the image.

@@ -96,75 +96,57 @@ impl Image {
     /// The holders of the managed lock; `None` when nobody holds it.
     pub fn lock_owners(&self) -> Result<Option<LockOwners>> {
         const OP: &str = "rbd lock owners";
-        let mut cap = 8usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut owners: Vec<*mut c_char> = vec![ptr::null_mut(); cap];
-            let mut n = owners.len();
-            let mut mode = rbd::rbd_lock_mode_t::RBD_LOCK_MODE_EXCLUSIVE;
+        let mut mode = rbd::rbd_lock_mode_t::RBD_LOCK_MODE_EXCLUSIVE;
+        let (r, mut owners, n) = ffi::sized(OP, self.spec(), ptr::null_mut::<c_char>(), 8, |owners, n| {
             // SAFETY: open image; `owners` has room for `n` pointers; librbd strdup()s each
             // owner or asks for more with ERANGE.
-            let r = unsafe { rbd::rbd_lock_get_owners(self.raw, &mut mode, owners.as_mut_ptr(), &mut n) };
-            match r {
-                r if r == -libc::ERANGE => {
-                    cap = n.max(cap * 2);
-                    continue;
-                }
-                r if r == -libc::ENOENT => return Ok(None),
-                r => check(OP, self.spec(), r)?,
-            };
-            let n = n.min(owners.len());
-            // SAFETY: the first `n` pointers are strdup'd strings.
-            let names: Vec<String> = owners[..n]
-                .iter()
-                .map(|&p| unsafe { ffi::string_from_ptr(p) })
-                .collect();
-            // SAFETY: frees exactly the `n` strings, once.
-            unsafe { rbd::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
-            if names.is_empty() {
-                return Ok(None);
-            }
-            let mode = if mode == rbd::rbd_lock_mode_t::RBD_LOCK_MODE_SHARED {
-                LockMode::Shared
-            } else {
-                LockMode::Exclusive
-            };
-            return Ok(Some(LockOwners { mode, owners: names }));
+            unsafe { rbd::rbd_lock_get_owners(self.raw, &mut mode, owners.as_mut_ptr(), n) }
+        })?;
+        if r == -libc::ENOENT {
+            return Ok(None);
         }
-        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+        check(OP, self.spec(), r)?;
+        // SAFETY: the first `n` pointers are strdup'd strings.
+        let names: Vec<String> = owners[..n]
+            .iter()
+            .map(|&p| unsafe { ffi::string_from_ptr(p) })
+            .collect();
+        // SAFETY: frees exactly the `n` strings, once.
+        unsafe { rbd::rbd_lock_get_owners_cleanup(owners.as_mut_ptr(), n) };
+        if names.is_empty() {
+            return Ok(None);
+        }
+        let mode = if mode == rbd::rbd_lock_mode_t::RBD_LOCK_MODE_SHARED {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        };
+        Ok(Some(LockOwners { mode, owners: names }))
     }
 
     /// Addresses of the clients watching the image (every process that has it open for
     /// writing, QEMU included, whether or not it holds the lock yet), as `rbd status` shows.
     pub fn watchers(&self) -> Result<Vec<String>> {
         const OP: &str = "rbd watchers list";
-        let mut cap = 8usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let empty = rbd::rbd_image_watcher_t {
-                addr: ptr::null_mut(),
-                id: 0,
-                cookie: 0,
-            };
-            let mut watchers = vec![empty; cap];
-            let mut n = watchers.len();
+        let empty = rbd::rbd_image_watcher_t {
+            addr: ptr::null_mut(),
+            id: 0,
+            cookie: 0,
+        };
+        let (r, mut watchers, n) = ffi::sized(OP, self.spec(), empty, 8, |watchers, n| {
             // SAFETY: open image; `watchers` has room for `n` entries; librbd fills the first
             // `n` (strdup'd addresses) or asks for more with ERANGE.
-            let r = unsafe { rbd::rbd_watchers_list(self.raw, watchers.as_mut_ptr(), &mut n) };
-            if r == -libc::ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(OP, self.spec(), r)?;
-            let n = n.min(watchers.len());
-            // SAFETY: the first `n` entries hold strdup'd strings.
-            let addresses = watchers[..n]
-                .iter()
-                .map(|w| unsafe { ffi::string_from_ptr(w.addr) })
-                .collect();
-            // SAFETY: frees exactly the `n` filled entries, once.
-            unsafe { rbd::rbd_watchers_list_cleanup(watchers.as_mut_ptr(), n) };
-            return Ok(addresses);
-        }
-        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_watchers_list(self.raw, watchers.as_mut_ptr(), n) }
+        })?;
+        check(OP, self.spec(), r)?;
+        // SAFETY: the first `n` entries hold strdup'd strings.
+        let addresses = watchers[..n]
+            .iter()
+            .map(|w| unsafe { ffi::string_from_ptr(w.addr) })
+            .collect();
+        // SAFETY: frees exactly the `n` filled entries, once.
+        unsafe { rbd::rbd_watchers_list_cleanup(watchers.as_mut_ptr(), n) };
+        Ok(addresses)
     }
 
     /// Breaks the managed lock held by `owner` (an address as given by [`Image::lock_owners`]).

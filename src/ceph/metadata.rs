@@ -20,23 +20,13 @@ impl Image {
         const OP: &str = "rbd metadata get";
         let target = self.key_target(key);
         let k = cstring(OP, &target, key)?;
-        let mut size = 256usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let mut buf = vec![0u8; size];
-            let mut len = buf.len();
+        let (r, buf, _) = ffi::sized(OP, &target, 0u8, 256, |buf, len| {
             // SAFETY: open image; `buf` is writable for `len` bytes; on ERANGE librbd stores the
             // needed size (value + NUL) in `len`.
-            let r = unsafe {
-                rbd::rbd_metadata_get(self.raw, k.as_ptr(), buf.as_mut_ptr().cast::<c_char>(), &mut len)
-            };
-            if r == -libc::ERANGE {
-                size = len.max(size * 2);
-                continue;
-            }
-            check(OP, &target, r)?;
-            return Ok(ffi::string_from_buf(&buf));
-        }
-        Err(CephError::new(OP, target, -i64::from(libc::ERANGE)))
+            unsafe { rbd::rbd_metadata_get(self.raw, k.as_ptr(), buf.as_mut_ptr().cast::<c_char>(), len) }
+        })?;
+        check(OP, &target, r)?;
+        Ok(ffi::string_from_buf(&buf))
     }
 
     /// Sets `key` to `value` (creating or replacing it).

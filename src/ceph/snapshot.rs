@@ -3,8 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::error::{CephError, Result};
-use super::ffi::{self, MAX_ERANGE_RETRIES, check, cstring, rbd};
+use super::error::Result;
+use super::ffi::{self, check, cstring, rbd};
 use super::image::Image;
 
 /// Which kind of snapshot: one made by a user, one made as part of a group snapshot, ...
@@ -58,55 +58,50 @@ impl Image {
     /// [`SnapInfo::namespace`] for the user's own).
     pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
         const OP: &str = "rbd snap list";
-        let mut cap = 16usize;
-        for _ in 0..MAX_ERANGE_RETRIES {
-            let empty = rbd::rbd_snap_info_t {
-                id: 0,
-                size: 0,
-                name: std::ptr::null(),
-            };
-            let mut snaps = vec![empty; cap];
-            let mut max = i32::try_from(cap).unwrap_or(i32::MAX);
+        let empty = rbd::rbd_snap_info_t {
+            id: 0,
+            size: 0,
+            name: std::ptr::null(),
+        };
+        let (r, mut snaps, _) = ffi::sized(OP, self.spec(), empty, 16, |snaps, n| {
+            let mut max = i32::try_from(*n).unwrap_or(i32::MAX);
             // SAFETY: `snaps` has room for `max` entries; librbd fills count+1 entries (the last
             // a null-name terminator) or asks for more with ERANGE.
             let r = unsafe { rbd::rbd_snap_list(self.raw, snaps.as_mut_ptr(), &mut max) };
-            if r == -libc::ERANGE {
-                cap = usize::try_from(max).unwrap_or(cap).max(cap * 2);
-                continue;
-            }
-            let n = usize::try_from(check(OP, self.spec(), r)?)
-                .unwrap_or(0)
-                .min(cap.saturating_sub(1));
-            let raw: Vec<(u64, u64, String)> = snaps[..n]
-                .iter()
-                // SAFETY: the first `n` entries hold strdup'd names.
-                .map(|s| (s.id, s.size, unsafe { ffi::string_from_ptr(s.name) }))
-                .collect();
-            // SAFETY: frees the names of this successful listing exactly once; it stops at the
-            // first null name (librbd's terminator, or our zero-initialised entries).
-            unsafe { rbd::rbd_snap_list_end(snaps.as_mut_ptr()) };
-            let mut out = Vec::with_capacity(raw.len());
-            for (id, size, name) in raw {
-                // A snapshot removed (by another client) since the listing is skipped.
-                let (timestamp, namespace) = match self
-                    .snap_timestamp(id, &name)
-                    .and_then(|t| Ok((t, self.snap_namespace(id, &name)?)))
-                {
-                    Ok(found) => found,
-                    Err(e) if e.is_not_found() => continue,
-                    Err(e) => return Err(e),
-                };
-                out.push(SnapInfo {
-                    id,
-                    name,
-                    size,
-                    timestamp,
-                    namespace,
-                });
-            }
-            return Ok(out);
+            *n = usize::try_from(max).unwrap_or(*n);
+            r
+        })?;
+        let n = usize::try_from(check(OP, self.spec(), r)?)
+            .unwrap_or(0)
+            .min(snaps.len().saturating_sub(1));
+        let raw: Vec<(u64, u64, String)> = snaps[..n]
+            .iter()
+            // SAFETY: the first `n` entries hold strdup'd names.
+            .map(|s| (s.id, s.size, unsafe { ffi::string_from_ptr(s.name) }))
+            .collect();
+        // SAFETY: frees the names of this successful listing exactly once; it stops at the
+        // first null name (librbd's terminator, or our zero-initialised entries).
+        unsafe { rbd::rbd_snap_list_end(snaps.as_mut_ptr()) };
+        let mut out = Vec::with_capacity(raw.len());
+        for (id, size, name) in raw {
+            // A snapshot removed (by another client) since the listing is skipped.
+            let (timestamp, namespace) = match self
+                .snap_timestamp(id, &name)
+                .and_then(|t| Ok((t, self.snap_namespace(id, &name)?)))
+            {
+                Ok(found) => found,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            out.push(SnapInfo {
+                id,
+                name,
+                size,
+                timestamp,
+                namespace,
+            });
         }
-        Err(CephError::new(OP, self.spec(), -i64::from(libc::ERANGE)))
+        Ok(out)
     }
 
     fn snap_timestamp(&self, id: u64, name: &str) -> Result<SystemTime> {

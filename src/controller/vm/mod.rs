@@ -135,7 +135,7 @@ async fn apply(
                         message: format!("cannot read the domain UUID the VM's stored XML runs with: {err}"),
                         storage: previous.storage.clone(),
                     };
-                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
+                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
                     return Err(err.into());
                 }
             }
@@ -170,7 +170,7 @@ async fn apply(
 
     let storage_outcome = match (storage_outcome, &plan) {
         (Some((outcome, err)), _) => {
-            write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
+            write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
             publish(
                 ctx,
                 vm,
@@ -262,7 +262,16 @@ async fn apply(
                                 message: err.to_string(),
                             }
                         };
-                        write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, Some(plan.uuid)).await?;
+                        write_status(
+                            vm,
+                            ctx,
+                            api,
+                            &outcome,
+                            &Scheduling::NotNeeded,
+                            None,
+                            Some(plan.uuid),
+                        )
+                        .await?;
                         publish(
                             ctx,
                             vm,
@@ -308,7 +317,20 @@ async fn apply(
         return Ok(Action::requeue(OUTDATED_RECHECK));
     }
     ctx.failures.reset(&uid);
-    write_status(vm, ctx, api, &storage_outcome, &scheduling, Some(plan.uuid)).await?;
+    let releasing = match &handed {
+        HandOver::Releasing(release) => Some(release),
+        _ => None,
+    };
+    write_status(
+        vm,
+        ctx,
+        api,
+        &storage_outcome,
+        &scheduling,
+        releasing,
+        Some(plan.uuid),
+    )
+    .await?;
     let host = host_health(ctx, vm, &scheduling);
     Ok(Action::requeue(next_check(&host, ctx.settings.resync)))
 }
@@ -439,13 +461,13 @@ fn import_progress_reporter(
 /// What `hand_over` did.
 #[derive(Debug, PartialEq, Eq)]
 enum HandOver {
-    /// The label already named the node, or the old node still holds the domain and the
-    /// label is already gone.
+    /// The label already named the node.
     Unchanged,
     /// The label now names the node.
     Moved,
-    /// The label was removed so that the old node releases the domain.
-    Releasing,
+    /// The old node still holds the domain: the label is gone (removed now or before) until
+    /// it releases it.
+    Releasing(status::Release),
     /// The VM changed since this decision was read: nothing was written.
     Outdated,
 }
@@ -469,13 +491,13 @@ async fn hand_over(
     // move (a start asked for at the same time), and that heartbeat proves it no longer will.
     let old_node_busy = domain
         .is_some_and(|d| d.node != node && !released_per_heartbeat(ctx, vm, d) && !node_fenced(ctx, &d.node));
-    if old_node_busy {
-        if label.is_none() {
-            return Ok(HandOver::Unchanged);
+    if let Some(from) = domain.filter(|_| old_node_busy).map(|d| d.node.clone()) {
+        if label.is_some() {
+            info!(from = %from, to = %node, "moving: waiting for the old node to release the domain");
+            apply_labels(vm, api, json!({}), None).await?;
         }
-        info!(from = ?label, to = %node, "moving: waiting for the old node to release the domain");
-        apply_labels(vm, api, json!({}), None).await?;
-        return Ok(HandOver::Releasing);
+        let host_known = ctx.hypervisors.state().iter().any(|hv| hv.name_any() == from);
+        return Ok(HandOver::Releasing(status::Release { from, host_known }));
     }
     // A node is named only on the version this decision read: an agent that claimed the VM
     // meanwhile (the agent's `claim`, written before any define) makes this write fail, and the
@@ -891,6 +913,7 @@ async fn write_status(
     api: &Api<VirtualMachine>,
     storage: &StorageOutcome,
     scheduling: &Scheduling,
+    releasing: Option<&status::Release>,
     uuid: Option<uuid::Uuid>,
 ) -> Result<(), ReconcileError> {
     let input = StatusInput {
@@ -898,6 +921,7 @@ async fn write_status(
         host: host_health(ctx, vm, scheduling),
         storage,
         scheduling,
+        releasing,
         domain_uuid: uuid.map(|u| u.to_string()),
         now: Time(Timestamp::now()),
     };
@@ -943,7 +967,7 @@ async fn cleanup(
             message,
             storage: status.storage.clone(),
         };
-        write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
+        write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
         return Err(ReconcileError::WaitingForDomain {
             node: domain.node.clone(),
         });
@@ -991,7 +1015,7 @@ async fn cleanup(
                         message: format!("cannot delete the VM's storage: {err}"),
                         storage: status.storage.clone(),
                     };
-                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None).await?;
+                    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
                     publish(
                         ctx,
                         vm,

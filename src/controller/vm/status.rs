@@ -58,8 +58,39 @@ pub struct StatusInput<'a> {
     pub host: HostHealth,
     pub storage: &'a StorageOutcome,
     pub scheduling: &'a Scheduling,
+    /// The host a VM placed elsewhere waits for, while it still holds the domain.
+    pub releasing: Option<&'a Release>,
     pub domain_uuid: Option<String>,
     pub now: Time,
+}
+
+/// A VM moving to another node waits for its old host to release the domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub from: String,
+    /// Whether the old host still has a Hypervisor object, whose heartbeat can prove the
+    /// domain gone (or whose loss gets it fenced).
+    pub host_known: bool,
+}
+
+impl Release {
+    fn message(&self, node: &str) -> String {
+        let from = &self.from;
+        if self.host_known {
+            format!(
+                "placed on hypervisor {node}; waiting for hypervisor {from} to stop and undefine the \
+                 domain (its heartbeat still lists the VM)"
+            )
+        } else {
+            format!(
+                "placed on hypervisor {node}; the domain was last reported on hypervisor {from}, \
+                 which has no Hypervisor object: nothing proves the domain gone there. Start its \
+                 agent (it registers the host again, and either releases the domain or, if it \
+                 stays silent, gets the host fenced), or make sure the domain is gone and \
+                 remove status.domain"
+            )
+        }
+    }
 }
 
 /// The controller's part of the status: phase, conditions, node, storage, UUID.
@@ -114,12 +145,15 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         }
     };
     match input.scheduling {
-        Scheduling::Placed { node, .. } => wanted.push(Desired::new(
-            ct::SCHEDULED,
-            true,
-            "Scheduled",
-            format!("placed on hypervisor {node}"),
-        )),
+        Scheduling::Placed { node, .. } => wanted.push(match input.releasing {
+            Some(release) => Desired::new(ct::SCHEDULED, true, "WaitingForRelease", release.message(node)),
+            None => Desired::new(
+                ct::SCHEDULED,
+                true,
+                "Scheduled",
+                format!("placed on hypervisor {node}"),
+            ),
+        }),
         Scheduling::Unschedulable { reason, message } => wanted.push(Desired::new(
             ct::SCHEDULED,
             false,
@@ -376,6 +410,7 @@ mod tests {
                 node: "hv1".into(),
                 rules: None,
             },
+            releasing: None,
             domain_uuid: None,
             now: Time(k8s_openapi::jiff::Timestamp::now()),
         };
@@ -459,6 +494,7 @@ mod tests {
                 host: HostHealth::Answering,
                 storage: &storage,
                 scheduling: &scheduling,
+                releasing: None,
                 domain_uuid: None,
                 now: Time(k8s_openapi::jiff::Timestamp::now()),
             });
@@ -493,5 +529,49 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_moving_vm_says_which_host_it_waits_for_and_what_to_do_when_that_host_is_unknown() {
+        let vm = vm(1, true, 1, &["system_vm"]);
+        let storage = StorageOutcome::Ready(vm.status.as_ref().unwrap().storage.clone().unwrap());
+        let scheduling = Scheduling::Placed {
+            node: "hv2".into(),
+            rules: None,
+        };
+        let scheduled = |releasing: Option<&Release>| {
+            let status = build(&StatusInput {
+                vm: &vm,
+                host: HostHealth::Answering,
+                storage: &storage,
+                scheduling: &scheduling,
+                releasing,
+                domain_uuid: None,
+                now: Time(k8s_openapi::jiff::Timestamp::now()),
+            });
+            let c = conditions::find(&status.conditions, ct::SCHEDULED)
+                .unwrap()
+                .clone();
+            (c.reason, c.message)
+        };
+        assert_eq!(scheduled(None).0, "Scheduled");
+        let known = Release {
+            from: "hv1".into(),
+            host_known: true,
+        };
+        let (reason, message) = scheduled(Some(&known));
+        assert_eq!(reason, "WaitingForRelease");
+        assert!(message.contains("waiting for hypervisor hv1"), "{message}");
+        let gone = Release {
+            host_known: false,
+            ..known
+        };
+        let (reason, message) = scheduled(Some(&gone));
+        assert_eq!(reason, "WaitingForRelease");
+        assert!(
+            message.contains("hv1, which has no Hypervisor object"),
+            "{message}"
+        );
+        assert!(message.contains("Start its agent"), "{message}");
     }
 }
