@@ -84,10 +84,9 @@ impl Release {
         } else {
             format!(
                 "placed on hypervisor {node}; the domain was last reported on hypervisor {from}, \
-                 which has no Hypervisor object: nothing proves the domain gone there. Start its \
-                 agent (it registers the host again, and either releases the domain or, if it \
-                 stays silent, gets the host fenced), or make sure the domain is gone and \
-                 remove status.domain"
+                 which has no Hypervisor object, so no heartbeat can prove the domain gone there \
+                 and the VM does not move: start that host's agent, which registers the host \
+                 again and then releases the domain"
             )
         }
     }
