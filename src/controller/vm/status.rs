@@ -571,6 +571,6 @@ mod tests {
             message.contains("hv1, which has no Hypervisor object"),
             "{message}"
         );
-        assert!(message.contains("Start its agent"), "{message}");
+        assert!(message.contains("start that host's agent"), "{message}");
     }
 }
