@@ -198,6 +198,8 @@ pub struct HostDomains {
     /// `namespace/name` of the VMs the agent's cache assigns to this host, domain or not: the
     /// agent may still define them (see `Context::assignment_gate`).
     pub assigned: Vec<String>,
+    /// When the listing was read.
+    pub seen_at: k8s_openapi::jiff::Timestamp,
 }
 
 /// Every domain of the host that carries an owner marker, sorted by name.

@@ -68,6 +68,7 @@ pub fn build_status(
             vms.sort();
             vms.dedup();
             status.vms = vms;
+            status.vms_observed_time = Some(Time(whole_seconds(host.seen_at)));
             status.started_outside = host.started_outside.clone();
             (
                 "True",
@@ -161,9 +162,9 @@ async fn write_status(
 /// The host's facts and domains, and the VMs the agent's cache assigns here, read together
 /// while no domain is being defined, with the time they were read: a VM this report leaves
 /// out is one the agent neither holds nor will define, so the controller may hand it to
-/// another host once the report is newer than the agent's last word on the VM. The time is
+/// another host once the listing is newer than the agent's last word on the VM. The time is
 /// taken here, not when the status is written, so that "newer" is about what was seen.
-async fn observe_host(ctx: &Context) -> (Observation, Timestamp) {
+async fn observe_host(ctx: &Context) -> Observation {
     let _no_define_meanwhile = ctx.assignment_gate.write().await;
     let seen_at = Timestamp::now();
     let mut observation = ctx
@@ -173,8 +174,9 @@ async fn observe_host(ctx: &Context) -> (Observation, Timestamp) {
         .map_err(|e| e.to_string());
     if let Ok((_, host)) = &mut observation {
         host.assigned = ctx.assigned_here();
+        host.seen_at = seen_at;
     }
-    (observation, seen_at)
+    observation
 }
 
 /// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
@@ -184,6 +186,9 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
     let mut registered = false;
     let mut generation = None;
     let mut previous: Option<HypervisorStatus> = None;
+    // A listing libvirt has not finished (its domain queries wait while a domain starts, for
+    // seconds on a loaded host): awaited again on the next beat, never started twice.
+    let mut listing: Option<std::pin::Pin<Box<dyn Future<Output = Observation> + Send + '_>>> = None;
     loop {
         if !registered {
             match register(&api, &node).await {
@@ -198,7 +203,19 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
             }
         }
         if registered {
-            let (observation, seen_at) = observe_host(&ctx).await;
+            let observing = listing.get_or_insert_with(|| Box::pin(observe_host(&ctx)));
+            let patience = ctx.config.heartbeat_interval;
+            let observation = tokio::select! {
+                done = observing.as_mut() => {
+                    listing = None;
+                    done
+                }
+                // The heartbeat is renewed anyway, with the last listing and its time, so a
+                // slow libvirt never gets a healthy host declared lost; Ready says why.
+                _ = tokio::time::sleep(patience) => {
+                    Err(format!("libvirt has not listed the domains within {patience:?}"))
+                }
+            };
             if let Err(e) = &observation {
                 warn!(node, "libvirt does not answer: {e}");
             }
@@ -208,7 +225,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
                 previous.as_ref(),
                 generation,
                 ctx.fence.fenced_by_controller(),
-                seen_at,
+                Timestamp::now(),
             );
             status.migration_uri = ctx.config.migration_uri();
             match write_status(&api, &node, &status).await {
@@ -301,6 +318,7 @@ mod tests {
                 started_outside: vec![],
                 // Assigned here with no domain yet, or with one: listed once either way.
                 assigned: vec!["c/vm3".into(), "a/vm1".into()],
+                seen_at: t(0),
             },
         ));
         let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
@@ -330,6 +348,7 @@ mod tests {
                 marked: vec![marked("a", "ours", DomainState::Running, 1024)],
                 started_outside: vec!["VM1".into(), "a_pcmk".into()],
                 assigned: vec![],
+                seen_at: t(0),
             },
         ));
         let s = build_status("test:///hv1.xml", &obs, None, Some(1), false, t(0));
@@ -342,7 +361,11 @@ mod tests {
 
     #[test]
     fn transition_time_changes_only_on_flips() {
-        let ok: Observation = Ok((info(), HostDomains::default()));
+        let listing = HostDomains {
+            seen_at: t(0),
+            ..HostDomains::default()
+        };
+        let ok: Observation = Ok((info(), listing));
         let down: Observation = Err("libvirt connect on test:///x: no such file".into());
         let s1 = build_status("u", &ok, None, Some(1), false, t(0));
         let s2 = build_status("u", &ok, Some(&s1), Some(1), false, t(10));
@@ -357,6 +380,16 @@ mod tests {
         assert_eq!(ready.message, "libvirt connect on test:///x: no such file");
         assert_eq!(ready.last_transition_time, Time(t(20)));
         assert_eq!(s3.cpus, 8, "last known capacity is kept");
+        // The listing keeps the time it was read at: a heartbeat without one proves nothing
+        // about the VMs it leaves out.
+        let listed_at = |s: &HypervisorStatus| s.vms_observed_time.clone();
+        assert_eq!(
+            listed_at(&s2),
+            Some(Time(t(0))),
+            "the listing of `ok` was read at t(0)"
+        );
+        assert_eq!(listed_at(&s3), listed_at(&s2));
+        assert_eq!(s3.heartbeat_time, Some(Time(t(20))));
         assert_eq!(s3.conditions.len(), 1);
         let s4 = build_status("u", &down, Some(&s3), Some(2), false, t(30));
         assert_eq!(s4.conditions[0].last_transition_time, Time(t(20)));

@@ -136,9 +136,15 @@ pub struct HypervisorStatus {
     pub running_vms: i32,
     /// `namespace/name` of every VM the agent manages on this host: those whose domain it
     /// holds, and those its cache assigns here (it may still define them). The controller
-    /// hands a VM to another host once a heartbeat leaves it out.
+    /// hands a VM to another host once a listing newer than the agent's last report on it
+    /// leaves it out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vms: Vec<String>,
+    /// When `vms` was read: libvirt's domains and the agent's assignments, at one moment. It
+    /// stays as it was while libvirt does not answer (or answers slower than a heartbeat), when
+    /// the heartbeat still renews `heartbeatTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms_observed_time: Option<Time>,
     /// Names of the libvirt domains running here that the agent did not define: vm_manager's
     /// and Pacemaker's guests, or a VM started from the XML the operator stores in RBD. The
     /// controller places a VM whose domain runs here rather than start a second copy, and the

@@ -576,7 +576,7 @@ async fn apply_labels(
     Ok(())
 }
 
-/// The old node's heartbeat, newer than its last report on this VM, no longer lists the VM:
+/// The old node's listing of its VMs, newer than its last report on this VM, leaves the VM out:
 /// the domain is gone there even if the agent's own report of it got lost, and the agent's
 /// cache no longer assigns the VM there, so it will not define it again (the heartbeat lists
 /// what the cache assigns, read under the gate that defines take).
@@ -593,8 +593,8 @@ fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::ap
     let Some(status) = hv.status.as_ref() else {
         return false;
     };
-    let newer = match (&status.heartbeat_time, &domain.observed_time) {
-        (Some(heartbeat), Some(observed)) => heartbeat.0 > observed.0,
+    let newer = match (&status.vms_observed_time, &domain.observed_time) {
+        (Some(listed), Some(reported)) => listed.0 > reported.0,
         _ => false,
     };
     newer && !status.vms.contains(&key)
