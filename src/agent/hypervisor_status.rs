@@ -3,6 +3,7 @@
 //! apply.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -28,7 +29,7 @@ pub const REASON_UNREACHABLE: &str = "LibvirtUnreachable";
 pub const REASON_FENCED: &str = "Fenced";
 
 /// How long after a domain change the status is written (changes meanwhile join it).
-const REPORT_CHANGES_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+const REPORT_CHANGES_AFTER: Duration = Duration::from_secs(1);
 
 /// What the heartbeat saw.
 pub type Observation = Result<(HostInfo, HostDomains), String>;
@@ -179,6 +180,46 @@ async fn observe_host(ctx: &Context) -> Observation {
     observation
 }
 
+/// How long the last listing stands for one that libvirt has not returned (Ready stays as it
+/// was); past it, Ready is False.
+const SLOW_LISTING_LIMIT: Duration = Duration::from_secs(30);
+
+/// A listing under way.
+type PendingListing<'a> = std::pin::Pin<Box<dyn Future<Output = Observation> + Send + 'a>>;
+
+/// The heartbeat's listings: the one libvirt has not returned yet (its domain queries wait
+/// while a domain starts, for seconds on a loaded host), awaited again on the next beat and
+/// never started twice, and the last one it returned.
+#[derive(Default)]
+struct Listing<'a> {
+    pending: Option<(PendingListing<'a>, Instant)>,
+    last: Option<Observation>,
+}
+
+/// What this beat reports: a fresh listing if libvirt returns one within a heartbeat interval,
+/// else the last one (with the time it was read) while the wait is short, else why there is
+/// none. The heartbeat is written either way: a slow libvirt must never get a healthy host
+/// declared lost, nor its agent self-fenced.
+async fn this_beat<'a>(ctx: &'a Context, listing: &mut Listing<'a>) -> Observation {
+    let (observing, since) = listing
+        .pending
+        .get_or_insert_with(|| (Box::pin(observe_host(ctx)), Instant::now()));
+    let since = *since;
+    tokio::select! {
+        done = observing.as_mut() => {
+            listing.pending = None;
+            if done.is_ok() {
+                listing.last = Some(done.clone());
+            }
+            done
+        }
+        _ = tokio::time::sleep(ctx.config.heartbeat_interval) => match &listing.last {
+            Some(last) if since.elapsed() < SLOW_LISTING_LIMIT => last.clone(),
+            _ => Err(format!("libvirt has not listed the domains for {:.0?}", since.elapsed())),
+        },
+    }
+}
+
 /// Registers the Hypervisor and writes its status every heartbeat interval until `stop`.
 pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     let node = ctx.config.node_name.clone();
@@ -186,9 +227,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
     let mut registered = false;
     let mut generation = None;
     let mut previous: Option<HypervisorStatus> = None;
-    // A listing libvirt has not finished (its domain queries wait while a domain starts, for
-    // seconds on a loaded host): awaited again on the next beat, never started twice.
-    let mut listing: Option<std::pin::Pin<Box<dyn Future<Output = Observation> + Send + '_>>> = None;
+    let mut listing = Listing::default();
     loop {
         if !registered {
             match register(&api, &node).await {
@@ -203,19 +242,7 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<Context>, mut stop: watch::Receiver<
             }
         }
         if registered {
-            let observing = listing.get_or_insert_with(|| Box::pin(observe_host(&ctx)));
-            let patience = ctx.config.heartbeat_interval;
-            let observation = tokio::select! {
-                done = observing.as_mut() => {
-                    listing = None;
-                    done
-                }
-                // The heartbeat is renewed anyway, with the last listing and its time, so a
-                // slow libvirt never gets a healthy host declared lost; Ready says why.
-                _ = tokio::time::sleep(patience) => {
-                    Err(format!("libvirt has not listed the domains within {patience:?}"))
-                }
-            };
+            let observation = this_beat(&ctx, &mut listing).await;
             if let Err(e) = &observation {
                 warn!(node, "libvirt does not answer: {e}");
             }
