@@ -7,6 +7,7 @@ mod status;
 pub use plan::{PlanError, generated_uuid};
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,186 +117,222 @@ async fn apply(
     ctx: &Context,
     api: &Api<VirtualMachine>,
 ) -> Result<Action, ReconcileError> {
-    let uid = vm.metadata.uid.clone().unwrap_or_default();
-    let generation = vm.metadata.generation.unwrap_or_default();
     let others = ctx.vms.state();
-    let previous = vm.status.clone().unwrap_or_default();
+    let stored_uuid = stored_uuid(vm, ctx, api).await?;
+    let plan = match plan_or_refuse(vm, ctx, api, &others, stored_uuid).await? {
+        ControlFlow::Continue(plan) => plan,
+        ControlFlow::Break(action) => return Ok(action),
+    };
+    let storage = match storage_of(vm, ctx, api, &plan).await? {
+        ControlFlow::Continue(storage) => storage,
+        ControlFlow::Break(action) => return Ok(action),
+    };
+    place(vm, ctx, api, &plan, &others, &storage).await
+}
 
-    let stored_uuid = match plan::uuid_source(vm) {
-        plan::UuidSource::BaseXml => None,
-        plan::UuidSource::Recorded(uuid) => Some(uuid),
+/// What a storage or plan failure shows in the status: `Failing` keeps the storage recorded
+/// before and is retried, `Invalid` waits for the spec to change.
+fn failure_outcome(vm: &VirtualMachine, reason: &str, message: String, retryable: bool) -> StorageOutcome {
+    if retryable {
+        StorageOutcome::Failing {
+            reason: reason.into(),
+            message,
+            storage: vm.status.as_ref().and_then(|s| s.storage.clone()),
+        }
+    } else {
+        StorageOutcome::Invalid {
+            reason: reason.into(),
+            message,
+        }
+    }
+}
+
+/// The UUID the domain runs with, when the VM's stored XML holds it. Never guessed: a generated
+/// UUID would replace the one the VM runs with, so a failure to read it stops the reconcile.
+async fn stored_uuid(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+) -> Result<Option<uuid::Uuid>, ReconcileError> {
+    match plan::uuid_source(vm) {
+        plan::UuidSource::BaseXml => Ok(None),
+        plan::UuidSource::Recorded(uuid) => Ok(Some(uuid)),
         plan::UuidSource::Storage => {
             let namespace = vm.namespace().unwrap_or_default();
+            let uid = vm.metadata.uid.clone().unwrap_or_default();
             match storage::stored_domain_uuid(&ctx.storage, &namespace, &vm.storage_name(), &uid).await {
-                Ok(uuid) => uuid,
+                Ok(uuid) => Ok(uuid),
                 Err(err) => {
-                    // Never guess: a generated UUID would replace the one the VM runs with.
-                    let outcome = StorageOutcome::Failing {
-                        reason: err.reason().into(),
-                        message: format!("cannot read the domain UUID the VM's stored XML runs with: {err}"),
-                        storage: previous.storage.clone(),
-                    };
+                    let message = format!("cannot read the domain UUID the VM's stored XML runs with: {err}");
+                    let outcome = failure_outcome(vm, err.reason(), message, true);
                     write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
-                    return Err(err.into());
+                    Err(err.into())
                 }
             }
         }
-    };
-    let plan = plan::plan(
+    }
+}
+
+/// The plan of the VM's storage, or, for a spec that cannot be carried out, the status and
+/// Event that say why and what to wait for.
+async fn plan_or_refuse(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+    others: &[Arc<VirtualMachine>],
+    stored_uuid: Option<uuid::Uuid>,
+) -> Result<ControlFlow<Action, plan::Plan>, ReconcileError> {
+    let err = match plan::plan(
         vm,
         &ctx.settings,
         &ctx.storage.pool,
         &ctx.storage.namespace_map,
-        &others,
+        others,
         stored_uuid,
-    );
-    let (storage_outcome, plan) = match plan {
-        Ok(plan) => (None, Some(plan)),
-        Err(err) => {
-            let outcome = if err.is_retryable() {
-                StorageOutcome::Failing {
-                    reason: err.reason().into(),
-                    message: err.to_string(),
-                    storage: previous.storage.clone(),
-                }
-            } else {
-                StorageOutcome::Invalid {
-                    reason: err.reason().into(),
-                    message: err.to_string(),
-                }
-            };
-            (Some((outcome, err)), None)
-        }
+    ) {
+        Ok(plan) => return Ok(ControlFlow::Continue(plan)),
+        Err(err) => err,
     };
+    let outcome = failure_outcome(vm, err.reason(), err.to_string(), err.is_retryable());
+    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
+    publish(
+        ctx,
+        vm,
+        EventType::Warning,
+        err.reason(),
+        "Validate",
+        err.to_string(),
+    );
+    if err.is_retryable() {
+        return Err(err.into());
+    }
+    if matches!(err, PlanError::DuplicateUuid { .. }) {
+        // The other VM may be deleted, which changes nothing of this one.
+        return Ok(ControlFlow::Break(Action::requeue(plan::DUPLICATE_UUID_RECHECK)));
+    }
+    Ok(ControlFlow::Break(Action::await_change()))
+}
 
-    let storage_outcome = match (storage_outcome, &plan) {
-        (Some((outcome, err)), _) => {
-            write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
+/// The VM's storage as recorded when it was checked recently enough, else as Ceph has it
+/// once made or adopted; a failure is shown in the status.
+async fn storage_of(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+    plan: &plan::Plan,
+) -> Result<ControlFlow<Action, StorageOutcome>, ReconcileError> {
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let generation = vm.metadata.generation.unwrap_or_default();
+    let previous = vm.status.clone().unwrap_or_default();
+    let fresh = previous.storage.is_some()
+        && conditions::is_true(&previous.conditions, ct::STORAGE_READY)
+        && ctx
+            .storage_checks
+            .fresh(&uid, generation, ctx.settings.storage_recheck);
+    let recorded = if fresh {
+        previous.storage.clone()
+    } else {
+        still_present(vm, ctx, &plan.request).await
+    };
+    if let Some(recorded) = recorded {
+        return Ok(ControlFlow::Continue(StorageOutcome::Ready(recorded)));
+    }
+    let (progress, reporter) = import_progress_reporter(api.clone(), vm.name_any());
+    let ensured = storage::ensure_storage(&ctx.storage, &plan.request, move |p| {
+        let _ = progress.send(p);
+    })
+    .await;
+    reporter.await.ok();
+    match ensured {
+        Ok(observation) => {
+            ctx.storage_checks.record(&uid, generation);
+            announce_storage(ctx, vm, plan, &observation, previous.storage.is_none());
+            Ok(ControlFlow::Continue(StorageOutcome::Ready(
+                observation.to_status(),
+            )))
+        }
+        Err(err) => {
+            let err = explain_retained(err, ctx).await;
+            let outcome = failure_outcome(vm, err.reason(), err.to_string(), err.is_retryable());
+            let scheduling = Scheduling::NotNeeded;
+            write_status(vm, ctx, api, &outcome, &scheduling, None, Some(plan.uuid)).await?;
             publish(
                 ctx,
                 vm,
                 EventType::Warning,
                 err.reason(),
-                "Validate",
+                "CreateStorage",
                 err.to_string(),
             );
             if err.is_retryable() {
                 return Err(err.into());
             }
-            if matches!(err, PlanError::DuplicateUuid { .. }) {
-                // The other VM may be deleted, which changes nothing of this one.
-                return Ok(Action::requeue(plan::DUPLICATE_UUID_RECHECK));
-            }
-            return Ok(Action::await_change());
+            Ok(ControlFlow::Break(Action::await_change()))
         }
-        (None, Some(plan)) => {
-            let fresh = previous.storage.is_some()
-                && conditions::is_true(&previous.conditions, ct::STORAGE_READY)
-                && ctx
-                    .storage_checks
-                    .fresh(&uid, generation, ctx.settings.storage_recheck);
-            let recorded = if fresh {
-                previous.storage.clone()
-            } else {
-                still_present(vm, ctx, &plan.request).await
-            };
-            if let Some(recorded) = recorded {
-                StorageOutcome::Ready(recorded)
-            } else {
-                let (progress, reporter) = import_progress_reporter(api.clone(), vm.name_any());
-                let ensured = storage::ensure_storage(&ctx.storage, &plan.request, move |p| {
-                    let _ = progress.send(p);
-                })
-                .await;
-                reporter.await.ok();
-                match ensured {
-                    Ok(observation) => {
-                        ctx.storage_checks.record(&uid, generation);
-                        if previous.storage.is_none() {
-                            let note = if observation.adopted {
-                                format!(
-                                    "adopted existing RBD group {} made by SEAPATH's tools",
-                                    observation.group
-                                )
-                            } else {
-                                format!(
-                                    "RBD group {} with {} image(s) ready",
-                                    observation.group,
-                                    observation.images.len()
-                                )
-                            };
-                            publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note);
-                            for warning in &plan.warnings {
-                                publish(
-                                    ctx,
-                                    vm,
-                                    EventType::Warning,
-                                    "VmManagerWarning",
-                                    "CreateStorage",
-                                    warning.clone(),
-                                );
-                            }
-                        }
-                        for warning in &observation.warnings {
-                            publish(
-                                ctx,
-                                vm,
-                                EventType::Warning,
-                                "StorageWarning",
-                                "CreateStorage",
-                                warning.clone(),
-                            );
-                        }
-                        StorageOutcome::Ready(observation.to_status())
-                    }
-                    Err(err) => {
-                        let err = explain_retained(err, ctx).await;
-                        let outcome = if err.is_retryable() {
-                            StorageOutcome::Failing {
-                                reason: err.reason().into(),
-                                message: err.to_string(),
-                                storage: previous.storage.clone(),
-                            }
-                        } else {
-                            StorageOutcome::Invalid {
-                                reason: err.reason().into(),
-                                message: err.to_string(),
-                            }
-                        };
-                        write_status(
-                            vm,
-                            ctx,
-                            api,
-                            &outcome,
-                            &Scheduling::NotNeeded,
-                            None,
-                            Some(plan.uuid),
-                        )
-                        .await?;
-                        publish(
-                            ctx,
-                            vm,
-                            EventType::Warning,
-                            err.reason(),
-                            "CreateStorage",
-                            err.to_string(),
-                        );
-                        if err.is_retryable() {
-                            return Err(err.into());
-                        }
-                        return Ok(Action::await_change());
-                    }
-                }
-            }
-        }
-        (None, None) => unreachable!("a plan or an error"),
-    };
-    let plan = plan.expect("plan succeeded");
+    }
+}
 
-    let scheduling = if vm.spec.state == DesiredState::Disabled && previous.node.is_none() {
+/// The Events of storage made or adopted (once, when the VM had none recorded), and of its
+/// warnings.
+fn announce_storage(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    plan: &plan::Plan,
+    observation: &storage::StorageObservation,
+    first_time: bool,
+) {
+    if first_time {
+        let note = if observation.adopted {
+            format!(
+                "adopted existing RBD group {} made by SEAPATH's tools",
+                observation.group
+            )
+        } else {
+            format!(
+                "RBD group {} with {} image(s) ready",
+                observation.group,
+                observation.images.len()
+            )
+        };
+        publish(ctx, vm, EventType::Normal, "StorageReady", "CreateStorage", note);
+        for warning in &plan.warnings {
+            publish(
+                ctx,
+                vm,
+                EventType::Warning,
+                "VmManagerWarning",
+                "CreateStorage",
+                warning.clone(),
+            );
+        }
+    }
+    for warning in &observation.warnings {
+        publish(
+            ctx,
+            vm,
+            EventType::Warning,
+            "StorageWarning",
+            "CreateStorage",
+            warning.clone(),
+        );
+    }
+}
+
+/// Places the VM, hands it to its node and writes the status.
+async fn place(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+    plan: &plan::Plan,
+    others: &[Arc<VirtualMachine>],
+    storage: &StorageOutcome,
+) -> Result<Action, ReconcileError> {
+    let uid = vm.metadata.uid.clone().unwrap_or_default();
+    let unplaced = vm.status.as_ref().is_none_or(|s| s.node.is_none());
+    let scheduling = if vm.spec.state == DesiredState::Disabled && unplaced {
         Scheduling::NotNeeded
     } else {
-        schedule(vm, ctx, &plan, &others)
+        schedule(vm, ctx, plan, others)
     };
     // Remembered before anything is awaited: the next VM placed, by this reconcile's neighbour,
     // counts this one where it goes (room and placement rules) even before the cache shows it.
@@ -312,25 +349,14 @@ async fn apply(
         }
         _ => HandOver::Unchanged,
     };
-    if handed == HandOver::Outdated {
-        // The newer version's event decides again; the check after a while is a safety net.
-        return Ok(Action::requeue(OUTDATED_RECHECK));
-    }
-    ctx.failures.reset(&uid);
     let releasing = match &handed {
+        // The newer version's event decides again; the check after a while is a safety net.
+        HandOver::Outdated => return Ok(Action::requeue(OUTDATED_RECHECK)),
         HandOver::Releasing(release) => Some(release),
         _ => None,
     };
-    write_status(
-        vm,
-        ctx,
-        api,
-        &storage_outcome,
-        &scheduling,
-        releasing,
-        Some(plan.uuid),
-    )
-    .await?;
+    ctx.failures.reset(&uid);
+    write_status(vm, ctx, api, storage, &scheduling, releasing, Some(plan.uuid)).await?;
     let host = host_health(ctx, vm, &scheduling);
     Ok(Action::requeue(next_check(&host, ctx.settings.resync)))
 }
