@@ -267,182 +267,240 @@ async fn apply(
             return Ok(Action::await_change());
         }
     };
-
-    // The VMs.
-    let vms_api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut vms: BTreeSet<String> = schedule.spec.vm_names.iter().cloned().collect();
-    if let Some(selector) = &selector {
-        let selected = vms_api.list(&ListParams::default().labels_from(selector)).await?;
-        vms.extend(selected.items.iter().map(|vm| vm.name_any()));
-    }
-
-    // The snapshots it owns, and the outcome of its last run.
-    let owned_list = snapshots
+    let vms = selected_vms(schedule, ctx, namespace, selector.as_ref()).await?;
+    let owned = snapshots
         .list(&ListParams::default().labels(&format!("{SCHEDULE_UID_LABEL}={uid}")))
         .await?
         .items;
-    let scheduled_at = |s: &VirtualMachineSnapshot| {
-        s.annotations()
-            .get(SCHEDULED_TIME_ANNOTATION)
-            .and_then(|t| t.parse::<Timestamp>().ok())
-    };
-    if let Some(last) = status.last_schedule_time.clone()
-        && status.last_evaluated_time.as_ref().is_none_or(|e| e.0 < last.0)
-    {
-        let run: Vec<&VirtualMachineSnapshot> = owned_list
-            .iter()
-            .filter(|s| scheduled_at(s) == Some(last.0))
-            .collect();
-        let phases: Vec<Option<SnapshotPhase>> = run
-            .iter()
-            .map(|s| s.status.as_ref().and_then(|st| st.phase))
-            .collect();
-        let finished = phases
-            .iter()
-            .all(|p| matches!(p, Some(SnapshotPhase::Ready | SnapshotPhase::Failed)));
-        if finished {
-            let failed = phases.contains(&Some(SnapshotPhase::Failed)) || run.is_empty();
-            status.last_evaluated_time = Some(last.clone());
-            if failed {
-                status.consecutive_failures += 1;
-                ctx.metrics.operation(KIND, "scheduled-run", "failed");
-                ctx.publish(
-                    schedule,
-                    EventType::Warning,
-                    "RunFailed",
-                    "Schedule",
-                    format!(
-                        "run of {} failed ({} consecutive)",
-                        last.0, status.consecutive_failures
-                    ),
-                )
-                .await;
-                let max = schedule.spec.max_failures;
-                if max > 0 && status.consecutive_failures >= max && status.auto_suspended_generation.is_none()
-                {
-                    status.auto_suspended_generation = generation;
-                    ctx.publish(
-                        schedule,
-                        EventType::Warning,
-                        "AutoSuspended",
-                        "Schedule",
-                        format!(
-                            "{} consecutive failed runs: schedule suspended; change its spec to resume",
-                            status.consecutive_failures
-                        ),
-                    )
-                    .await;
-                }
-            } else {
-                status.consecutive_failures = 0;
-                status.last_successful_time = Some(last.clone());
-                ctx.metrics.operation(KIND, "scheduled-run", "ok");
-            }
-        }
-    }
+    account_last_run(schedule, ctx, &mut status, &owned).await;
     // A spec change resumes a schedule that suspended itself.
     if status.auto_suspended_generation.is_some() && status.auto_suspended_generation != generation {
         status.auto_suspended_generation = None;
         status.consecutive_failures = 0;
     }
-    let auto_suspended = status.auto_suspended_generation.is_some();
-    let suspended = schedule.spec.suspend || auto_suspended;
-
+    let suspended = schedule.spec.suspend || status.auto_suspended_generation.is_some();
     let now_ts = Timestamp::now();
-    let mut requeue = RECHECK;
-    if !suspended && let Some(cron) = &cron {
-        let after = status
-            .last_schedule_time
-            .as_ref()
-            .map(|t| t.0)
-            .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0))
-            .unwrap_or(now_ts);
-        if let Some(run) = due_run(cron, &tz, after, now_ts) {
-            let mut created = 0;
-            for vm in &vms {
-                let name = format!("{}-{vm}-{}", schedule.name_any(), stamp(run));
-                let snap = VirtualMachineSnapshot {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(namespace.to_owned()),
-                        labels: Some(BTreeMap::from([
-                            (SCHEDULE_LABEL.to_owned(), schedule.name_any()),
-                            (SCHEDULE_UID_LABEL.to_owned(), uid.clone()),
-                            (VM_LABEL.to_owned(), vm.clone()),
-                        ])),
-                        annotations: Some(BTreeMap::from([(
-                            SCHEDULED_TIME_ANNOTATION.to_owned(),
-                            run.to_string(),
-                        )])),
-                        ..Default::default()
-                    },
-                    spec: VirtualMachineSnapshotSpec {
-                        vm_name: vm.clone(),
-                        snapshot_name: Some(format!("{}{}", rbd_prefix(&schedule.name_any()), stamp(run))),
-                        description: Some(format!("taken by schedule {}", schedule.name_any())),
-                        deletion_policy: Default::default(),
-                        failure_deadline: schedule.spec.snapshot_deadline.clone(),
-                        adopt: false,
-                    },
-                    status: None,
-                };
-                match snapshots.create(&PostParams::default(), &snap).await {
-                    Ok(_) => created += 1,
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            status.last_schedule_time = Some(Time(run));
-            info!(run = %run, vms = vms.len(), "scheduled run");
-            ctx.publish(
-                schedule,
-                EventType::Normal,
-                "SnapshotsCreated",
-                "Schedule",
-                format!("run of {run}: {created} VirtualMachineSnapshot(s) created"),
-            )
-            .await;
+    let requeue = match (&cron, suspended) {
+        (Some(cron), false) => {
+            run_if_due(schedule, ctx, namespace, &vms, (cron, &tz), &mut status, now_ts).await?
         }
-        let next_after = status
-            .last_schedule_time
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(after)
-            .max(now_ts);
-        status.next_schedule_time = cron.next_after(next_after, &tz).map(Time);
-        if let Some(next) = &status.next_schedule_time {
-            let until = next.0.duration_since(now_ts).unsigned_abs() + Duration::from_millis(200);
-            requeue = requeue.min(until);
+        _ => {
+            status.next_schedule_time = None;
+            RECHECK
         }
-    } else {
-        status.next_schedule_time = None;
-    }
-
-    // Retention.
-    let mut purged = 0;
+    };
     let mut kept_by_hand = 0;
     if let (false, Some(retention)) = (suspended, &schedule.spec.retention) {
-        let mut views: Vec<SnapView> = Vec::new();
-        let candidates = if retention.include_unowned {
-            snapshots.list(&ListParams::default()).await?.items
-        } else {
-            owned_list.clone()
-        };
-        for s in candidates
-            .iter()
-            .filter(|s| vms.contains(&s.spec.vm_name) && s.metadata.deletion_timestamp.is_none())
-        {
-            let origin = Origin::of(s, &uid);
-            // A failed run not counted yet stays until it is.
-            if origin == Origin::ThisSchedule
-                && s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Failed)
-                && scheduled_at(s)
-                    .is_some_and(|t| status.last_evaluated_time.as_ref().is_none_or(|e| t > e.0))
-            {
-                continue;
+        let views = retention_views(&snapshots, retention, &owned, &vms, &uid, &status, now_ts).await?;
+        let selection = match select_for_deletion(&views, retention, now_ts) {
+            Ok(selection) => selection,
+            Err(message) => {
+                write(status, conditions_for(false, "InvalidRetention", &message, true)).await?;
+                return Ok(Action::await_change());
             }
+        };
+        kept_by_hand = selection.kept_by_hand.len();
+        status.purged_total += purge(schedule, ctx, &snapshots, selection.delete).await?;
+    }
+    status.snapshots = owned_names(&owned, now_ts);
+    let conditions = conditions_of(schedule, &status, vms.len(), kept_by_hand);
+    write(status, conditions).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// When the run that created a snapshot was due.
+fn scheduled_at(snapshot: &VirtualMachineSnapshot) -> Option<Timestamp> {
+    snapshot
+        .annotations()
+        .get(SCHEDULED_TIME_ANNOTATION)
+        .and_then(|t| t.parse::<Timestamp>().ok())
+}
+
+/// The VMs the schedule names, and those its selector matches.
+async fn selected_vms(
+    schedule: &VirtualMachineSnapshotSchedule,
+    ctx: &Ctx,
+    namespace: &str,
+    selector: Option<&Selector>,
+) -> Result<BTreeSet<String>, Error> {
+    let mut vms: BTreeSet<String> = schedule.spec.vm_names.iter().cloned().collect();
+    if let Some(selector) = selector {
+        let api: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), namespace);
+        let selected = api.list(&ListParams::default().labels_from(selector)).await?;
+        vms.extend(selected.items.iter().map(|vm| vm.name_any()));
+    }
+    Ok(vms)
+}
+
+/// Counts the last run once all its snapshots ended: a failure adds to the consecutive ones and
+/// may suspend the schedule (`maxFailures`), a success resets them.
+async fn account_last_run(
+    schedule: &VirtualMachineSnapshotSchedule,
+    ctx: &Ctx,
+    status: &mut VirtualMachineSnapshotScheduleStatus,
+    owned: &[VirtualMachineSnapshot],
+) {
+    let Some(last) = status.last_schedule_time.clone() else {
+        return;
+    };
+    if status.last_evaluated_time.as_ref().is_some_and(|e| e.0 >= last.0) {
+        return;
+    }
+    let phases: Vec<Option<SnapshotPhase>> = owned
+        .iter()
+        .filter(|s| scheduled_at(s) == Some(last.0))
+        .map(|s| s.status.as_ref().and_then(|st| st.phase))
+        .collect();
+    let finished = phases
+        .iter()
+        .all(|p| matches!(p, Some(SnapshotPhase::Ready | SnapshotPhase::Failed)));
+    if !finished {
+        return;
+    }
+    status.last_evaluated_time = Some(last.clone());
+    if !phases.contains(&Some(SnapshotPhase::Failed)) && !phases.is_empty() {
+        status.consecutive_failures = 0;
+        status.last_successful_time = Some(last);
+        ctx.metrics.operation(KIND, "scheduled-run", "ok");
+        return;
+    }
+    status.consecutive_failures += 1;
+    ctx.metrics.operation(KIND, "scheduled-run", "failed");
+    let note = format!(
+        "run of {} failed ({} consecutive)",
+        last.0, status.consecutive_failures
+    );
+    ctx.publish(schedule, EventType::Warning, "RunFailed", "Schedule", note)
+        .await;
+    let max = schedule.spec.max_failures;
+    if max > 0 && status.consecutive_failures >= max && status.auto_suspended_generation.is_none() {
+        status.auto_suspended_generation = schedule.metadata.generation;
+        let note = format!(
+            "{} consecutive failed runs: schedule suspended; change its spec to resume",
+            status.consecutive_failures
+        );
+        ctx.publish(schedule, EventType::Warning, "AutoSuspended", "Schedule", note)
+            .await;
+    }
+}
+
+/// Takes the run that is due, if one is, and says when the next one is; returns when to look
+/// again.
+async fn run_if_due(
+    schedule: &VirtualMachineSnapshotSchedule,
+    ctx: &Ctx,
+    namespace: &str,
+    vms: &BTreeSet<String>,
+    (cron, tz): (&Cron, &k8s_openapi::jiff::tz::TimeZone),
+    status: &mut VirtualMachineSnapshotScheduleStatus,
+    now_ts: Timestamp,
+) -> Result<Duration, Error> {
+    let after = status
+        .last_schedule_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now_ts);
+    if let Some(run) = due_run(cron, tz, after, now_ts) {
+        let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
+        let mut created = 0;
+        for vm in vms {
+            match snapshots
+                .create(
+                    &PostParams::default(),
+                    &scheduled_snapshot(schedule, namespace, vm, run),
+                )
+                .await
+            {
+                Ok(_) => created += 1,
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        status.last_schedule_time = Some(Time(run));
+        info!(run = %run, vms = vms.len(), "scheduled run");
+        let note = format!("run of {run}: {created} VirtualMachineSnapshot(s) created");
+        ctx.publish(schedule, EventType::Normal, "SnapshotsCreated", "Schedule", note)
+            .await;
+    }
+    let next_after = status
+        .last_schedule_time
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(after)
+        .max(now_ts);
+    status.next_schedule_time = cron.next_after(next_after, tz).map(Time);
+    Ok(match &status.next_schedule_time {
+        Some(next) => RECHECK.min(next.0.duration_since(now_ts).unsigned_abs() + Duration::from_millis(200)),
+        None => RECHECK,
+    })
+}
+
+/// The snapshot of `vm` for the run due at `run`, named and labelled after the schedule.
+fn scheduled_snapshot(
+    schedule: &VirtualMachineSnapshotSchedule,
+    namespace: &str,
+    vm: &str,
+    run: Timestamp,
+) -> VirtualMachineSnapshot {
+    let uid = schedule.metadata.uid.clone().unwrap_or_default();
+    VirtualMachineSnapshot {
+        metadata: ObjectMeta {
+            name: Some(format!("{}-{vm}-{}", schedule.name_any(), stamp(run))),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(BTreeMap::from([
+                (SCHEDULE_LABEL.to_owned(), schedule.name_any()),
+                (SCHEDULE_UID_LABEL.to_owned(), uid),
+                (VM_LABEL.to_owned(), vm.to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                SCHEDULED_TIME_ANNOTATION.to_owned(),
+                run.to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: VirtualMachineSnapshotSpec {
+            vm_name: vm.to_owned(),
+            snapshot_name: Some(format!("{}{}", rbd_prefix(&schedule.name_any()), stamp(run))),
+            description: Some(format!("taken by schedule {}", schedule.name_any())),
+            deletion_policy: Default::default(),
+            failure_deadline: schedule.spec.snapshot_deadline.clone(),
+            adopt: false,
+        },
+        status: None,
+    }
+}
+
+/// The snapshots retention may count: the schedule's own (every one in the namespace with
+/// `includeUnowned`), of the schedule's VMs, not being deleted. A failed run not counted yet
+/// stays until it is.
+async fn retention_views(
+    snapshots: &Api<VirtualMachineSnapshot>,
+    retention: &crate::api::Retention,
+    owned: &[VirtualMachineSnapshot],
+    vms: &BTreeSet<String>,
+    uid: &str,
+    status: &VirtualMachineSnapshotScheduleStatus,
+    now_ts: Timestamp,
+) -> Result<Vec<SnapView>, Error> {
+    let listed;
+    let candidates = if retention.include_unowned {
+        listed = snapshots.list(&ListParams::default()).await?.items;
+        &listed[..]
+    } else {
+        owned
+    };
+    let not_counted_yet = |s: &VirtualMachineSnapshot| {
+        s.status.as_ref().and_then(|st| st.phase) == Some(SnapshotPhase::Failed)
+            && scheduled_at(s).is_some_and(|t| status.last_evaluated_time.as_ref().is_none_or(|e| t > e.0))
+    };
+    Ok(candidates
+        .iter()
+        .filter(|s| vms.contains(&s.spec.vm_name) && s.metadata.deletion_timestamp.is_none())
+        .filter(|s| !(Origin::of(s, uid) == Origin::ThisSchedule && not_counted_yet(s)))
+        .map(|s| {
             let st = s.status.clone().unwrap_or_default();
-            views.push(SnapView {
+            SnapView {
                 name: s.name_any(),
                 vm: s.spec.vm_name.clone(),
                 time: st
@@ -452,114 +510,109 @@ async fn apply(
                     .unwrap_or(now_ts),
                 id: st.disks.first().and_then(|d| d.snapshot_id),
                 phase: st.phase,
-                origin,
-            });
-        }
-        let selection = match select_for_deletion(&views, retention, now_ts) {
-            Ok(selection) => selection,
-            Err(message) => {
-                write(status, conditions_for(false, "InvalidRetention", &message, true)).await?;
-                return Ok(Action::await_change());
+                origin: Origin::of(s, uid),
             }
-        };
-        // A purge of hundreds of snapshots: the DELETE requests go out a few at a time rather
-        // than one after the other (the RBD work happens in each snapshot's own cleanup).
-        kept_by_hand = selection.kept_by_hand.len();
-        let doomed = selection.delete;
-        let deletions: Vec<_> = futures::stream::iter(doomed.clone())
-            .map(|name| {
-                let snapshots = snapshots.clone();
-                async move { snapshots.delete(&name, &DeleteParams::default()).await }
-            })
-            .buffer_unordered(PURGE_REQUESTS_IN_FLIGHT)
-            .collect()
-            .await;
-        let mut first_error = None;
-        for deletion in deletions {
-            match deletion {
-                Ok(_) => {
-                    purged += 1;
-                    ctx.metrics.operation(KIND, "purge", "ok");
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => {
-                    ctx.metrics.operation(KIND, "purge", "error");
-                    first_error.get_or_insert(e);
-                }
+        })
+        .collect())
+}
+
+/// Deletes the snapshots retention selected, a few requests at a time rather than one after
+/// the other (the RBD work happens in each snapshot's own cleanup); returns how many went.
+async fn purge(
+    schedule: &VirtualMachineSnapshotSchedule,
+    ctx: &Ctx,
+    snapshots: &Api<VirtualMachineSnapshot>,
+    doomed: Vec<String>,
+) -> Result<i64, Error> {
+    let deletions: Vec<_> = futures::stream::iter(doomed.clone())
+        .map(|name| {
+            let snapshots = snapshots.clone();
+            async move { snapshots.delete(&name, &DeleteParams::default()).await }
+        })
+        .buffer_unordered(PURGE_REQUESTS_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut purged = 0;
+    let mut first_error = None;
+    for deletion in deletions {
+        match deletion {
+            Ok(_) => {
+                purged += 1;
+                ctx.metrics.operation(KIND, "purge", "ok");
             }
-        }
-        if let Some(e) = first_error {
-            return Err(e.into());
-        }
-        if purged > 0 {
-            status.purged_total += purged;
-            ctx.publish(
-                schedule,
-                EventType::Normal,
-                "SnapshotsPurged",
-                "Retention",
-                purge_note(purged, &doomed),
-            )
-            .await;
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                ctx.metrics.operation(KIND, "purge", "error");
+                first_error.get_or_insert(e);
+            }
         }
     }
+    if let Some(e) = first_error {
+        return Err(e.into());
+    }
+    if purged > 0 {
+        let note = purge_note(purged, &doomed);
+        ctx.publish(schedule, EventType::Normal, "SnapshotsPurged", "Retention", note)
+            .await;
+    }
+    Ok(purged)
+}
 
-    let mut owned_names: Vec<(Timestamp, String)> = owned_list
+/// The schedule's own snapshots not being deleted, oldest first.
+fn owned_names(owned: &[VirtualMachineSnapshot], now_ts: Timestamp) -> Vec<String> {
+    let mut named: Vec<(Timestamp, String)> = owned
         .iter()
         .filter(|s| s.metadata.deletion_timestamp.is_none())
         .map(|s| {
-            (
-                s.metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map(|t| t.0)
-                    .unwrap_or(now_ts),
-                s.name_any(),
-            )
+            let created = s.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            (created.unwrap_or(now_ts), s.name_any())
         })
         .collect();
-    owned_names.sort();
-    status.snapshots = owned_names.into_iter().map(|(_, n)| n).collect();
+    named.sort();
+    named.into_iter().map(|(_, n)| n).collect()
+}
 
-    let conditions = if auto_suspended {
-        conditions_for(
-            false,
-            "AutoSuspended",
-            &format!(
-                "suspended after {} consecutive failed runs; change the spec to resume",
-                status.consecutive_failures
-            ),
-            true,
-        )
-    } else if schedule.spec.suspend {
-        conditions_for(
+/// Ready and Stalled, by what the schedule is doing.
+fn conditions_of(
+    schedule: &VirtualMachineSnapshotSchedule,
+    status: &VirtualMachineSnapshotScheduleStatus,
+    vms: usize,
+    kept_by_hand: usize,
+) -> Vec<Desired> {
+    if status.auto_suspended_generation.is_some() {
+        let message = format!(
+            "suspended after {} consecutive failed runs; change the spec to resume",
+            status.consecutive_failures
+        );
+        return conditions_for(false, "AutoSuspended", &message, true);
+    }
+    if schedule.spec.suspend {
+        return conditions_for(
             true,
             "Suspended",
             "suspended: no snapshot is taken or deleted",
             false,
-        )
-    } else if vms.is_empty() {
-        conditions_for(true, "NoVirtualMachines", "no VirtualMachine matches", false)
-    } else {
-        let mut what = match &status.next_schedule_time {
-            Some(next) => format!("{} VM(s); next run {}", vms.len(), next.0),
-            None => format!("{} VM(s); retention only", vms.len()),
-        };
-        if kept_by_hand > 0 {
-            let min_age = schedule
-                .spec
-                .retention
-                .as_ref()
-                .and_then(|r| r.unowned_min_age.as_deref());
-            what.push_str(&format!(
-                "; {kept_by_hand} snapshot(s) taken by hand kept until older than unownedMinAge ({})",
-                min_age.unwrap_or("unset: never")
-            ));
-        }
-        conditions_for(true, "Active", &what, false)
+        );
+    }
+    if vms == 0 {
+        return conditions_for(true, "NoVirtualMachines", "no VirtualMachine matches", false);
+    }
+    let mut what = match &status.next_schedule_time {
+        Some(next) => format!("{vms} VM(s); next run {}", next.0),
+        None => format!("{vms} VM(s); retention only"),
     };
-    write(status, conditions).await?;
-    Ok(Action::requeue(requeue))
+    if kept_by_hand > 0 {
+        let min_age = schedule
+            .spec
+            .retention
+            .as_ref()
+            .and_then(|r| r.unowned_min_age.as_deref());
+        what.push_str(&format!(
+            "; {kept_by_hand} snapshot(s) taken by hand kept until older than unownedMinAge ({})",
+            min_age.unwrap_or("unset: never")
+        ));
+    }
+    conditions_for(true, "Active", &what, false)
 }
 
 /// DELETE requests of one purge in flight at once.
