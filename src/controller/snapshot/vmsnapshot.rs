@@ -1,6 +1,7 @@
 //! Reconciles one VirtualMachineSnapshot: Pending -> InProgress -> Ready, or Failed; on
 //! deletion, removes the RBD snapshots it made (unless Retain).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -212,138 +213,214 @@ async fn take(
     snap: &VirtualMachineSnapshot,
     ctx: &Ctx,
     writer: &Writer<'_>,
+    status: VirtualMachineSnapshotStatus,
+    deadline: Option<Timestamp>,
+) -> Result<Action, Error> {
+    let status = if status.phase.unwrap_or(SnapshotPhase::Pending) == SnapshotPhase::Pending {
+        match begin(snap, ctx, writer, status, deadline).await? {
+            ControlFlow::Continue(status) => status,
+            ControlFlow::Break(action) => return Ok(action),
+        }
+    } else {
+        status
+    };
+    finish(snap, ctx, writer, status, deadline).await
+}
+
+/// The next run past the deadline marks the snapshot Failed and cleans up.
+fn past_deadline() -> Action {
+    Action::requeue(Duration::from_millis(100))
+}
+
+/// How soon a snapshot waiting for its VM or disks looks again.
+const WAIT_FOR_VM: Duration = Duration::from_secs(3);
+
+/// Pending: checks the VM and that no snapshot of that name exists on its images, then records
+/// the intent (phase InProgress, the images, the start time) before anything is taken, or
+/// adopts the snapshot already there.
+async fn begin(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    mut status: VirtualMachineSnapshotStatus,
+    deadline: Option<Timestamp>,
+) -> Result<ControlFlow<Action, VirtualMachineSnapshotStatus>, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let name = rbd_name(snap);
+    if !still_pending(snap, ctx, &namespace).await? {
+        // A reconcile queued before this object's own last writes: what it took would look
+        // like someone else's snapshot. The next reconcile sees the object as it is.
+        return Ok(ControlFlow::Break(Action::requeue(Duration::from_millis(200))));
+    }
+    let vm = match snapshotable_vm(snap, ctx, writer, &status).await? {
+        ControlFlow::Continue(vm) => vm,
+        ControlFlow::Break(action) => return Ok(ControlFlow::Break(action)),
+    };
+    let images = ctx
+        .storage
+        .vm_names(&namespace, &vm.storage_name())
+        .images(vm.spec.data_disks.len());
+    let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
+    let Some(_guard) = lock_until(&lock, deadline).await else {
+        return Ok(ControlFlow::Break(past_deadline()));
+    };
+    let existing = match names_free(snap, ctx, writer, &status, &images).await? {
+        ControlFlow::Continue(existing) => existing,
+        ControlFlow::Break(action) => return Ok(ControlFlow::Break(action)),
+    };
+    if snap.spec.adopt {
+        let action = match adoption(&images, &existing) {
+            Ok(disks) => adopt(snap, ctx, writer, status, &vm, &name, disks).await,
+            Err(missing) => {
+                let message = format!(
+                    "RBD snapshot '{name}' is missing on image(s) {} of VirtualMachine {}: \
+                     only a snapshot present on every image can be adopted; nothing was touched",
+                    missing.join(", "),
+                    snap.spec.vm_name
+                );
+                fail(snap, ctx, writer, status, "SnapshotIncomplete", &message).await
+            }
+        };
+        return action.map(ControlFlow::Break);
+    }
+    status.snapshot_name = Some(name.clone());
+    status.vm_uid = vm.metadata.uid.clone();
+    status.vm_state = Some(vm.spec.state);
+    status.start_time = Some(now());
+    status.disks = images
+        .iter()
+        .map(|image| SnapshotDiskStatus {
+            image: image.clone(),
+            ..Default::default()
+        })
+        .collect();
+    status.error = None;
+    let message = format!("taking snapshot '{name}' of {} image(s)", images.len());
+    let status = writer
+        .write(status, SnapshotPhase::InProgress, "InProgress", &message)
+        .await?;
+    Ok(ControlFlow::Continue(status))
+}
+
+/// The VM to snapshot, once it exists, is not being deleted, has its disks, and no other
+/// object takes a snapshot of that name of it.
+async fn snapshotable_vm(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    status: &VirtualMachineSnapshotStatus,
+) -> Result<ControlFlow<Action, VirtualMachine>, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let vm_name = &snap.spec.vm_name;
+    let waiting = |reason: &'static str, message: String| async move {
+        writer
+            .write(status.clone(), SnapshotPhase::Pending, reason, &message)
+            .await?;
+        Ok::<_, Error>(ControlFlow::Break(Action::requeue(WAIT_FOR_VM)))
+    };
+    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
+    let Some(vm) = vms.get_opt(vm_name).await? else {
+        let message = format!("VirtualMachine {vm_name} does not exist in namespace {namespace}");
+        return waiting("VmNotFound", message).await;
+    };
+    if vm.metadata.deletion_timestamp.is_some() {
+        let message = format!("VirtualMachine {vm_name} is being deleted");
+        let action = fail(snap, ctx, writer, status.clone(), "VmBeingDeleted", &message).await?;
+        return Ok(ControlFlow::Break(action));
+    }
+    if vm.status.as_ref().and_then(|s| s.storage.as_ref()).is_none() {
+        let message = format!("waiting for the disks of VirtualMachine {vm_name} to exist");
+        return waiting("WaitingForStorage", message).await;
+    }
+    if let Some(other) = duplicate_of(snap, &ctx.snapshots.state()) {
+        let message = format!(
+            "VirtualMachineSnapshot {other} already takes the RBD snapshot '{}' of VirtualMachine {vm_name}; choose another name",
+            rbd_name(snap)
+        );
+        let action = fail(snap, ctx, writer, status.clone(), "DuplicateName", &message).await?;
+        return Ok(ControlFlow::Break(action));
+    }
+    Ok(ControlFlow::Continue(vm))
+}
+
+/// Before the intent is recorded, a snapshot of that name must not exist on any image (unless
+/// it is adopted: then what each image has). A missing image waits; a failure is reported.
+async fn names_free(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
+    status: &VirtualMachineSnapshotStatus,
+    images: &[String],
+) -> Result<ControlFlow<Action, Vec<Option<crate::ceph::SnapInfo>>>, Error> {
+    let namespace = snap.namespace().unwrap_or_default();
+    let name = rbd_name(snap);
+    let found = per_image(ctx, &namespace, images, {
+        let name = name.clone();
+        move |io, image| rbd::find(io, &image, &name)
+    })
+    .await;
+    let found = match found {
+        Ok(found) => found,
+        Err(e) => {
+            return storage_error(snap, ctx, writer, status.clone(), e)
+                .await
+                .map(ControlFlow::Break);
+        }
+    };
+    let mut existing = Vec::with_capacity(images.len());
+    for (image, result) in images.iter().zip(found) {
+        match result {
+            Err(e) => {
+                return storage_error(snap, ctx, writer, status.clone(), e)
+                    .await
+                    .map(ControlFlow::Break);
+            }
+            Ok(Some(found)) if snap.spec.adopt => existing.push(found),
+            Ok(None) => {
+                let message = format!(
+                    "waiting for image {image} of VirtualMachine {}",
+                    snap.spec.vm_name
+                );
+                writer
+                    .write(
+                        status.clone(),
+                        SnapshotPhase::Pending,
+                        "WaitingForStorage",
+                        &message,
+                    )
+                    .await?;
+                return Ok(ControlFlow::Break(Action::requeue(WAIT_FOR_VM)));
+            }
+            Ok(Some(Some(_))) => {
+                let message = format!(
+                    "an RBD snapshot named '{name}' already exists on image {image} and was not taken by this object \
+                     (by rbd, vm_manager or another VirtualMachineSnapshot): it is left alone; choose another snapshotName"
+                );
+                let action = fail(snap, ctx, writer, status.clone(), "AlreadyExists", &message).await?;
+                return Ok(ControlFlow::Break(action));
+            }
+            Ok(Some(None)) => {}
+        }
+    }
+    Ok(ControlFlow::Continue(existing))
+}
+
+/// InProgress: takes what is missing, on every image at once. Once started, the Ceph calls
+/// are awaited to the end even past the deadline (bounded by the rados op timeout): a call
+/// abandoned in its thread could take a snapshot after the cleanup removed the others.
+async fn finish(
+    snap: &VirtualMachineSnapshot,
+    ctx: &Ctx,
+    writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     deadline: Option<Timestamp>,
 ) -> Result<Action, Error> {
     let namespace = snap.namespace().unwrap_or_default();
     let name = rbd_name(snap);
-    // The next run past the deadline marks the snapshot Failed and cleans up.
-    let past_deadline = Action::requeue(Duration::from_millis(100));
-    let vms: Api<VirtualMachine> = Api::namespaced(ctx.client.clone(), &namespace);
-    let pending = status.phase.unwrap_or(SnapshotPhase::Pending) == SnapshotPhase::Pending;
-    let wait = Action::requeue(Duration::from_secs(3));
-
-    if pending && !still_pending(snap, ctx, &namespace).await? {
-        // A reconcile queued before this object's own last writes: what it took would look
-        // like someone else's snapshot. The next reconcile sees the object as it is.
-        return Ok(Action::requeue(Duration::from_millis(200)));
-    }
-    if pending {
-        let Some(vm) = vms.get_opt(&snap.spec.vm_name).await? else {
-            let message = format!(
-                "VirtualMachine {} does not exist in namespace {namespace}",
-                snap.spec.vm_name
-            );
-            writer
-                .write(status, SnapshotPhase::Pending, "VmNotFound", &message)
-                .await?;
-            return Ok(wait);
-        };
-        if vm.metadata.deletion_timestamp.is_some() {
-            let message = format!("VirtualMachine {} is being deleted", snap.spec.vm_name);
-            return fail(snap, ctx, writer, status, "VmBeingDeleted", &message).await;
-        }
-        if vm.status.as_ref().and_then(|s| s.storage.as_ref()).is_none() {
-            let message = format!(
-                "waiting for the disks of VirtualMachine {} to exist",
-                snap.spec.vm_name
-            );
-            writer
-                .write(status, SnapshotPhase::Pending, "WaitingForStorage", &message)
-                .await?;
-            return Ok(wait);
-        }
-        if let Some(other) = duplicate_of(snap, &ctx.snapshots.state()) {
-            let message = format!(
-                "VirtualMachineSnapshot {other} already takes the RBD snapshot '{name}' of VirtualMachine {}; choose another name",
-                snap.spec.vm_name
-            );
-            return fail(snap, ctx, writer, status, "DuplicateName", &message).await;
-        }
-        let images = ctx
-            .storage
-            .vm_names(&namespace, &vm.storage_name())
-            .images(vm.spec.data_disks.len());
-        let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
-        let Some(_guard) = lock_until(&lock, deadline).await else {
-            return Ok(past_deadline);
-        };
-        // Before recording the intent: a snapshot of that name must not exist on any image.
-        let found = per_image(ctx, &namespace, &images, {
-            let name = name.clone();
-            move |io, image| rbd::find(io, &image, &name)
-        })
-        .await;
-        let found = match found {
-            Ok(found) => found,
-            Err(e) => return storage_error(snap, ctx, writer, status, e).await,
-        };
-        let mut existing = Vec::with_capacity(images.len());
-        for (image, result) in images.iter().zip(found) {
-            match result {
-                Err(e) => return storage_error(snap, ctx, writer, status, e).await,
-                Ok(Some(found)) if snap.spec.adopt => existing.push(found),
-                Ok(None) => {
-                    let message = format!(
-                        "waiting for image {image} of VirtualMachine {}",
-                        snap.spec.vm_name
-                    );
-                    writer
-                        .write(status, SnapshotPhase::Pending, "WaitingForStorage", &message)
-                        .await?;
-                    return Ok(wait);
-                }
-                Ok(Some(Some(_))) => {
-                    let message = format!(
-                        "an RBD snapshot named '{name}' already exists on image {image} and was not taken by this object \
-                         (by rbd, vm_manager or another VirtualMachineSnapshot): it is left alone; choose another snapshotName"
-                    );
-                    return fail(snap, ctx, writer, status, "AlreadyExists", &message).await;
-                }
-                Ok(Some(None)) => {}
-            }
-        }
-        if snap.spec.adopt {
-            return match adoption(&images, &existing) {
-                Ok(disks) => adopt(snap, ctx, writer, status, &vm, &name, disks).await,
-                Err(missing) => {
-                    let message = format!(
-                        "RBD snapshot '{name}' is missing on image(s) {} of VirtualMachine {}: \
-                         only a snapshot present on every image can be adopted; nothing was touched",
-                        missing.join(", "),
-                        snap.spec.vm_name
-                    );
-                    fail(snap, ctx, writer, status, "SnapshotIncomplete", &message).await
-                }
-            };
-        }
-        status.snapshot_name = Some(name.clone());
-        status.vm_uid = vm.metadata.uid.clone();
-        status.vm_state = Some(vm.spec.state);
-        status.start_time = Some(now());
-        status.disks = images
-            .iter()
-            .map(|image| SnapshotDiskStatus {
-                image: image.clone(),
-                ..Default::default()
-            })
-            .collect();
-        status.error = None;
-        let message = format!("taking snapshot '{name}' of {} image(s)", images.len());
-        status = writer
-            .write(status, SnapshotPhase::InProgress, "InProgress", &message)
-            .await?;
-        drop(_guard);
-    }
-
-    // InProgress: take what is missing, on every image at once. Once started, the Ceph calls
-    // are awaited to the end even past the deadline (bounded by the rados op timeout): a call
-    // abandoned in its thread could take a snapshot after the cleanup removed the others.
     let lock = ctx.vm_lock(&namespace, &snap.spec.vm_name);
     let Some(_guard) = lock_until(&lock, deadline).await else {
-        return Ok(past_deadline);
+        return Ok(past_deadline());
     };
-    let intent = status.start_time.as_ref().map(to_system_time);
     let todo: Vec<(usize, String)> = status
         .disks
         .iter()
@@ -357,14 +434,11 @@ async fn take(
         move |io, image| rbd::create(io, &image, &name).map(Some)
     })
     .await;
-    let mut first_error = None;
-    let results = match results {
-        Ok(results) => results,
-        Err(e) => {
-            first_error = Some(e);
-            Vec::new()
-        }
+    let (results, mut first_error) = match results {
+        Ok(results) => (results, None),
+        Err(e) => (Vec::new(), Some(e)),
     };
+    let intent = status.start_time.as_ref().map(to_system_time);
     for ((index, image), result) in todo.into_iter().zip(results) {
         match result {
             Ok(Some((info, created))) => {
@@ -375,16 +449,7 @@ async fn take(
                     return fail(snap, ctx, writer, status, "AlreadyExists", &message).await;
                 }
                 ctx.metrics.ceph_write("snap_create");
-                let disk = &mut status.disks[index];
-                disk.snapshot_id = Some(info.id as i64);
-                disk.size_bytes = Some(i64::try_from(info.size).unwrap_or(i64::MAX));
-                if status
-                    .creation_time
-                    .as_ref()
-                    .is_none_or(|t| to_system_time(t) < info.timestamp)
-                {
-                    status.creation_time = Some(timestamp_of(info.timestamp));
-                }
+                record_taken(&mut status, index, &info);
             }
             Ok(None) => {
                 first_error.get_or_insert(StorageError::SourceNotFound {
@@ -429,6 +494,20 @@ async fn take(
     ctx.publish(snap, EventType::Normal, "SnapshotReady", "Snapshot", message)
         .await;
     Ok(Action::requeue(VERIFY_EVERY))
+}
+
+/// The id and size of a disk's snapshot just taken; the snapshot's time is its newest disk's.
+fn record_taken(status: &mut VirtualMachineSnapshotStatus, index: usize, info: &crate::ceph::SnapInfo) {
+    let disk = &mut status.disks[index];
+    disk.snapshot_id = Some(info.id as i64);
+    disk.size_bytes = Some(i64::try_from(info.size).unwrap_or(i64::MAX));
+    if status
+        .creation_time
+        .as_ref()
+        .is_none_or(|t| to_system_time(t) < info.timestamp)
+    {
+        status.creation_time = Some(timestamp_of(info.timestamp));
+    }
 }
 
 /// The disks an adoption records (ids, sizes), or the images the snapshot is missing on.
