@@ -147,6 +147,29 @@ fn failure_outcome(vm: &VirtualMachine, reason: &str, message: String, retryable
     }
 }
 
+/// Shows a plan or storage failure in the status and in an Event (`action`: what failed). A
+/// retryable one is returned as the reconcile's error, retried with back-off; any other waits
+/// for a change of the spec.
+async fn report_failure<E>(
+    vm: &VirtualMachine,
+    ctx: &Context,
+    api: &Api<VirtualMachine>,
+    err: E,
+    (reason, retryable, action): (&str, bool, &str),
+    uuid: Option<uuid::Uuid>,
+) -> Result<(), ReconcileError>
+where
+    E: std::fmt::Display + Into<ReconcileError>,
+{
+    let outcome = failure_outcome(vm, reason, err.to_string(), retryable);
+    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, uuid).await?;
+    publish(ctx, vm, EventType::Warning, reason, action, err.to_string());
+    if retryable {
+        return Err(err.into());
+    }
+    Ok(())
+}
+
 /// The UUID the domain runs with, when the VM's stored XML holds it. Never guessed: a generated
 /// UUID would replace the one the VM runs with, so a failure to read it stops the reconcile.
 async fn stored_uuid(
@@ -193,20 +216,10 @@ async fn plan_or_refuse(
         Ok(plan) => return Ok(ControlFlow::Continue(plan)),
         Err(err) => err,
     };
-    let outcome = failure_outcome(vm, err.reason(), err.to_string(), err.is_retryable());
-    write_status(vm, ctx, api, &outcome, &Scheduling::NotNeeded, None, None).await?;
-    publish(
-        ctx,
-        vm,
-        EventType::Warning,
-        err.reason(),
-        "Validate",
-        err.to_string(),
-    );
-    if err.is_retryable() {
-        return Err(err.into());
-    }
-    if matches!(err, PlanError::DuplicateUuid { .. }) {
+    let duplicate = matches!(err, PlanError::DuplicateUuid { .. });
+    let (reason, retryable) = (err.reason(), err.is_retryable());
+    report_failure(vm, ctx, api, err, (reason, retryable, "Validate"), None).await?;
+    if duplicate {
         // The other VM may be deleted, which changes nothing of this one.
         return Ok(ControlFlow::Break(Action::requeue(plan::DUPLICATE_UUID_RECHECK)));
     }
@@ -253,20 +266,16 @@ async fn storage_of(
         }
         Err(err) => {
             let err = explain_retained(err, ctx).await;
-            let outcome = failure_outcome(vm, err.reason(), err.to_string(), err.is_retryable());
-            let scheduling = Scheduling::NotNeeded;
-            write_status(vm, ctx, api, &outcome, &scheduling, None, Some(plan.uuid)).await?;
-            publish(
-                ctx,
+            let (reason, retryable) = (err.reason(), err.is_retryable());
+            report_failure(
                 vm,
-                EventType::Warning,
-                err.reason(),
-                "CreateStorage",
-                err.to_string(),
-            );
-            if err.is_retryable() {
-                return Err(err.into());
-            }
+                ctx,
+                api,
+                err,
+                (reason, retryable, "CreateStorage"),
+                Some(plan.uuid),
+            )
+            .await?;
             Ok(ControlFlow::Break(Action::await_change()))
         }
     }
