@@ -221,9 +221,9 @@ async fn reconcile_vm(vm: &VirtualMachine, ctx: &Context) -> Result<Action, Agen
     let mut plan = plan(vm, ctx, &target, &known, observed.as_ref(), now).await;
     let (written, report_on) =
         match claim_if_defining(vm, ctx, &target, &known, &plan, observed.as_ref()).await? {
-            None => (known.reported.clone(), vm.resource_version()),
-            Some(Some(claimed)) => (Some(claimed.domain), claimed.resource_version),
-            Some(None) => return Ok(Action::requeue(CONFLICT_RETRY)),
+            Claim::NotNeeded => (known.reported.clone(), vm.resource_version()),
+            Claim::Made(claimed) => (Some(claimed.domain), claimed.resource_version),
+            Claim::Outdated => return Ok(Action::requeue(CONFLICT_RETRY)),
         };
     let acted = act(vm, ctx, &target, &known, &mut plan, now).await?;
     let observed = if plan.decision.steps.is_empty() {
@@ -270,8 +270,17 @@ fn next_reconcile(ctx: &Context, decision: &Decision, state: DomainState) -> Dur
     }
 }
 
-/// Claims the VM (see `claim`) when the plan defines its domain: `None` when it does not,
-/// `Some(None)` when the VM changed meanwhile and the reconcile must decide again.
+/// What `claim_if_defining` did.
+enum Claim {
+    /// The plan defines nothing.
+    NotNeeded,
+    /// `status.domain` names this node, as written.
+    Made(Box<status::Written>),
+    /// The VM changed since this decision: the reconcile decides again.
+    Outdated,
+}
+
+/// Claims the VM (see `claim`) when the plan defines its domain.
 async fn claim_if_defining(
     vm: &VirtualMachine,
     ctx: &Context,
@@ -279,9 +288,9 @@ async fn claim_if_defining(
     known: &Known,
     plan: &Plan,
     observed: Option<&ObservedDomain>,
-) -> Result<Option<Option<status::Written>>, AgentError> {
+) -> Result<Claim, AgentError> {
     if !plan.decision.steps.contains(&Step::Define) {
-        return Ok(None);
+        return Ok(Claim::NotNeeded);
     }
     match claim(ctx, vm, &target.domain_name, observed, known.restarts.as_ref()).await {
         Ok(claimed) => {
@@ -289,11 +298,11 @@ async fn claim_if_defining(
             // the server shows now.
             let memory = memory_of(known, Some(claimed.domain.clone()), known.restarts.clone());
             ctx.remember(&target.uid, memory);
-            Ok(Some(Some(claimed)))
+            Ok(Claim::Made(Box::new(claimed)))
         }
         Err(e) if e.is_conflict() => {
             debug!(domain = %target.domain_name, "the VM changed before the define: deciding again on the new version");
-            Ok(Some(None))
+            Ok(Claim::Outdated)
         }
         Err(e) => Err(e),
     }

@@ -521,11 +521,11 @@ async fn hand_over(
         return Ok(HandOver::Unchanged);
     }
     let domain = vm.status.as_ref().and_then(|s| s.domain.as_ref());
-    // Even a domain reported Absent is released only by a heartbeat that leaves the VM out:
-    // the old node's agent may still be about to define it from a view that predates the
-    // move (a start asked for at the same time), and that heartbeat proves it no longer will.
+    // Even a domain reported Absent is released only by a listing of the old node that leaves
+    // the VM out: its agent may still be about to define it from a view that predates the
+    // move (a start asked for at the same time), and that listing proves it no longer will.
     let old_node_busy = domain
-        .is_some_and(|d| d.node != node && !released_per_heartbeat(ctx, vm, d) && !node_fenced(ctx, &d.node));
+        .is_some_and(|d| d.node != node && !released_per_listing(ctx, vm, d) && !node_fenced(ctx, &d.node));
     if let Some(from) = domain.filter(|_| old_node_busy).map(|d| d.node.clone()) {
         if label.is_some() {
             info!(from = %from, to = %node, "moving: waiting for the old node to release the domain");
@@ -615,7 +615,7 @@ async fn apply_labels(
 /// the domain is gone there even if the agent's own report of it got lost, and the agent's
 /// cache no longer assigns the VM there, so it will not define it again (the heartbeat lists
 /// what the cache assigns, read under the gate that defines take).
-fn released_per_heartbeat(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
+fn released_per_listing(ctx: &Context, vm: &VirtualMachine, domain: &crate::api::DomainStatus) -> bool {
     let key = format!("{}/{}", vm.namespace().unwrap_or_default(), vm.name_any());
     let Some(hv) = ctx
         .hypervisors
