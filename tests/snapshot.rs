@@ -15,7 +15,7 @@ use seapath_operator::api::{
     DesiredState, Phase, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
     VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
 };
-use seapath_operator::ceph::{CloneFormat, ImageOptions, SnapNamespace};
+use seapath_operator::ceph::{CloneFormat, ImageOptions, IoCtx, SnapNamespace};
 use serde_json::json;
 
 use common::snapshots::{
@@ -1142,8 +1142,6 @@ async fn snapshots_taken_outside_are_listed_and_adopted() {
     );
 }
 
-/// A restore with a target makes a new VM from the snapshot; the source keeps its current
-/// content and keeps running. A target name already taken is refused.
 /// A snapshot removal killed after librbd moved the snapshot to its trash (its first step)
 /// leaves it there with nothing to remove it: the VM's inventory does.
 #[tokio::test]
@@ -1160,33 +1158,8 @@ async fn snapshots_left_in_librbds_trash_are_removed() {
         .find(|s| s.name == "removed-in-use")
         .unwrap()
         .id;
-    // librbd's removal moves the snapshot to its trash first (cls_rbd's snapshot_trash_add),
-    // then removes it: a removal killed in between, made here with Ceph's Python binding.
-    let header = format!("rbd_header.{}", image.id().unwrap());
-    let script = format!(
-        "import rados, struct\n\
-         c = rados.Rados(conffile='{conf}'); c.connect()\n\
-         io = c.open_ioctx('{pool}'); io.set_namespace('{ns}')\n\
-         io.execute('{header}', 'rbd', 'snapshot_trash_add', struct.pack('<Q', {id}))\n",
-        conf = std::env::var("CEPH_CONF").unwrap(),
-        pool = io.pool(),
-        ns = env.namespace,
-    );
-    let out = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // A fresh handle each time: an open one does not see another client's header change.
-    let trashed = || {
-        io.open_image_read_only("system_guest", None)
-            .unwrap()
-            .snap_list()
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.namespace == SnapNamespace::Trash)
-            .count()
-    };
+    move_to_librbds_trash(&io, &env.namespace, "system_guest", id);
+    let trashed = || in_librbds_trash(&io, "system_guest");
     assert_eq!(trashed(), 1, "the premise: librbd kept the snapshot in its trash");
 
     // Any change of the VM's snapshot objects refreshes its inventory.
@@ -1212,6 +1185,63 @@ async fn snapshots_left_in_librbds_trash_are_removed() {
     assert_eq!(left[0].name, "poke");
 }
 
+/// A snapshot object whose RBD snapshot librbd left in its trash (a removal that moved it there
+/// and stopped): deleting the object removes it from the trash, found by its recorded id, before
+/// the object goes; nothing waits for the VM's inventory to sweep it.
+#[tokio::test]
+async fn a_deleted_snapshot_left_in_librbds_trash_goes_with_its_object() {
+    let env = setup("snap-held").await;
+    create_vm(&env.vms, "guest", 0, "Stopped", Phase::Stopped).await;
+    let io = rbd(&env.namespace);
+    env.snaps
+        .create(&PostParams::default(), &snapshot("held", "guest", json!({})))
+        .await
+        .unwrap();
+    let ready = wait_snap_phase(&env, "held", SnapshotPhase::Ready).await;
+    let id = ready.status.unwrap().disks[0].snapshot_id.unwrap();
+    move_to_librbds_trash(&io, &env.namespace, "system_guest", id as u64);
+    let trashed = || in_librbds_trash(&io, "system_guest");
+    assert_eq!(trashed(), 1, "the premise: the snapshot is in librbd's trash");
+
+    env.snaps.delete("held", &DeleteParams::default()).await.unwrap();
+    wait_gone(&env.snaps, "held").await;
+    assert_eq!(trashed(), 0, "removed from the trash before its object went");
+}
+
+/// How many snapshots of `image` are in librbd's trash, read on a fresh handle (an open one
+/// does not see another client's header change).
+fn in_librbds_trash(io: &IoCtx, image: &str) -> usize {
+    io.open_image_read_only(image, None)
+        .unwrap()
+        .snap_list()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.namespace == SnapNamespace::Trash)
+        .count()
+}
+
+/// Moves snapshot `id` of `image` to librbd's trash, as librbd's removal does first
+/// (cls_rbd's snapshot_trash_add), with Ceph's Python binding: what a removal killed right after
+/// that step leaves.
+fn move_to_librbds_trash(io: &IoCtx, namespace: &str, image: &str, id: u64) {
+    let header = format!("rbd_header.{}", io.open_image(image).unwrap().id().unwrap());
+    let script = format!(
+        "import rados, struct\n\
+         c = rados.Rados(conffile='{conf}'); c.connect()\n\
+         io = c.open_ioctx('{pool}'); io.set_namespace('{namespace}')\n\
+         io.execute('{header}', 'rbd', 'snapshot_trash_add', struct.pack('<Q', {id}))\n",
+        conf = std::env::var("CEPH_CONF").unwrap(),
+        pool = io.pool(),
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A restore with a target makes a new VM from the snapshot; the source keeps its current
+/// content and keeps running. A target name already taken is refused.
 #[tokio::test]
 async fn restore_into_a_new_vm() {
     let env = setup("snap-newvm").await;

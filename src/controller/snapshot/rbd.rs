@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::ceph::{Cluster, IoCtx, SnapInfo, SnapNamespace};
+use crate::ceph::{Cluster, IoCtx, LinkedImage, SnapInfo, SnapNamespace};
 use crate::controller::fencing;
 use crate::controller::storage::StorageError;
 
@@ -135,7 +135,10 @@ pub enum Removed {
 }
 
 /// Removes snapshot `name` of `image` if it is the object's (see [`made_by`]), unprotecting it
-/// first; refuses with [`StorageError::HasDependentClones`] while a clone depends on it.
+/// first; refuses with [`StorageError::HasDependentClones`] while a clone depends on it. A
+/// snapshot librbd only moved to its trash (still in use, or a removal killed half way) is
+/// found there by its recorded id and removed; while it stays, [`StorageError::ImageBusy`]
+/// (retryable) is returned, so the object goes only once its snapshot is gone.
 pub fn remove(
     io: &IoCtx,
     image: &str,
@@ -151,13 +154,21 @@ pub fn remove(
     let snaps = ceph(opened.snap_list(), || {
         format!("listing the snapshots of {}", io.spec(image))
     })?;
-    let Some(snap) = snaps
-        .into_iter()
-        .find(|s| s.name == name && s.namespace == SnapNamespace::User)
-    else {
-        return Ok(Removed::Absent);
+    let user = snaps
+        .iter()
+        .find(|s| s.name == name && s.namespace == SnapNamespace::User);
+    let trashed = snaps
+        .iter()
+        .find(|s| Some(s.id) == recorded_id && s.namespace == SnapNamespace::Trash);
+    let snap = match (user, trashed) {
+        (Some(snap), _) => snap,
+        (None, Some(snap)) => {
+            drop(opened);
+            return remove_trashed(io, image, name, snap);
+        }
+        (None, None) => return Ok(Removed::Absent),
     };
-    if !made_by(&snap, recorded_id, intent) {
+    if !made_by(snap, recorded_id, intent) {
         return Ok(Removed::NotOwned);
     }
     let children = clones_of(io, &opened, image, name)?;
@@ -175,13 +186,44 @@ pub fn remove(
         })?;
     }
     match opened.snap_remove(name) {
-        Ok(()) => Ok(Removed::Removed),
-        Err(e) if e.is_not_found() => Ok(Removed::Absent),
-        Err(e) => Err(StorageError::from_ceph(
-            format!("removing {}@{name}", io.spec(image)),
-            e,
-        )),
+        Ok(()) => {}
+        Err(e) if e.is_not_found() => return Ok(Removed::Absent),
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("removing {}@{name}", io.spec(image)),
+                e,
+            ));
+        }
     }
+    drop(opened);
+    gone_or_in_use(io, image, name, snap.id)
+}
+
+/// Removes the object's snapshot that an earlier [`remove`] left in librbd's trash.
+fn remove_trashed(io: &IoCtx, image: &str, name: &str, snap: &SnapInfo) -> Result<Removed> {
+    match remove_from_trash(io, image, snap)? {
+        FromTrash::Gone => Ok(Removed::Removed),
+        FromTrash::HasClones(children) => Err(StorageError::HasDependentClones {
+            image: format!("{}@{name}", io.spec(image)),
+            children: children.iter().map(clone_spec).collect(),
+        }),
+        FromTrash::Removed => gone_or_in_use(io, image, name, snap.id),
+    }
+}
+
+/// [`Removed::Removed`] once snapshot `id` is no longer listed; [`StorageError::ImageBusy`]
+/// while librbd keeps it in its trash (a clone or another client still uses it).
+fn gone_or_in_use(io: &IoCtx, image: &str, name: &str, id: u64) -> Result<Removed> {
+    // A fresh handle: the one that removed it may show its own view of the header.
+    if !list_every_namespace(io, image)?.iter().any(|s| s.id == id) {
+        return Ok(Removed::Removed);
+    }
+    Err(StorageError::ImageBusy {
+        image: format!("{}@{name}", io.spec(image)),
+        detail: "librbd moved the snapshot to its trash instead of removing it (a clone or another \
+                 client still uses it); it is removed once released"
+            .into(),
+    })
 }
 
 /// The clones of `image@name`. Found from the image's head (librbd lists the clones of every
@@ -193,13 +235,7 @@ fn clones_of(io: &IoCtx, opened: &crate::ceph::Image, image: &str, name: &str) -
     })?;
     let mut out = Vec::new();
     for c in children {
-        let spec = format!(
-            "{}/{}/{}{}",
-            c.pool,
-            c.namespace,
-            c.name,
-            if c.trash { " (in the RBD trash)" } else { "" }
-        );
+        let spec = clone_spec(&c);
         let parent = io
             .cluster()
             .io_context(&c.pool, &c.namespace)
@@ -214,6 +250,12 @@ fn clones_of(io: &IoCtx, opened: &crate::ceph::Image, image: &str, name: &str) -
     Ok(out)
 }
 
+/// How a clone is named in messages.
+fn clone_spec(c: &LinkedImage) -> String {
+    let trash = if c.trash { " (in the RBD trash)" } else { "" };
+    format!("{}/{}/{}{trash}", c.pool, c.namespace, c.name)
+}
+
 /// Removes the snapshots of `image` in librbd's trash that no clone depends on any more, and
 /// returns their ids. librbd moves a removed snapshot there while a clone depends on it and
 /// removes it with the last clone, unless that clone's removal was killed half way: then
@@ -221,30 +263,46 @@ fn clones_of(io: &IoCtx, opened: &crate::ceph::Image, image: &str, name: &str) -
 fn sweep_trash(io: &IoCtx, image: &str, snaps: &[SnapInfo]) -> Result<Vec<u64>> {
     let mut removed = Vec::new();
     for snap in snaps.iter().filter(|s| s.namespace == SnapNamespace::Trash) {
-        let what = || format!("{}@{} (in librbd's trash)", io.spec(image), snap.name);
-        let mut at_snap = ceph(io.open_image_read_only(image, None), || {
-            format!("opening {}", what())
-        })?;
-        match at_snap.snap_set_by_id(snap.id) {
-            Err(e) if e.is_not_found() => continue,
-            other => ceph(other, || format!("opening {}", what()))?,
-        }
-        let children = ceph(at_snap.children(), || format!("listing the clones of {}", what()))?;
-        drop(at_snap);
-        if !children.is_empty() {
-            continue;
-        }
-        let opened = ceph(io.open_image(image), || format!("opening {}", io.spec(image)))?;
-        match opened.snap_remove_by_id(snap.id) {
-            Err(e) if e.is_not_found() => {}
-            other => {
-                ceph(other, || format!("removing {}", what()))?;
-                tracing::warn!(snapshot = %what(), "removed a snapshot left in librbd's trash with no clone");
-                removed.push(snap.id);
-            }
+        if matches!(remove_from_trash(io, image, snap)?, FromTrash::Removed) {
+            let what = format!("{}@{} (in librbd's trash)", io.spec(image), snap.name);
+            tracing::warn!(snapshot = %what, "removed a snapshot left in librbd's trash with no clone");
+            removed.push(snap.id);
         }
     }
     Ok(removed)
+}
+
+/// What [`remove_from_trash`] did.
+#[derive(Debug)]
+enum FromTrash {
+    /// librbd was asked to remove it (it keeps it while a client has it open).
+    Removed,
+    /// Not there any more.
+    Gone,
+    /// Clones still depend on it: left.
+    HasClones(Vec<LinkedImage>),
+}
+
+/// Removes snapshot `snap` of `image`, in librbd's trash, unless a clone depends on it.
+fn remove_from_trash(io: &IoCtx, image: &str, snap: &SnapInfo) -> Result<FromTrash> {
+    let what = || format!("{}@{} (in librbd's trash)", io.spec(image), snap.name);
+    let mut at_snap = ceph(io.open_image_read_only(image, None), || {
+        format!("opening {}", what())
+    })?;
+    match at_snap.snap_set_by_id(snap.id) {
+        Err(e) if e.is_not_found() => return Ok(FromTrash::Gone),
+        other => ceph(other, || format!("opening {}", what()))?,
+    }
+    let children = ceph(at_snap.children(), || format!("listing the clones of {}", what()))?;
+    drop(at_snap);
+    if !children.is_empty() {
+        return Ok(FromTrash::HasClones(children));
+    }
+    let opened = ceph(io.open_image(image), || format!("opening {}", io.spec(image)))?;
+    match opened.snap_remove_by_id(snap.id) {
+        Err(e) if e.is_not_found() => Ok(FromTrash::Gone),
+        other => ceph(other, || format!("removing {}", what())).map(|()| FromTrash::Removed),
+    }
 }
 
 /// Rolls `image` back to snapshot `name`. Refuses with [`StorageError::ImageBusy`] when a live
