@@ -289,8 +289,9 @@ pub struct Placement {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub preferred_node: Option<String>,
-    /// Higher priority VMs are placed first when a lost host's VMs are failed over and the
-    /// capacity left cannot take them all.
+    /// Higher priority VMs get the room first when it cannot take them all: VMs waiting to be
+    /// placed (a lower one shows `Scheduled=False`, reason `HigherPriorityWaiting`, meanwhile),
+    /// a lost host's VMs failing over, and a drained host's VMs moving off.
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000000))]
     pub priority: i32,

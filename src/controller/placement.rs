@@ -42,9 +42,9 @@ pub fn fails_over(current: &str, placement: Option<&Placement>, candidates: &[Ca
     fenced && !pinned_here && !opted_out
 }
 
-/// A VM that leaves a fenced host.
+/// A VM looking for a host: one leaving a fenced host, or one not placed yet.
 #[derive(Clone, Debug)]
-pub struct Evacuee<'a> {
+pub struct Seeker<'a> {
     /// `namespace/name`, the tie-breaker after priority.
     pub key: String,
     pub member: Member<'a>,
@@ -57,13 +57,12 @@ pub struct Evacuee<'a> {
 /// capacity is short the most important VMs get it. `others` are the VMs that stay, where they
 /// are.
 pub fn place_evacuees<'a>(
-    evacuees: &[Evacuee<'a>],
+    evacuees: &[Seeker<'a>],
     candidates: &[Candidate],
     allocated_mib: &BTreeMap<String, i64>,
     others: &[Member<'a>],
 ) -> BTreeMap<String, Decision> {
-    let mut order: Vec<&Evacuee> = evacuees.iter().collect();
-    let priority = |e: &Evacuee| e.member.placement.map(|p| p.priority).unwrap_or(0);
+    let mut order: Vec<&Seeker> = evacuees.iter().collect();
     order.sort_by(|a, b| priority(b).cmp(&priority(a)).then_with(|| a.key.cmp(&b.key)));
     let mut allocated = allocated_mib.clone();
     // Where everyone is: the evacuees nowhere until they are placed.
@@ -95,6 +94,51 @@ pub fn place_evacuees<'a>(
         decisions.insert(evacuee.key.clone(), decision);
     }
     decisions
+}
+
+/// Reason of `Scheduled=False` for a VM that would fit, but whose room goes to VMs of higher
+/// priority waiting to be placed.
+pub const REASON_HIGHER_PRIORITY_WAITING: &str = "HigherPriorityWaiting";
+
+/// Places a VM that is not placed yet in its turn: the VMs of higher priority still waiting
+/// for a host (`ahead`) take the room first, in the order of [`place_evacuees`], so room that
+/// frees up goes to the most important VM whatever order their reconciles run in. A VM ahead
+/// that fits nowhere takes nothing.
+pub fn place_in_turn<'a>(
+    me: &Seeker<'a>,
+    ahead: &[Seeker<'a>],
+    candidates: &[Candidate],
+    allocated_mib: &BTreeMap<String, i64>,
+    others: &[Member<'a>],
+) -> Decision {
+    let alone = place(None, &me.member, me.memory_mib, candidates, allocated_mib, others);
+    if ahead.is_empty() || matches!(alone, Decision::Unschedulable { .. }) {
+        return alone;
+    }
+    let queue: Vec<Seeker> = ahead.iter().cloned().chain([me.clone()]).collect();
+    let mut decisions = place_evacuees(&queue, candidates, allocated_mib, others);
+    match decisions.remove(&me.key).expect("the VM is in the queue") {
+        Decision::Node(node) => Decision::Node(node),
+        Decision::Unschedulable { .. } => {
+            let first: Vec<String> = ahead
+                .iter()
+                .filter(|e| matches!(decisions.get(&e.key), Some(Decision::Node(_))))
+                .map(|e| format!("{} (priority {})", e.key, priority(e)))
+                .collect();
+            Decision::Unschedulable {
+                reason: REASON_HIGHER_PRIORITY_WAITING,
+                message: format!(
+                    "a hypervisor has room for this VM, but the VMs of higher priority waiting to be \
+                     placed take it first: {}",
+                    first.join(", ")
+                ),
+            }
+        }
+    }
+}
+
+fn priority(e: &Seeker) -> i32 {
+    e.member.placement.map(|p| p.priority).unwrap_or(0)
 }
 
 /// Reason of `Scheduled=False` when hypervisors have room but the VM's required placement
@@ -273,8 +317,8 @@ mod tests {
         place(current, &vm, vm_memory_mib, candidates, allocated_mib, &[])
     }
 
-    fn evacuee<'a>(name: &'a str, placement: Option<&'a Placement>, memory_mib: i64) -> Evacuee<'a> {
-        Evacuee {
+    fn seeker<'a>(name: &'a str, placement: Option<&'a Placement>, memory_mib: i64) -> Seeker<'a> {
+        Seeker {
             key: format!("ns/{name}"),
             member: Member::unplaced("ns", name, NO_LABELS, placement),
             memory_mib,
@@ -343,10 +387,10 @@ mod tests {
         let low = with(1, FailoverPolicy::Restart, None);
         let high = with(100, FailoverPolicy::Restart, None);
         let evacuees = [
-            evacuee("a-low", Some(&low), 1024),
-            evacuee("b-high", Some(&high), 2048),
-            evacuee("c-none", None, 1024),
-            evacuee("d-high", Some(&high), 1024),
+            seeker("a-low", Some(&low), 1024),
+            seeker("b-high", Some(&high), 2048),
+            seeker("c-none", None, 1024),
+            seeker("d-high", Some(&high), 1024),
         ];
         let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new(), &[]);
         assert_eq!(decisions["ns/b-high"], Decision::Node("hv2".into()));
@@ -359,6 +403,52 @@ mod tests {
             }
         ));
         assert!(matches!(decisions["ns/c-none"], Decision::Unschedulable { .. }));
+    }
+
+    #[test]
+    fn an_unplaced_vm_waits_for_higher_priorities_that_fit() {
+        let nodes = [hv("hv1", true, 2048)];
+        let none = BTreeMap::new();
+        let (low, high) = (
+            with(1, FailoverPolicy::Restart, None),
+            with(9, FailoverPolicy::Restart, None),
+        );
+        let big = with(9, FailoverPolicy::Restart, Some("hv1"));
+        let cases: [(&str, Vec<Seeker>, Result<&str, &str>); 4] = [
+            ("nobody ahead", vec![], Ok("hv1")),
+            ("room for both", vec![seeker("a", Some(&high), 1024)], Ok("hv1")),
+            (
+                "room for one",
+                vec![seeker("a", Some(&high), 2048)],
+                Err(REASON_HIGHER_PRIORITY_WAITING),
+            ),
+            // Ahead but fitting nowhere (4 GiB on a 2 GiB host): it takes nothing.
+            (
+                "ahead fits nowhere",
+                vec![seeker("a", Some(&big), 4096)],
+                Ok("hv1"),
+            ),
+        ];
+        for (case, ahead, expected) in cases {
+            let me = seeker("z", Some(&low), 1024);
+            match (place_in_turn(&me, &ahead, &nodes, &none, &[]), expected) {
+                (Decision::Node(node), Ok(want)) => assert_eq!(node, want, "{case}"),
+                (Decision::Unschedulable { reason, message }, Err(want)) => {
+                    assert_eq!(reason, want, "{case}");
+                    assert!(message.contains("ns/a (priority 9)"), "{case}: {message}");
+                }
+                (got, _) => panic!("{case}: {got:?}"),
+            }
+        }
+        // Too big for any host: the plain reason, not the queue.
+        let huge = seeker("z", Some(&low), 4096);
+        assert!(matches!(
+            place_in_turn(&huge, &[seeker("a", Some(&high), 1024)], &nodes, &none, &[]),
+            Decision::Unschedulable {
+                reason: "NoHypervisorAvailable",
+                ..
+            }
+        ));
     }
 
     fn pinned(node: &str) -> Placement {
@@ -602,7 +692,7 @@ mod tests {
             priority: 1,
             ..apart.clone()
         };
-        let evacuees = [evacuee("a", Some(&apart), 1024), evacuee("b", Some(&low), 1024)];
+        let evacuees = [seeker("a", Some(&apart), 1024), seeker("b", Some(&low), 1024)];
         let decisions = place_evacuees(&evacuees, &nodes, &BTreeMap::new(), &[]);
         assert_eq!(decisions["ns/a"], Decision::Node("hv2".into()));
         assert_eq!(decisions["ns/b"], Decision::Node("hv3".into()), "not with a");

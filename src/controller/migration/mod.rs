@@ -244,11 +244,11 @@ fn observe_vm(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Op
 fn arriving(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<Arrival> {
     let me = migration.metadata.uid.clone().unwrap_or_default();
     let chosen = ctx.chosen.lock().expect("chosen targets").clone();
+    // Counted there by `allocated_memory` already (placed, or about to be shown placed).
     let placed_there = |a: &Arrival| {
-        ctx.vm
-            .vms
-            .get(&a.vm)
-            .is_some_and(|vm| vm.status.as_ref().and_then(|s| s.node.as_deref()) == Some(a.target.as_str()))
+        ctx.vm.vms.get(&a.vm).is_some_and(|vm| {
+            crate::controller::vm::counted_on(&ctx.vm, &vm).as_deref() == Some(a.target.as_str())
+        })
     };
     chosen
         .into_iter()

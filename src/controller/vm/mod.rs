@@ -635,7 +635,9 @@ fn released_per_listing(ctx: &Context, vm: &VirtualMachine, domain: &crate::api:
     newer && !status.vms.contains(&key)
 }
 
-/// Memory of the VMs placed on each node, from the controller's cache of every VM.
+/// Memory of the VMs placed on each node, from the controller's cache of every VM and the
+/// placements this process made that the cache may not show yet (two VMs placed at once must
+/// not both count on the same room).
 pub(crate) fn allocated_memory(
     ctx: &Context,
     me: &VirtualMachine,
@@ -646,12 +648,19 @@ pub(crate) fn allocated_memory(
         if other.spec.state == DesiredState::Disabled {
             continue;
         }
-        let Some(node) = other.status.as_ref().and_then(|s| s.node.clone()) else {
+        let Some(node) = counted_on(ctx, other) else {
             continue;
         };
         *allocated.entry(node).or_default() += ctx.memory_of(other);
     }
     allocated
+}
+
+/// The node whose memory `vm` takes: where this process last placed it, else where its status
+/// says it is.
+pub(crate) fn counted_on(ctx: &Context, vm: &VirtualMachine) -> Option<String> {
+    let remembered = ctx.placements.get(vm.metadata.uid.as_deref().unwrap_or_default());
+    remembered.or_else(|| vm.status.as_ref().and_then(|s| s.node.clone()))
 }
 
 /// Every other VM as the placement rules see it. Rules select within one namespace, but every
@@ -755,7 +764,16 @@ fn schedule(
         (None, Some(node)) if placement::fails_over(node, vm.spec.placement.as_ref(), &candidates) => {
             evacuate(vm, ctx, others, &candidates, &allocated, &neighbours)
         }
-        (None, _) => placement::place(
+        (None, None) => {
+            let ahead = waiting_ahead(ctx, vm, others);
+            let me = placement::Seeker {
+                key: vm.key(),
+                member: me.clone(),
+                memory_mib: plan.memory_mib,
+            };
+            placement::place_in_turn(&me, &ahead, &candidates, &allocated, &neighbours)
+        }
+        (None, Some(_)) => placement::place(
             current.as_deref(),
             &me,
             plan.memory_mib,
@@ -848,19 +866,44 @@ fn evacuate(
                 .is_some_and(|node| placement::fails_over(node, o.spec.placement.as_ref(), candidates))
     };
     let me = vm.key();
-    let mut evacuees: Vec<placement::Evacuee> = others
+    let mut evacuees: Vec<placement::Seeker> = others
         .iter()
         .filter(|o| o.metadata.uid != vm.metadata.uid && leaving(o))
-        .map(|o| evacuee(ctx, o))
+        .map(|o| seeker(ctx, o))
         .collect();
-    evacuees.push(evacuee(ctx, vm));
+    evacuees.push(seeker(ctx, vm));
     // The evacuees' own memory counts on the fenced host, which takes nothing: leave it out.
     let mut decisions = placement::place_evacuees(&evacuees, candidates, allocated, neighbours);
     decisions.remove(&me).expect("the VM is among the evacuees")
 }
 
-fn evacuee<'a>(ctx: &Context, vm: &'a VirtualMachine) -> placement::Evacuee<'a> {
-    placement::Evacuee {
+/// The VMs of higher priority than `vm` waiting to be placed: their storage is ready, yet no
+/// node took them (the last reconcile found no room, or this one has not finished placing them).
+fn waiting_ahead<'a>(
+    ctx: &Context,
+    vm: &VirtualMachine,
+    others: &'a [Arc<VirtualMachine>],
+) -> Vec<placement::Seeker<'a>> {
+    let priority = |o: &VirtualMachine| o.spec.placement.as_ref().map_or(0, |p| p.priority);
+    let waiting = |o: &VirtualMachine| {
+        let uid = o.metadata.uid.as_deref().unwrap_or_default();
+        o.spec.state != DesiredState::Disabled
+            && o.metadata.deletion_timestamp.is_none()
+            && !o.labels().contains_key(NODE_LABEL)
+            && ctx.placements.get(uid).is_none()
+            && o.status
+                .as_ref()
+                .is_some_and(|s| s.node.is_none() && conditions::is_true(&s.conditions, ct::STORAGE_READY))
+    };
+    others
+        .iter()
+        .filter(|o| o.metadata.uid != vm.metadata.uid && priority(o) > priority(vm) && waiting(o))
+        .map(|o| seeker(ctx, o))
+        .collect()
+}
+
+fn seeker<'a>(ctx: &Context, vm: &'a VirtualMachine) -> placement::Seeker<'a> {
+    placement::Seeker {
         key: vm.key(),
         member: member(ctx, vm),
         memory_mib: ctx.memory_of(vm),
