@@ -175,6 +175,8 @@ struct Bed {
     vms: Api<VirtualMachine>,
     hypervisors: Api<Hypervisor>,
     hosts: Vec<Host>,
+    /// The binary's controller (the agents are the hosts' own).
+    operator: &'static common::operator::Operator,
     _dir: tempfile::TempDir,
     _turn: tokio::sync::MutexGuard<'static, ()>,
 }
@@ -197,7 +199,7 @@ async fn bed_with(prefix: &str, hosts: Hosts<'_>) -> Bed {
     let turn = TURN.lock().await;
     let client = common::admin_client().await;
     common::install_crds(&client).await;
-    operator_with(
+    let operator = operator_with(
         "fo",
         Options {
             without_agents: true,
@@ -257,6 +259,7 @@ async fn bed_with(prefix: &str, hosts: Hosts<'_>) -> Bed {
         hypervisors,
         client,
         hosts: started,
+        operator,
         _dir: dir,
         _turn: turn,
     };
@@ -1160,7 +1163,8 @@ fn migration_phase(m: &VirtualMachineMigration) -> Option<MigrationPhase> {
 /// domain of the same name and another UUID is defined there) fails with libvirt's reason and
 /// leaves the guest running, still the same boot. A source agent killed as a migration starts
 /// and restarted changes nothing: libvirt carries the guest over and the hand-over completes.
-/// Draining the host live-migrates the guest off it.
+/// Draining the host live-migrates the guest off it. The controller killed as a migration
+/// starts changes nothing either.
 #[tokio::test]
 async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migration_leaves_it_running() {
     let bed = bed_with(
@@ -1295,6 +1299,35 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     );
     bed.set_spec(&hv1, json!({"unschedulable": false, "drain": false}))
         .await;
+    bed.wait_hv(&hv1, "uncordoned", |hv| {
+        !hv.spec.unschedulable && drain(hv).is_none()
+    })
+    .await;
+
+    // The controller dies as a migration starts and comes back: libvirt carries the guest over,
+    // and the new controller finishes the hand-over from what the agents report.
+    let again = format!("{vm}-again");
+    bed.create_migration(&again, &vm, Some(&hv1)).await;
+    eventually("the source told to migrate", async || {
+        let labels = vms.get(&vm).await.ok()?.metadata.labels?;
+        (labels.get("seapath.lfenergy.org/migration-target") == Some(&hv1)).then_some(())
+    })
+    .await;
+    bed.operator.kill_controller(Duration::from_secs(2)).await;
+    let done = bed.migration_ended(&again).await;
+    assert_eq!(
+        migration_phase(&done),
+        Some(MigrationPhase::Succeeded),
+        "{:?}",
+        done.status
+    );
+    bed.started_on(&vm, &hv1).await;
+    let (again_boot, _) = eventually(
+        "the guest counting on hv1 after the controller's death",
+        async || counter(&namespace, &image).await.filter(|(_, n)| *n > after + 30),
+    )
+    .await;
+    assert_eq!(again_boot, boot, "the guest was restarted");
 
     stop.send(true).unwrap();
     assert_eq!(
@@ -1302,7 +1335,7 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
         Vec::<String>::new(),
         "a guest ran on two hosts"
     );
-    for name in [format!("{vm}-there"), format!("{vm}-back"), home] {
+    for name in [format!("{vm}-there"), format!("{vm}-back"), home, again] {
         bed.migrations()
             .delete(&name, &DeleteParams::default())
             .await

@@ -3,7 +3,7 @@
 //! runtime, which ends with the test).
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use seapath_operator::agent::{self, AgentConfig, CephConfig};
@@ -21,6 +21,71 @@ pub struct Operator {
     /// binary's agents never take its VMs.
     pub nodes: [String; 2],
     pub metrics: Metrics,
+    controller: Mutex<Controller>,
+}
+
+/// The controller, on a runtime of its own so that killing it stops every task it spawned.
+struct Controller {
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    config: ControllerConfig,
+    metrics: Metrics,
+}
+
+impl Controller {
+    fn start(config: ControllerConfig, metrics: Metrics) -> Self {
+        let (kill, killed) = tokio::sync::oneshot::channel();
+        let (run_config, run_metrics) = (config.clone(), metrics.clone());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().expect("controller runtime");
+            runtime.block_on(async move {
+                let client = kube::Client::try_default()
+                    .await
+                    .expect("kube client for the controller");
+                tokio::select! {
+                    result = run::run(client, run_config, run_metrics, std::future::pending()) => {
+                        if let Err(err) = result {
+                            panic!("controller stopped: {err}");
+                        }
+                    }
+                    _ = killed => {}
+                }
+            });
+            // Every task of the controller stops at its next await, nothing cleaned up.
+            runtime.shutdown_background();
+        });
+        Controller {
+            kill: Some(kill),
+            thread: Some(thread),
+            config,
+            metrics,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(kill) = self.kill.take() {
+            kill.send(()).ok();
+        }
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the controller's thread");
+        }
+    }
+}
+
+impl Operator {
+    /// Kills the controller wherever it is (every task of its runtime dropped at its next
+    /// await, nothing finished nor cleaned up, as in a killed process), and `down_for` later
+    /// starts a new one, which takes the controller guard from the dead one as a restarted pod
+    /// would.
+    pub async fn kill_controller(&self, down_for: Duration) {
+        let (config, metrics) = {
+            let mut controller = self.controller.lock().unwrap();
+            controller.kill();
+            (controller.config.clone(), controller.metrics.clone())
+        };
+        tokio::time::sleep(down_for).await;
+        *self.controller.lock().unwrap() = Controller::start(config, metrics);
+    }
 }
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
@@ -156,16 +221,16 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
                 config
             })
             .collect();
-        let controller_metrics = metrics.clone();
         let agent_nodes = nodes.clone();
+        let (forgotten, others_forgotten) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().expect("operator runtime");
+            let runtime = tokio::runtime::Runtime::new().expect("agents' runtime");
             runtime.block_on(async move {
-                seapath_operator::telemetry::init(seapath_operator::telemetry::LogFormat::Pretty);
                 let client = kube::Client::try_default()
                     .await
-                    .expect("kube client for the operator");
+                    .expect("kube client for the agents");
                 forget_other_hypervisors(&client, &agent_nodes).await;
+                forgotten.send(()).expect("the controller waits for it");
                 for config in agents.into_iter().filter(|_| !options.without_agents) {
                     let client = client.clone();
                     tokio::spawn(async move {
@@ -174,19 +239,18 @@ pub fn operator_with(prefix: &str, options: Options) -> &'static Operator {
                         }
                     });
                 }
-                if let Err(err) = run::run(
-                    client,
-                    controller_config,
-                    controller_metrics,
-                    std::future::pending(),
-                )
-                .await
-                {
-                    panic!("controller stopped: {err}");
-                }
+                std::future::pending::<()>().await;
             });
         });
-        Operator { nodes, metrics }
+        seapath_operator::telemetry::init(seapath_operator::telemetry::LogFormat::Pretty);
+        // The controller must not place VMs on another binary's Hypervisor objects.
+        others_forgotten.recv().expect("the agents' runtime started");
+        let controller = Mutex::new(Controller::start(controller_config, metrics.clone()));
+        Operator {
+            nodes,
+            metrics,
+            controller,
+        }
     })
 }
 

@@ -27,8 +27,16 @@ pub struct Facts<'a> {
     pub vm_memory_mib: i64,
     /// Another migration of the same VM, older and not finished.
     pub busy_with: Option<&'a str>,
+    /// The hypervisors whose latest listing holds a domain of the VM (its source, and a host
+    /// an earlier move left that libvirt has not finished removing yet).
+    pub listed_on: &'a [String],
     pub now: Time,
 }
+
+/// How long a migration waits for its target to remove the VM's copy an earlier move left
+/// there before it fails: libvirt removes the source's domain a moment after the guest runs
+/// on the target, and refuses a migration back to that host until then.
+pub const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The labels and annotations the migration puts on its VM (the controller's migration field
 /// manager owns them: applying an empty set removes them).
@@ -172,6 +180,9 @@ fn schedule(f: &Facts<'_>, mut status: VirtualMachineMigrationStatus) -> Decisio
         Ok(target) => target,
         Err((reason, message)) => return fail(f, status, reason, message),
     };
+    if f.listed_on.contains(&target) {
+        return wait_for_release(f, status, &target);
+    }
     let policy = vm.spec.migration.clone().unwrap_or_default();
     let mode = if runs_on(vm, &source) && policy.live {
         MigrationMode::Live
@@ -207,6 +218,29 @@ fn runs_on(vm: &VirtualMachine, node: &str) -> bool {
             .as_ref()
             .and_then(|s| s.domain.as_ref())
             .is_some_and(|d| d.node == node && d.state == DomainState::Running)
+}
+
+/// The target still lists a copy of the VM: the migration waits (Pending) for it to go, up to
+/// [`RELEASE_WAIT`] after it was created.
+fn wait_for_release(f: &Facts<'_>, mut status: VirtualMachineMigrationStatus, target: &str) -> Decision {
+    let created = f
+        .migration
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(f.now.0, |t| t.0);
+    if f.now.0 >= created + RELEASE_WAIT {
+        let message = format!(
+            "hypervisor {target} still holds a domain of the VM {}s after the migration was asked for \
+             (an earlier move or a copy left there): check `virsh list --all` on {target}",
+            RELEASE_WAIT.as_secs()
+        );
+        return fail(f, status, "TargetHoldsVm", message);
+    }
+    status.message = Some(format!(
+        "waiting for hypervisor {target} to remove the copy of the VM an earlier move left there"
+    ));
+    keep(status)
 }
 
 /// The hypervisor asked for, when it can take the VM, or the one placement chooses among the

@@ -202,6 +202,7 @@ async fn step(
         }
     }
     let busy_with = busy_with(ctx, migration);
+    let listed_on = listed_on(ctx, migration);
     let decision = decide::decide(&Facts {
         migration,
         vm: vm.as_deref(),
@@ -210,6 +211,7 @@ async fn step(
         neighbours: &neighbours,
         vm_memory_mib: memory,
         busy_with: busy_with.as_deref(),
+        listed_on: &listed_on,
         now: Time(Timestamp::now()),
     });
     if let (Some(vm), Some(marks)) = (vm.as_deref(), &decision.marks) {
@@ -281,6 +283,22 @@ fn remember_target(
             chosen.remove(&uid);
         }
     }
+}
+
+/// The hypervisors whose latest listing holds a domain of the migration's VM.
+fn listed_on(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Vec<String> {
+    let key = format!(
+        "{}/{}",
+        migration.namespace().unwrap_or_default(),
+        migration.spec.vm_name
+    );
+    ctx.vm
+        .hypervisors
+        .state()
+        .iter()
+        .filter(|hv| hv.status.as_ref().is_some_and(|s| s.vms.contains(&key)))
+        .map(|hv| hv.name_any())
+        .collect()
 }
 
 /// An older unfinished migration of the same VM (the first one created goes first).

@@ -47,6 +47,8 @@ struct Case {
     busy_with: Option<String>,
     /// Other VMs of the namespace: name and the node each runs on.
     peers: Vec<(String, String)>,
+    listed_on: Vec<String>,
+    now: Timestamp,
 }
 
 impl Case {
@@ -79,6 +81,8 @@ impl Case {
             allocated: BTreeMap::from([("hv3".into(), 2048)]),
             busy_with: None,
             peers: Vec::new(),
+            listed_on: vec!["hv1".into()],
+            now: Timestamp::UNIX_EPOCH,
         }
     }
 
@@ -122,7 +126,8 @@ impl Case {
             neighbours: &neighbours,
             vm_memory_mib: 1024,
             busy_with: self.busy_with.as_deref(),
-            now: Time(Timestamp::UNIX_EPOCH),
+            listed_on: &self.listed_on,
+            now: Time(self.now),
         })
     }
 
@@ -407,4 +412,33 @@ fn a_finished_migration_removes_only_its_own_marks() {
         .annotations_mut()
         .insert(MIGRATION_UID_ANNOTATION.into(), "another".into());
     assert_eq!(case.decide().marks, None);
+}
+
+#[test]
+fn a_target_still_holding_the_vm_is_waited_for_then_refused() {
+    let mut case = Case::new(Some("hv2"));
+    case.migration.metadata.creation_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+    case.listed_on.push("hv2".into());
+    let waiting = case.decide();
+    assert_eq!(waiting.status.phase, None, "still Pending: {:?}", waiting.status);
+    assert!(waiting.marks.is_none(), "the VM is not told to move yet");
+    assert!(
+        waiting
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("hv2")),
+        "{:?}",
+        waiting.status
+    );
+
+    case.now = Timestamp::UNIX_EPOCH + RELEASE_WAIT;
+    let refused = case.decide();
+    assert_eq!(refused.status.phase, Some(MigrationPhase::Failed));
+    assert_eq!(refused.status.reason.as_deref(), Some("TargetHoldsVm"));
+
+    // Gone from the target's listing in time: the migration goes ahead.
+    case.now = Timestamp::UNIX_EPOCH;
+    case.listed_on.retain(|n| n != "hv2");
+    assert_eq!(case.decide().status.phase, Some(MigrationPhase::Scheduling));
 }
