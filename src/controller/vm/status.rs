@@ -113,129 +113,28 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
     };
     let phase = phase::derive(desired, &observed);
 
-    let mut wanted = Vec::new();
-    let (storage_ok, stalled) = match input.storage {
-        StorageOutcome::Ready(_) => {
-            wanted.push(Desired::new(
-                ct::STORAGE_READY,
-                true,
-                "StorageReady",
-                "RBD group and images are in place",
-            ));
-            (true, None)
-        }
-        StorageOutcome::Invalid { reason, message } => {
-            wanted.push(Desired::new(
-                ct::STORAGE_READY,
-                false,
-                reason.clone(),
-                message.clone(),
-            ));
-            (false, Some((reason.clone(), message.clone())))
-        }
-        StorageOutcome::Failing { reason, message, .. } => {
-            wanted.push(Desired::new(
-                ct::STORAGE_READY,
-                false,
-                reason.clone(),
-                message.clone(),
-            ));
-            (false, None)
-        }
-    };
-    match input.scheduling {
-        Scheduling::Placed { node, .. } => wanted.push(match input.releasing {
-            Some(release) => Desired::new(ct::SCHEDULED, true, "WaitingForRelease", release.message(node)),
-            None => Desired::new(
-                ct::SCHEDULED,
-                true,
-                "Scheduled",
-                format!("placed on hypervisor {node}"),
-            ),
-        }),
-        Scheduling::Unschedulable { reason, message } => wanted.push(Desired::new(
-            ct::SCHEDULED,
-            false,
-            reason.clone(),
-            message.clone(),
-        )),
-        Scheduling::NotNeeded => {}
-    }
-    if let Scheduling::Placed {
-        node,
-        rules: Some(broken),
-    } = input.scheduling
-    {
-        wanted.push(rules_condition(node, broken));
-    }
-
-    let domain_failure = previous.domain.as_ref().filter(|_| phase == Phase::Failed);
-    let failed = domain_failure.map(|d| {
-        (
-            d.reason.clone().unwrap_or_else(|| "DomainFailed".into()),
-            d.message
-                .clone()
-                .unwrap_or_else(|| format!("the domain failed on {}", d.node)),
-        )
-    });
+    let mut wanted = vec![storage_condition(input.storage)];
+    wanted.extend(scheduling_conditions(input.scheduling, input.releasing));
     let target = phase::target(desired);
     let agent_behind = agent_behind(vm, node.as_deref(), previous.domain.as_ref());
-    let ready = phase == target && storage_ok && agent_behind.is_none();
-    let host_lost = match &input.host {
-        HostHealth::Lost { message } if desired != DesiredState::Disabled => Some(message.clone()),
-        _ => None,
-    };
-    let (ready_reason, ready_message) = if let Some(message) = host_lost.clone() {
-        (REASON_NODE_LOST.to_owned(), message)
-    } else if ready {
-        (format!("{phase:?}"), format!("the VM is {phase:?}, as desired"))
-    } else if let Some((reason, message)) = stalled.clone().or(failed.clone()) {
-        (reason, message)
-    } else if let (
-        Scheduling::Unschedulable { reason, message },
-        DesiredState::Started | DesiredState::Stopped,
-    ) = (input.scheduling, desired)
-    {
-        (reason.clone(), message.clone())
-    } else if let StorageOutcome::Failing { reason, message, .. } = input.storage {
-        (reason.clone(), message.clone())
-    } else if let Some(message) = agent_behind.filter(|_| phase == target) {
-        ("WaitingForAgent".to_owned(), message)
-    } else if let Some((reason, message)) = agent_failure(node.as_deref(), previous.domain.as_ref()) {
-        // libvirt refused what the agent did (e.g. the XML at define time): say so here, not
-        // only in status.domain.
-        (reason, message)
-    } else {
-        (
-            format!("{phase:?}"),
-            format!("the VM is {phase:?}; desired {target:?}"),
-        )
-    };
-    wanted.push(if host_lost.is_some() {
-        Desired::unknown(ct::READY, ready_reason.clone(), ready_message.clone())
-    } else {
-        Desired::new(ct::READY, ready, ready_reason.clone(), ready_message.clone())
-    });
-    let stalled = stalled.or(failed);
-    wanted.push(Desired::new(
-        ct::RECONCILING,
-        !ready && stalled.is_none(),
-        if ready { "Done" } else { "Progressing" },
-        if ready {
-            String::new()
-        } else {
-            ready_message.clone()
+    let storage_ok = matches!(input.storage, StorageOutcome::Ready(_));
+    let readiness = Readiness {
+        ready: phase == target && storage_ok && agent_behind.is_none(),
+        host_lost: match &input.host {
+            HostHealth::Lost { message } if desired != DesiredState::Disabled => Some(message.clone()),
+            _ => None,
         },
-    ));
-    let (stalled_reason, stalled_message) = stalled
-        .clone()
-        .unwrap_or_else(|| ("NotStalled".into(), String::new()));
-    wanted.push(Desired::new(
-        ct::STALLED,
-        stalled.is_some(),
-        stalled_reason,
-        stalled_message,
-    ));
+        stalled: stalled_by(input.storage).or_else(|| domain_failure(previous.domain.as_ref(), phase)),
+    };
+    let why = readiness.why(&Progress {
+        phase,
+        target,
+        desired,
+        input,
+        agent_behind,
+        agent_failure: agent_failure(node.as_deref(), previous.domain.as_ref()),
+    });
+    wanted.extend(readiness.conditions(why));
 
     VirtualMachineStatus {
         phase: Some(phase),
@@ -251,6 +150,151 @@ pub fn build(input: &StatusInput) -> VirtualMachineStatus {
         domain: None,
         // Written by the snapshot controller (its own field manager).
         unmanaged_snapshots: Vec::new(),
+    }
+}
+
+/// `StorageReady`, from the storage step's outcome.
+fn storage_condition(storage: &StorageOutcome) -> Desired {
+    match storage {
+        StorageOutcome::Ready(_) => Desired::new(
+            ct::STORAGE_READY,
+            true,
+            "StorageReady",
+            "RBD group and images are in place",
+        ),
+        StorageOutcome::Invalid { reason, message } | StorageOutcome::Failing { reason, message, .. } => {
+            Desired::new(ct::STORAGE_READY, false, reason.clone(), message.clone())
+        }
+    }
+}
+
+/// A storage outcome that retrying does not mend: the VM is stalled until the spec changes.
+fn stalled_by(storage: &StorageOutcome) -> Option<(String, String)> {
+    match storage {
+        StorageOutcome::Invalid { reason, message } => Some((reason.clone(), message.clone())),
+        _ => None,
+    }
+}
+
+/// `Scheduled`, and `PlacementRulesMet` when a rule concerns the VM.
+fn scheduling_conditions(scheduling: &Scheduling, releasing: Option<&Release>) -> Vec<Desired> {
+    match scheduling {
+        Scheduling::Placed { node, rules } => {
+            let scheduled = match releasing {
+                Some(release) => {
+                    Desired::new(ct::SCHEDULED, true, "WaitingForRelease", release.message(node))
+                }
+                None => Desired::new(
+                    ct::SCHEDULED,
+                    true,
+                    "Scheduled",
+                    format!("placed on hypervisor {node}"),
+                ),
+            };
+            let rules = rules.as_ref().map(|broken| rules_condition(node, broken));
+            [Some(scheduled), rules].into_iter().flatten().collect()
+        }
+        Scheduling::Unschedulable { reason, message } => vec![Desired::new(
+            ct::SCHEDULED,
+            false,
+            reason.clone(),
+            message.clone(),
+        )],
+        Scheduling::NotNeeded => Vec::new(),
+    }
+}
+
+/// The domain's own failure, once the phase says Failed.
+fn domain_failure(domain: Option<&DomainStatus>, phase: Phase) -> Option<(String, String)> {
+    domain.filter(|_| phase == Phase::Failed).map(|d| {
+        (
+            d.reason.clone().unwrap_or_else(|| "DomainFailed".into()),
+            d.message
+                .clone()
+                .unwrap_or_else(|| format!("the domain failed on {}", d.node)),
+        )
+    })
+}
+
+/// What `Ready`, `Reconciling` and `Stalled` are made of.
+struct Readiness {
+    ready: bool,
+    /// The VM's host stopped answering (unless the VM is Disabled): Ready is Unknown.
+    host_lost: Option<String>,
+    /// Reason and message of what no retry mends (invalid storage, a failed domain).
+    stalled: Option<(String, String)>,
+}
+
+/// The facts that explain a VM not Ready yet.
+struct Progress<'a> {
+    phase: Phase,
+    target: Phase,
+    desired: DesiredState,
+    input: &'a StatusInput<'a>,
+    agent_behind: Option<String>,
+    agent_failure: Option<(String, String)>,
+}
+
+impl Readiness {
+    /// The reason and message of `Ready`: the most telling fact first.
+    fn why(&self, p: &Progress) -> (String, String) {
+        let (phase, target) = (p.phase, p.target);
+        if let Some(message) = self.host_lost.clone() {
+            return (REASON_NODE_LOST.to_owned(), message);
+        }
+        if self.ready {
+            return (format!("{phase:?}"), format!("the VM is {phase:?}, as desired"));
+        }
+        if let Some(stalled) = self.stalled.clone() {
+            return stalled;
+        }
+        if let (
+            Scheduling::Unschedulable { reason, message },
+            DesiredState::Started | DesiredState::Stopped,
+        ) = (p.input.scheduling, p.desired)
+        {
+            return (reason.clone(), message.clone());
+        }
+        if let StorageOutcome::Failing { reason, message, .. } = p.input.storage {
+            return (reason.clone(), message.clone());
+        }
+        if let Some(message) = p.agent_behind.clone().filter(|_| phase == target) {
+            return ("WaitingForAgent".to_owned(), message);
+        }
+        // libvirt refused what the agent did (e.g. the XML at define time): say so here, not
+        // only in status.domain.
+        p.agent_failure.clone().unwrap_or_else(|| {
+            (
+                format!("{phase:?}"),
+                format!("the VM is {phase:?}; desired {target:?}"),
+            )
+        })
+    }
+
+    /// `Ready`, `Reconciling` and `Stalled`.
+    fn conditions(&self, (reason, message): (String, String)) -> [Desired; 3] {
+        let ready = if self.host_lost.is_some() {
+            Desired::unknown(ct::READY, reason, message.clone())
+        } else {
+            Desired::new(ct::READY, self.ready, reason, message.clone())
+        };
+        let reconciling = Desired::new(
+            ct::RECONCILING,
+            !self.ready && self.stalled.is_none(),
+            if self.ready { "Done" } else { "Progressing" },
+            if self.ready { String::new() } else { message },
+        );
+        let (stalled_reason, stalled_message) = self
+            .stalled
+            .clone()
+            .unwrap_or_else(|| ("NotStalled".into(), String::new()));
+        let stalled = Desired::new(
+            ct::STALLED,
+            self.stalled.is_some(),
+            stalled_reason,
+            stalled_message,
+        );
+        [ready, reconciling, stalled]
     }
 }
 
