@@ -172,68 +172,19 @@ pub async fn run(
     metrics: Metrics,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> Result<(), ControllerError> {
-    let cluster = connect_ceph(&config, &[]).await?;
-    // Fencing blocklists clients itself, for the fence's expiry, before it breaks their locks:
-    // librbd must not blocklist them again on the break (Pacific refuses a custom expiry there,
-    // and its default hour would shorten the fence).
-    let fencing_cluster = connect_ceph(&config, &[("rbd_blocklist_on_break_lock", "false")]).await?;
-    let monitors = storage::monitors(&cluster)
-        .await
-        .map_err(ControllerError::Monitors)?;
-    info!(?monitors, pool = %config.pool, "connected to Ceph");
-    let guard = guard::take(
-        cluster.clone(),
-        config.pool.clone(),
-        config.guard_object.clone(),
-        config.fencing.blocklist_expiry,
-    )
-    .await
-    .map_err(ControllerError::Guard)?;
+    let ceph = connect(&config).await?;
     let fenced = Arc::new(AtomicBool::new(false));
-    let shutdown = stop_on_guard_loss(shutdown, guard.clone(), fenced.clone());
+    let shutdown = stop_on_guard_loss(shutdown, ceph.guard.clone(), fenced.clone());
 
-    // The hypervisor reconciler's cache is also placement's; a second, lighter watch below
-    // only triggers VMs.
+    // The hypervisor reconciler's cache is also placement's; a second, lighter watch in
+    // `vm_controller` only triggers VMs.
     let hv_controller =
         crate::watch::controller(Api::<Hypervisor>::all(client.clone()), watcher::Config::default());
     let hypervisors = hv_controller.store();
     let heartbeats = Arc::new(HeartbeatClock::default());
-
-    let controller = crate::watch::controller(
-        Api::<VirtualMachine>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency));
+    let controller = vm_controller(&client, config.concurrency);
     let vms = controller.store();
-    let waiting = vms.clone();
-    let peers = vms.clone();
-    let controller = controller
-        .watches(
-            Api::<Hypervisor>::all(client.clone()),
-            watcher::Config::default(),
-            move |hv: Hypervisor| waiting_for_a_hypervisor(&waiting, &hv),
-        )
-        // A VM that moves changes what its peers' placement rules find: they report again.
-        .watches(
-            Api::<VirtualMachine>::all(client.clone()),
-            watcher::Config::default(),
-            move |vm: VirtualMachine| vm::related_by_rules(&peers, &vm),
-        );
-
-    let storage = StorageContext::new(
-        cluster,
-        config.pool.clone(),
-        config.namespace_map.clone(),
-        config.ceph_conf.clone(),
-        config.ceph_client.clone(),
-    )
-    .with_keyring(
-        config
-            .ceph_options
-            .iter()
-            .find(|(key, _)| key == "keyring")
-            .map(|(_, path)| PathBuf::from(path)),
-    );
+    let storage = storage_context(ceph.cluster, &config);
     let snapshots = config.snapshots.then(|| {
         tokio::spawn(crate::controller::snapshot::run(
             client.clone(),
@@ -243,14 +194,13 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
-
     let reporter = Reporter {
         controller: "seapath-controller".into(),
         instance: Some(config.instance.clone()),
     };
     let hv_context = Arc::new(HypervisorContext {
         client: client.clone(),
-        fencing_cluster,
+        fencing_cluster: ceph.fencing_cluster,
         vms: vms.clone(),
         heartbeats: heartbeats.clone(),
         settings: config.fencing.clone(),
@@ -264,22 +214,11 @@ pub async fn run(
             .for_each(|_| async {}),
     );
     let context = Arc::new(Context {
-        client: client.clone(),
-        settings: ControllerSettings {
-            policy: config.policy.clone(),
-            ceph_access: CephAccess {
-                monitors,
-                auth: config.libvirt_auth.clone(),
-            },
-            storage_recheck: config.storage_recheck,
-            node_lost_grace: config.fencing.grace,
-            resync: config.resync,
-            import_dirs: config.import_dirs.clone(),
-            shared_image_namespaces: config.shared_image_namespaces.clone(),
-        },
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        settings: settings(&config, ceph.monitors),
         storage,
         metrics: metrics.clone(),
-        recorder: Recorder::new(client, reporter),
         vms: vms.clone(),
         hypervisors,
         heartbeats,
@@ -289,20 +228,7 @@ pub async fn run(
         placements: Default::default(),
         memory_mib: Default::default(),
     });
-
-    // Counting phases walks every VM: once every few seconds, not after every reconcile (a
-    // resync of N VMs would otherwise walk N x N).
-    let phase_counter = {
-        let (vms, metrics) = (vms.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                count_phases(&vms, &metrics);
-            }
-        })
-    };
-
+    let phase_counter = spawn_phase_counter(vms, metrics);
     let migrations = tokio::spawn(crate::controller::migration::run(
         context.clone(),
         shutdown.clone(),
@@ -312,6 +238,22 @@ pub async fn run(
         config.drain_parallel,
         shutdown.clone(),
     ));
+    run_vm_controller(controller, context, shutdown).await;
+    hv_controller.abort();
+    phase_counter.abort();
+    migrations.await.ok();
+    drains.await.ok();
+    if let Some(snapshots) = snapshots {
+        snapshots.await.ok();
+    }
+    release(ceph.guard, &fenced).await
+}
+
+async fn run_vm_controller(
+    controller: kube::runtime::Controller<VirtualMachine>,
+    context: Arc<Context>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     controller
         .graceful_shutdown_on(shutdown)
         .run(vm::reconcile, vm::error_policy, context)
@@ -323,13 +265,114 @@ pub async fn run(
             async {}
         })
         .await;
-    hv_controller.abort();
-    phase_counter.abort();
-    migrations.await.ok();
-    drains.await.ok();
-    if let Some(snapshots) = snapshots {
-        snapshots.await.ok();
+}
+
+/// The controller's Ceph connections, and its guard taken.
+struct Ceph {
+    cluster: Cluster,
+    /// Where fencing blocklists and breaks locks.
+    fencing_cluster: Cluster,
+    monitors: Vec<(String, u16)>,
+    guard: Arc<guard::Guard>,
+}
+
+async fn connect(config: &ControllerConfig) -> Result<Ceph, ControllerError> {
+    let cluster = connect_ceph(config, &[]).await?;
+    // Fencing blocklists clients itself, for the fence's expiry, before it breaks their locks:
+    // librbd must not blocklist them again on the break (Pacific refuses a custom expiry there,
+    // and its default hour would shorten the fence).
+    let fencing_cluster = connect_ceph(config, &[("rbd_blocklist_on_break_lock", "false")]).await?;
+    let monitors = storage::monitors(&cluster)
+        .await
+        .map_err(ControllerError::Monitors)?;
+    info!(?monitors, pool = %config.pool, "connected to Ceph");
+    let guard = guard::take(
+        cluster.clone(),
+        config.pool.clone(),
+        config.guard_object.clone(),
+        config.fencing.blocklist_expiry,
+    )
+    .await
+    .map_err(ControllerError::Guard)?;
+    Ok(Ceph {
+        cluster,
+        fencing_cluster,
+        monitors,
+        guard,
+    })
+}
+
+/// The VirtualMachine controller and what, besides a VM's own changes, reconciles it.
+fn vm_controller(client: &Client, concurrency: u16) -> kube::runtime::Controller<VirtualMachine> {
+    let controller = crate::watch::controller(
+        Api::<VirtualMachine>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let waiting = controller.store();
+    let peers = controller.store();
+    controller
+        .watches(
+            Api::<Hypervisor>::all(client.clone()),
+            watcher::Config::default(),
+            move |hv: Hypervisor| waiting_for_a_hypervisor(&waiting, &hv),
+        )
+        // A VM that moves changes what its peers' placement rules find: they report again.
+        .watches(
+            Api::<VirtualMachine>::all(client.clone()),
+            watcher::Config::default(),
+            move |vm: VirtualMachine| vm::related_by_rules(&peers, &vm),
+        )
+}
+
+fn storage_context(cluster: Cluster, config: &ControllerConfig) -> StorageContext {
+    let keyring = config
+        .ceph_options
+        .iter()
+        .find(|(key, _)| key == "keyring")
+        .map(|(_, path)| PathBuf::from(path));
+    StorageContext::new(
+        cluster,
+        config.pool.clone(),
+        config.namespace_map.clone(),
+        config.ceph_conf.clone(),
+        config.ceph_client.clone(),
+    )
+    .with_keyring(keyring)
+}
+
+fn settings(config: &ControllerConfig, monitors: Vec<(String, u16)>) -> ControllerSettings {
+    ControllerSettings {
+        policy: config.policy.clone(),
+        ceph_access: CephAccess {
+            monitors,
+            auth: config.libvirt_auth.clone(),
+        },
+        storage_recheck: config.storage_recheck,
+        node_lost_grace: config.fencing.grace,
+        resync: config.resync,
+        import_dirs: config.import_dirs.clone(),
+        shared_image_namespaces: config.shared_image_namespaces.clone(),
     }
+}
+
+/// Counting phases walks every VM: once every few seconds, not after every reconcile (a
+/// resync of N VMs would otherwise walk N x N).
+fn spawn_phase_counter(
+    vms: reflector::Store<VirtualMachine>,
+    metrics: Metrics,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            count_phases(&vms, &metrics);
+        }
+    })
+}
+
+/// Gives the guard back on a clean stop; a controller fenced meanwhile reports it instead.
+async fn release(guard: Arc<guard::Guard>, fenced: &AtomicBool) -> Result<(), ControllerError> {
     if fenced.load(Ordering::SeqCst) {
         return Err(ControllerError::Fenced);
     }
