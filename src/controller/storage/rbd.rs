@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::error::{Result, StorageError};
-use super::plan::{self, ExistingState, ImageFacts, Ownership, SizeAction};
+use super::plan::{self, ExistingState, ImageFacts, MetadataPlan, Ownership, SizeAction};
 use super::rename_repair::{self, Repair};
 use super::{DeleteOutcome, ImageObservation, StorageObservation, VmStorageRequest};
 use crate::ceph::{CephError, CloneFormat, Cluster, GroupImage, GroupImageState, Image, ImageOptions, IoCtx};
@@ -554,52 +554,16 @@ pub(crate) fn finalize(
     let members = match known.group {
         Some(members) => members,
         None => {
-            match io.group_create(&group) {
-                Ok(()) => changes.push(format!("created group {group}")),
-                Err(e) if e.is_exists() => {}
-                Err(e) => {
-                    return Err(StorageError::from_ceph(
-                        format!("creating group {}", io.spec(&group)),
-                        e,
-                    ));
-                }
+            if create_group(io, &group)? {
+                changes.push(format!("created group {group}"));
             }
             Vec::new()
         }
     };
-    let pool_id = io.pool_id();
     for name in &wanted {
-        let member = members.iter().find(|m| &m.name == name && m.pool_id == pool_id);
-        match member.map(|m| m.state) {
-            Some(GroupImageState::Attached) => continue,
-            Some(GroupImageState::Incomplete) => {
-                // An add or remove was interrupted: redo it from the start.
-                io.group_image_remove(&group, io, name)
-                    .ctx(|| format!("repairing the half-added {name} in group {}", io.spec(&group)))?;
-            }
-            None if known.created.contains(name) => {}
-            None => {
-                let image = io
-                    .open_image_read_only(name, None)
-                    .ctx(|| format!("opening {}", io.spec(name)))?;
-                if let Some(other) = image
-                    .group()
-                    .ctx(|| format!("reading the group of {}", io.spec(name)))?
-                    && (other.name != group || other.pool_id != pool_id)
-                {
-                    return Err(StorageError::NameConflict {
-                        what: format!("RBD image {}", io.spec(name)),
-                        detail: format!(
-                            "it is in another group ('{}'); remove it from there first",
-                            other.name
-                        ),
-                    });
-                }
-            }
+        if add_to_group(io, &group, &members, name, &known.created)? {
+            changes.push(format!("added {name} to group {group}"));
         }
-        io.group_image_add(&group, io, name)
-            .ctx(|| format!("adding {name} to group {}", io.spec(&group)))?;
-        changes.push(format!("added {name} to group {group}"));
     }
     for extra in members.iter().filter(|m| !wanted.contains(&m.name)) {
         warnings.push(format!(
@@ -608,45 +572,8 @@ pub(crate) fn finalize(
         ));
     }
 
-    // Metadata on the system image: compare, open read-write only to write.
     let system = names.system_image();
-    let current = match known.system_metadata {
-        Some(current) => current,
-        None => io
-            .open_image_read_only(&system, None)
-            .and_then(|i| i.metadata_list())
-            .ctx(|| format!("reading the metadata of {}", io.spec(&system)))?,
-    };
-    let plan = plan::plan_metadata(&current, req);
-    if !plan.is_empty() {
-        let image = io
-            .open_image(&system)
-            .ctx(|| format!("opening {}", io.spec(&system)))?;
-        for (k, v) in &plan.set {
-            image
-                .metadata_set(k, v)
-                .ctx(|| format!("writing metadata {k} on {}", io.spec(&system)))?;
-        }
-        for k in &plan.remove {
-            match image.metadata_remove(k) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(StorageError::from_ceph(
-                        format!("removing metadata {k} of {system}"),
-                        e,
-                    ));
-                }
-            }
-        }
-        let keys: Vec<&str> = plan
-            .set
-            .iter()
-            .map(|(k, _)| k.as_str())
-            .chain(plan.remove.iter().map(String::as_str))
-            .collect();
-        changes.push(format!("wrote metadata of {system}: {}", keys.join(", ")));
-    }
+    changes.extend(update_system_metadata(io, &system, req, known.system_metadata)?);
 
     let images = wanted
         .iter()
@@ -661,6 +588,122 @@ pub(crate) fn finalize(
         changes,
         warnings,
     })
+}
+
+/// Creates the VM's group; `false` if it exists already.
+fn create_group(io: &IoCtx, group: &str) -> Result<bool> {
+    match io.group_create(group) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_exists() => Ok(false),
+        Err(e) => Err(StorageError::from_ceph(
+            format!("creating group {}", io.spec(group)),
+            e,
+        )),
+    }
+}
+
+/// Adds `name` to `group` unless it is attached already; returns whether it added it.
+/// `members` are the group's members as listed, `created` the images this call created (in
+/// no group yet).
+fn add_to_group(
+    io: &IoCtx,
+    group: &str,
+    members: &[GroupImage],
+    name: &str,
+    created: &[String],
+) -> Result<bool> {
+    let pool_id = io.pool_id();
+    let member = members.iter().find(|m| m.name == name && m.pool_id == pool_id);
+    match member.map(|m| m.state) {
+        Some(GroupImageState::Attached) => return Ok(false),
+        Some(GroupImageState::Incomplete) => {
+            // An add or remove was interrupted: redo it from the start.
+            io.group_image_remove(group, io, name)
+                .ctx(|| format!("repairing the half-added {name} in group {}", io.spec(group)))?;
+        }
+        None if created.iter().any(|c| c == name) => {}
+        None => refuse_if_in_other_group(io, group, name)?,
+    }
+    io.group_image_add(group, io, name)
+        .ctx(|| format!("adding {name} to group {}", io.spec(group)))?;
+    Ok(true)
+}
+
+/// An image is in one group at most: one already in another group is refused rather than
+/// taken from there.
+fn refuse_if_in_other_group(io: &IoCtx, group: &str, name: &str) -> Result<()> {
+    let image = io
+        .open_image_read_only(name, None)
+        .ctx(|| format!("opening {}", io.spec(name)))?;
+    if let Some(other) = image
+        .group()
+        .ctx(|| format!("reading the group of {}", io.spec(name)))?
+        && (other.name != group || other.pool_id != io.pool_id())
+    {
+        return Err(StorageError::NameConflict {
+            what: format!("RBD image {}", io.spec(name)),
+            detail: format!(
+                "it is in another group ('{}'); remove it from there first",
+                other.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Brings the system image's metadata to what `req` asks. `current` is the metadata as the
+/// call knows it (`None`: read it). Returns the change made, if any.
+fn update_system_metadata(
+    io: &IoCtx,
+    system: &str,
+    req: &VmStorageRequest,
+    current: Option<BTreeMap<String, String>>,
+) -> Result<Option<String>> {
+    // Metadata on the system image: compare, open read-write only to write.
+    let current = match current {
+        Some(current) => current,
+        None => io
+            .open_image_read_only(system, None)
+            .and_then(|i| i.metadata_list())
+            .ctx(|| format!("reading the metadata of {}", io.spec(system)))?,
+    };
+    let plan = plan::plan_metadata(&current, req);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    write_metadata(io, system, &plan)?;
+    let keys: Vec<&str> = plan
+        .set
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain(plan.remove.iter().map(String::as_str))
+        .collect();
+    Ok(Some(format!("wrote metadata of {system}: {}", keys.join(", "))))
+}
+
+/// Writes `plan` on the system image (a key to remove that is gone already is fine).
+fn write_metadata(io: &IoCtx, system: &str, plan: &MetadataPlan) -> Result<()> {
+    let image = io
+        .open_image(system)
+        .ctx(|| format!("opening {}", io.spec(system)))?;
+    for (k, v) in &plan.set {
+        image
+            .metadata_set(k, v)
+            .ctx(|| format!("writing metadata {k} on {}", io.spec(system)))?;
+    }
+    for k in &plan.remove {
+        match image.metadata_remove(k) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("removing metadata {k} of {system}"),
+                    e,
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Orders image names the way a VM attaches them: system, data_0, data_1, ..., then others.
@@ -816,6 +859,102 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
     let Some(io) = open_namespace(cluster, pool, &names.rbd_namespace, false)? else {
         return Ok(DeleteOutcome::Absent);
     };
+    let listed = list_vm_storage(&io, names, uid)?;
+    if listed.is_empty() {
+        return Ok(DeleteOutcome::Absent);
+    }
+    let (ours, mut kept) = match sort_by_owner(&io, names, uid, &listed)? {
+        Owners::Caller { ours, kept } => (ours, kept),
+        Owners::Other(facts) => {
+            return Ok(DeleteOutcome::NotOwned {
+                owner_uid: facts.owner_uid,
+                owner: facts.owner,
+            });
+        }
+    };
+
+    // Refuse before removing anything if a clone depends on one of the images.
+    refuse_dependent_clones(&io, &ours)?;
+
+    let group = &listed.group;
+    let group_is_ours = listed.group_is_ours(&kept);
+    let mut snapshots = if group_is_ours {
+        remove_group_snapshots(&io, group)?
+    } else {
+        0
+    };
+
+    // The system image last: its owner key marks the rest as ours until the end.
+    let mut removed = listed.half_removed;
+    for name in system_last(&ours, &names.system_image()) {
+        if listed.members.contains(name) {
+            leave_group(&io, group, name)?;
+        }
+        snapshots += purge_snapshots(&io, name)?;
+        if remove_image_if_present(&io, name)? {
+            removed.push(name.clone());
+        }
+        tracing::info!(image = %io.spec(name), "removed image");
+    }
+
+    let mut group_removed = false;
+    if group_is_ours {
+        match remove_group_if_empty(&io, group)? {
+            GroupEnd::Removed => group_removed = true,
+            GroupEnd::AlreadyGone => {}
+            GroupEnd::HoldsOthers => kept.push(format!(
+                "group {group} (still holds images that are not this object's)"
+            )),
+        }
+    }
+    Ok(DeleteOutcome::Deleted {
+        images: removed,
+        snapshots,
+        group_removed,
+        kept,
+    })
+}
+
+/// `images`, the system image moved last.
+fn system_last<'a>(images: &'a [String], system: &str) -> Vec<&'a String> {
+    images
+        .iter()
+        .filter(|n| *n != system)
+        .chain(images.iter().filter(|n| *n == system))
+        .collect()
+}
+
+/// What `delete` finds of the VM in its namespace, the removals a killed run left half done
+/// finished.
+struct ListedStorage {
+    group: String,
+    group_exists: bool,
+    /// The group's members in the namespace's pool.
+    members: Vec<String>,
+    system_present: bool,
+    /// The listed images that may be the VM's, in attach order.
+    candidates: Vec<String>,
+    /// The images whose half-done removal this call finished.
+    half_removed: Vec<String>,
+}
+
+impl ListedStorage {
+    /// Nothing of the VM was there, not even a removal to finish.
+    fn is_empty(&self) -> bool {
+        self.candidates.is_empty() && !self.group_exists && self.half_removed.is_empty()
+    }
+
+    /// Whether the group is the caller's to empty and remove: with the system image there
+    /// (ownership is checked on it first), or when it holds none of the images `kept` as
+    /// someone else's.
+    fn group_is_ours(&self, kept: &[String]) -> bool {
+        self.group_exists && (self.system_present || kept.iter().all(|k| !self.members.contains(k)))
+    }
+}
+
+/// Lists the VM's images and group, and finishes the removals a killed run left half done:
+/// an image left so cannot be opened, and would hide the owner of the rest.
+fn list_vm_storage(io: &IoCtx, names: &VmNames, uid: &str) -> Result<ListedStorage> {
     let loc = io.location();
     let group = names.group();
     let system = names.system_image();
@@ -826,22 +965,8 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
         .group_list()
         .ctx(|| format!("listing groups of {loc}"))?
         .contains(&group);
-    let pool_id = io.pool_id();
-    let members: Vec<String> = if group_exists {
-        match io.group_image_list(&group) {
-            Ok(m) => m
-                .into_iter()
-                .filter(|m| m.pool_id == pool_id)
-                .map(|m| m.name)
-                .collect(),
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => {
-                return Err(StorageError::from_ceph(
-                    format!("listing group {}", io.spec(&group)),
-                    e,
-                ));
-            }
-        }
+    let members = if group_exists {
+        group_members_in_pool(io, &group)?
     } else {
         Vec::new()
     };
@@ -855,48 +980,78 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
             || plan::is_own_temp_image(n, &uid_key)
     };
     let listed: Vec<&String> = images.iter().filter(|n| is_candidate(n)).collect();
-    let half_removed = finish_half_removals(&io, &group, &members, &listed)?;
+    let half_removed = finish_half_removals(io, &group, &members, &listed)?;
     let images: Vec<String> = images.into_iter().filter(|n| !half_removed.contains(n)).collect();
-    let mut candidates: Vec<String> = images.iter().filter(|n| is_candidate(n)).cloned().collect();
-    candidates = attach_order(names, candidates);
-    if candidates.is_empty() && !group_exists && half_removed.is_empty() {
-        return Ok(DeleteOutcome::Absent);
-    }
+    let candidates: Vec<String> = images.iter().filter(|n| is_candidate(n)).cloned().collect();
+    Ok(ListedStorage {
+        system_present: images.contains(&system),
+        candidates: attach_order(names, candidates),
+        group,
+        group_exists,
+        members,
+        half_removed,
+    })
+}
 
-    if images.contains(&system) {
-        let facts = image_facts(&io, &system, &names.vm)?.unwrap_or_default();
+/// The names of the group's members in the namespace's pool; none if the group is gone.
+fn group_members_in_pool(io: &IoCtx, group: &str) -> Result<Vec<String>> {
+    let pool_id = io.pool_id();
+    match io.group_image_list(group) {
+        Ok(m) => Ok(m
+            .into_iter()
+            .filter(|m| m.pool_id == pool_id)
+            .map(|m| m.name)
+            .collect()),
+        Err(e) if e.is_not_found() => Ok(Vec::new()),
+        Err(e) => Err(StorageError::from_ceph(
+            format!("listing group {}", io.spec(group)),
+            e,
+        )),
+    }
+}
+
+/// Whose the VM's images are, as `delete` decides before it removes anything.
+enum Owners {
+    /// Someone else's, as the facts of this image say: nothing is removed.
+    Other(ImageFacts),
+    /// The caller's `ours` are removed; `kept`, someone else's, stay.
+    Caller { ours: Vec<String>, kept: Vec<String> },
+}
+
+/// The system image's owner key speaks for the whole VM; the other images' own keys decide
+/// which of them are the caller's, and its temporary images are its own by their name.
+fn sort_by_owner(io: &IoCtx, names: &VmNames, uid: &str, listed: &ListedStorage) -> Result<Owners> {
+    let uid_key = plan::uid_key(uid);
+    if listed.system_present {
+        let facts = image_facts(io, &names.system_image(), &names.vm)?.unwrap_or_default();
         if facts.owner_uid.as_deref() != Some(uid) {
-            return Ok(DeleteOutcome::NotOwned {
-                owner_uid: facts.owner_uid,
-                owner: facts.owner,
-            });
+            return Ok(Owners::Other(facts));
         }
     }
     let mut ours = Vec::new();
     let mut kept = Vec::new();
-    for name in &candidates {
+    for name in &listed.candidates {
         if plan::is_own_temp_image(name, &uid_key) {
             ours.push(name.clone());
             continue;
         }
-        match image_facts(&io, name, &names.vm)? {
+        match image_facts(io, name, &names.vm)? {
             Some(f) if f.owner_uid.as_deref() == Some(uid) => ours.push(name.clone()),
             Some(_) => kept.push(name.clone()),
             None => {}
         }
     }
-    let system_present = images.contains(&system);
-    if !system_present && ours.is_empty() && !kept.is_empty() {
+    if !listed.system_present && ours.is_empty() && !kept.is_empty() {
         // Nothing here is ours: images of the VM's names made by someone else.
-        let first = image_facts(&io, &kept[0], &names.vm)?.unwrap_or_default();
-        return Ok(DeleteOutcome::NotOwned {
-            owner_uid: first.owner_uid,
-            owner: first.owner,
-        });
+        let first = image_facts(io, &kept[0], &names.vm)?.unwrap_or_default();
+        return Ok(Owners::Other(first));
     }
+    Ok(Owners::Caller { ours, kept })
+}
 
-    // Refuse before removing anything if a clone depends on one of the images.
-    for name in &ours {
+/// A clone depending on one of `images` would lose its data with it: `HasDependentClones`.
+fn refuse_dependent_clones(io: &IoCtx, images: &[String]) -> Result<()> {
+    for name in images {
         let Some(image) =
             optional(io.open_image_read_only(name, None)).ctx(|| format!("opening {}", io.spec(name)))?
         else {
@@ -910,110 +1065,108 @@ pub(crate) fn delete(cluster: &Cluster, pool: &str, names: &VmNames, uid: &str) 
             });
         }
     }
+    Ok(())
+}
 
-    let mut snapshots = 0usize;
-    let group_is_ours = system_present || kept.iter().all(|k| !members.contains(k));
-    if group_exists && group_is_ours {
-        let snaps = match io.group_snap_list(&group) {
-            Ok(s) => s,
-            Err(e) if e.is_not_found() => Vec::new(),
-            Err(e) => {
-                return Err(StorageError::from_ceph(
-                    format!("listing snapshots of group {}", io.spec(&group)),
-                    e,
-                ));
-            }
-        };
-        for snap in snaps {
-            match io.group_snap_remove(&group, &snap.name) {
-                Ok(()) => snapshots += 1,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(StorageError::from_ceph(
-                        format!("removing group snapshot {}@{}", io.spec(&group), snap.name),
-                        e,
-                    ));
-                }
-            }
-        }
-    }
-
-    // The system image last: its owner key marks the rest as ours until the end.
-    let mut removed = half_removed;
-    let order: Vec<&String> = ours
-        .iter()
-        .filter(|n| **n != system)
-        .chain(ours.iter().filter(|n| **n == system))
-        .collect();
-    for name in order {
-        if members.contains(name) {
-            match io.group_image_remove(&group, &io, name) {
-                Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(StorageError::from_ceph(
-                        format!("removing {name} from group {group}"),
-                        e,
-                    ));
-                }
-            }
-        }
-        if let Some(image) = optional(io.open_image(name)).ctx(|| format!("opening {}", io.spec(name)))? {
-            let purged = image.snap_purge().map_err(|e| {
-                if e.is_busy() {
-                    StorageError::HasDependentClones {
-                        image: io.spec(name),
-                        children: vec![format!("a clone made meanwhile ({e})")],
-                    }
-                } else {
-                    StorageError::from_ceph(format!("removing the snapshots of {}", io.spec(name)), e)
-                }
-            })?;
-            snapshots += purged.len();
-        }
-        match io.remove_image(name) {
-            Ok(()) => removed.push(name.clone()),
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(StorageError::from_ceph(format!("removing {}", io.spec(name)), e)),
-        }
-        tracing::info!(image = %io.spec(name), "removed image");
-    }
-
-    let mut group_removed = false;
-    if group_exists && group_is_ours {
-        let left = match io.group_image_list(&group) {
-            Ok(m) => m.len(),
-            Err(e) if e.is_not_found() => usize::MAX,
-            Err(e) => {
-                return Err(StorageError::from_ceph(
-                    format!("listing group {}", io.spec(&group)),
-                    e,
-                ));
-            }
-        };
-        if left == 0 {
-            match io.group_remove(&group) {
-                Ok(()) => group_removed = true,
-                Err(e) if e.is_not_found() => {}
-                Err(e) => {
-                    return Err(StorageError::from_ceph(
-                        format!("removing group {}", io.spec(&group)),
-                        e,
-                    ));
-                }
-            }
-        } else if left != usize::MAX {
-            kept.push(format!(
-                "group {group} (still holds images that are not this object's)"
+/// Removes the group's snapshots (gone already: fine); returns how many it removed.
+fn remove_group_snapshots(io: &IoCtx, group: &str) -> Result<usize> {
+    let snaps = match io.group_snap_list(group) {
+        Ok(s) => s,
+        Err(e) if e.is_not_found() => Vec::new(),
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("listing snapshots of group {}", io.spec(group)),
+                e,
             ));
         }
+    };
+    let mut removed = 0usize;
+    for snap in snaps {
+        match io.group_snap_remove(group, &snap.name) {
+            Ok(()) => removed += 1,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(StorageError::from_ceph(
+                    format!("removing group snapshot {}@{}", io.spec(group), snap.name),
+                    e,
+                ));
+            }
+        }
     }
-    Ok(DeleteOutcome::Deleted {
-        images: removed,
-        snapshots,
-        group_removed,
-        kept,
-    })
+    Ok(removed)
+}
+
+/// Takes `name` out of `group`; out already is fine.
+fn leave_group(io: &IoCtx, group: &str, name: &str) -> Result<()> {
+    match io.group_image_remove(group, io, name) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(StorageError::from_ceph(
+            format!("removing {name} from group {group}"),
+            e,
+        )),
+    }
+}
+
+/// Removes the snapshots of an image about to be removed; returns how many (none if the image
+/// is gone). A snapshot busy with a clone made since the check is `HasDependentClones`.
+fn purge_snapshots(io: &IoCtx, name: &str) -> Result<usize> {
+    let Some(image) = optional(io.open_image(name)).ctx(|| format!("opening {}", io.spec(name)))? else {
+        return Ok(0);
+    };
+    let purged = image.snap_purge().map_err(|e| {
+        if e.is_busy() {
+            StorageError::HasDependentClones {
+                image: io.spec(name),
+                children: vec![format!("a clone made meanwhile ({e})")],
+            }
+        } else {
+            StorageError::from_ceph(format!("removing the snapshots of {}", io.spec(name)), e)
+        }
+    })?;
+    Ok(purged.len())
+}
+
+/// Removes an image; `false` if it was gone already.
+fn remove_image_if_present(io: &IoCtx, name: &str) -> Result<bool> {
+    match io.remove_image(name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_not_found() => Ok(false),
+        Err(e) => Err(StorageError::from_ceph(format!("removing {}", io.spec(name)), e)),
+    }
+}
+
+/// What became of the VM's group once the caller's images are out of it.
+enum GroupEnd {
+    Removed,
+    AlreadyGone,
+    /// Kept: it still holds images that are not the caller's.
+    HoldsOthers,
+}
+
+/// Removes the group if it is empty.
+fn remove_group_if_empty(io: &IoCtx, group: &str) -> Result<GroupEnd> {
+    let left = match io.group_image_list(group) {
+        Ok(m) => m.len(),
+        Err(e) if e.is_not_found() => return Ok(GroupEnd::AlreadyGone),
+        Err(e) => {
+            return Err(StorageError::from_ceph(
+                format!("listing group {}", io.spec(group)),
+                e,
+            ));
+        }
+    };
+    if left != 0 {
+        return Ok(GroupEnd::HoldsOthers);
+    }
+    match io.group_remove(group) {
+        Ok(()) => Ok(GroupEnd::Removed),
+        Err(e) if e.is_not_found() => Ok(GroupEnd::AlreadyGone),
+        Err(e) => Err(StorageError::from_ceph(
+            format!("removing group {}", io.spec(group)),
+            e,
+        )),
+    }
 }
 
 /// Finishes the removal of the images among `names` that the directory lists but that cannot
