@@ -219,13 +219,6 @@ pub async fn run(
         Api::<VirtualMachineRestore>::all(client.clone()),
         watcher::Config::default(),
     );
-    let schedule_controller = crate::watch::controller(
-        Api::<VirtualMachineSnapshotSchedule>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let snapshots = snapshot_controller.store();
-    let restores = restore_controller.store();
-
     let reporter = Reporter {
         controller: "seapath-snapshot-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -235,98 +228,135 @@ pub async fn run(
         storage,
         metrics,
         recorder: Recorder::new(client.clone(), reporter),
-        snapshots: snapshots.clone(),
-        restores: restores.clone(),
+        snapshots: snapshot_controller.store(),
+        restores: restore_controller.store(),
         failures: FailureCounter::default(),
         vm_locks: Mutex::new(HashMap::new()),
         inventory: inventory::Seen::new(inventory_refresh),
         verified: checks::RecentChecks::new(vmsnapshot::VERIFY_EVERY),
         cleaned: RecentlyCleaned::default(),
     });
+    tracing::info!("snapshot, restore, schedule and inventory controllers started");
+    futures::join!(
+        run_snapshots(snapshot_controller, ctx.clone(), shutdown.clone()),
+        run_restores(restore_controller, ctx.clone(), shutdown.clone()),
+        run_schedules(ctx.clone(), shutdown.clone()),
+        run_inventory(ctx, shutdown),
+    );
+    tracing::info!("snapshot, restore, schedule and inventory controllers stopped");
+}
 
-    // A VM's changes wake the snapshots and restores of that VM that are still at work. A VM
-    // being deleted also wakes its Ready snapshots, their last check forgotten: its disks go
-    // (or stay, with Retain), and they say so now rather than at their next period.
-    let snaps_of_vm = snapshots.clone();
-    let checks_of = ctx.clone();
-    let snapshot_controller = snapshot_controller
+/// A VM's changes wake the snapshots of that VM that are still at work. A VM being deleted
+/// also wakes its Ready snapshots, their last check forgotten: its disks go (or stay, with
+/// Retain), and they say so now rather than at their next period.
+async fn run_snapshots(
+    controller: kube::runtime::Controller<VirtualMachineSnapshot>,
+    ctx: Arc<Ctx>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let woken = ctx.clone();
+    controller
         .watches(
-            Api::<VirtualMachine>::all(client.clone()),
+            Api::<VirtualMachine>::all(ctx.client.clone()),
             watcher::Config::default(),
-            move |vm: VirtualMachine| {
-                let ns = vm.namespace();
-                let going = vm.metadata.deletion_timestamp.is_some();
-                snaps_of_vm
-                    .state()
-                    .iter()
-                    .filter(|s| s.namespace() == ns && s.spec.vm_name == vm.name_any())
-                    .filter(|s| going || !vmsnapshot::is_settled(s))
-                    .inspect(|s| {
-                        if going {
-                            checks_of.verified.forget(&s.uid().unwrap_or_default());
-                        }
-                    })
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            move |vm: VirtualMachine| snapshots_woken_by(&vm, &woken),
         )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(vmsnapshot::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .graceful_shutdown_on(shutdown)
+        .run(vmsnapshot::reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
 
-    let restores_of_vm = restores.clone();
-    let restore_controller = restore_controller
+fn snapshots_woken_by(vm: &VirtualMachine, ctx: &Ctx) -> Vec<ObjectRef<VirtualMachineSnapshot>> {
+    let ns = vm.namespace();
+    let going = vm.metadata.deletion_timestamp.is_some();
+    ctx.snapshots
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == ns && s.spec.vm_name == vm.name_any())
+        .filter(|s| going || !vmsnapshot::is_settled(s))
+        .inspect(|s| {
+            if going {
+                ctx.verified.forget(&s.uid().unwrap_or_default());
+            }
+        })
+        .map(|s| ObjectRef::from_obj(s.as_ref()))
+        .collect()
+}
+
+/// A VM's changes wake the restores of that VM (or into it) that are still at work.
+async fn run_restores(
+    controller: kube::runtime::Controller<VirtualMachineRestore>,
+    ctx: Arc<Ctx>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let restores = ctx.restores.clone();
+    controller
         .watches(
-            Api::<VirtualMachine>::all(client.clone()),
+            Api::<VirtualMachine>::all(ctx.client.clone()),
             watcher::Config::default(),
-            move |vm: VirtualMachine| {
-                let ns = vm.namespace();
-                restores_of_vm
-                    .state()
-                    .iter()
-                    .filter(|r| {
-                        let name = vm.name_any();
-                        r.namespace() == ns
-                            && (r.spec.vm_name == name
-                                || r.spec.target.as_ref().is_some_and(|t| t.name == name))
-                    })
-                    .filter(|r| restore::is_active(r))
-                    .map(|r| ObjectRef::from_obj(r.as_ref()))
-                    .collect::<Vec<_>>()
-            },
+            move |vm: VirtualMachine| restores_woken_by(&vm, &restores),
         )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(restore::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+        .graceful_shutdown_on(shutdown)
+        .run(restore::reconcile, error_policy, ctx)
+        .for_each(|_| async {})
+        .await;
+}
 
-    // A schedule's snapshots wake it when they change (run outcome, retention).
-    let schedule_controller = schedule_controller
-        .watches(
-            Api::<VirtualMachineSnapshot>::all(client.clone()),
-            watcher::Config::default(),
-            |snap: VirtualMachineSnapshot| {
-                let ns = snap.namespace();
-                snap.labels().get(crate::api::SCHEDULE_LABEL).map(|name| {
-                    ObjectRef::<VirtualMachineSnapshotSchedule>::new(name)
-                        .within(ns.as_deref().unwrap_or_default())
-                })
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(schedule::reconcile, error_policy, ctx.clone())
-        .for_each(|_| async {});
+fn restores_woken_by(
+    vm: &VirtualMachine,
+    restores: &Store<VirtualMachineRestore>,
+) -> Vec<ObjectRef<VirtualMachineRestore>> {
+    let (ns, name) = (vm.namespace(), vm.name_any());
+    restores
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace() == ns
+                && (r.spec.vm_name == name || r.spec.target.as_ref().is_some_and(|t| t.name == name))
+        })
+        .filter(|r| restore::is_active(r))
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
+}
 
-    // The unmanaged snapshots of each VM: on changes of its storage or of its snapshot
-    // objects, and every refresh period (snapshots taken or removed by hand leave no trace here).
-    // The debounce lets the snapshot controller's cache (which says what is claimed) catch up
-    // with the change that triggered the reconcile: it comes through another watch.
-    let inventory_controller = crate::watch::controller(
+/// A schedule's snapshots wake it when they change (run outcome, retention).
+async fn run_schedules(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    crate::watch::controller(
+        Api::<VirtualMachineSnapshotSchedule>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<VirtualMachineSnapshot>::all(client),
+        watcher::Config::default(),
+        |snap: VirtualMachineSnapshot| {
+            let ns = snap.namespace();
+            snap.labels().get(crate::api::SCHEDULE_LABEL).map(|name| {
+                ObjectRef::<VirtualMachineSnapshotSchedule>::new(name)
+                    .within(ns.as_deref().unwrap_or_default())
+            })
+        },
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(schedule::reconcile, error_policy, ctx)
+    .for_each(|_| async {})
+    .await;
+}
+
+/// The unmanaged snapshots of each VM: on changes of its storage or of its snapshot objects,
+/// and every refresh period (snapshots taken or removed by hand leave no trace here). The
+/// debounce lets the snapshot controller's cache (which says what is claimed) catch up with the
+/// change that triggered the reconcile: it comes through another watch.
+async fn run_inventory(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    crate::watch::controller(
         Api::<VirtualMachine>::all(client.clone()),
         watcher::Config::default(),
     )
     .with_config(kube::runtime::controller::Config::default().debounce(Duration::from_secs(1)))
     .watches(
-        Api::<VirtualMachineSnapshot>::all(client.clone()),
+        Api::<VirtualMachineSnapshot>::all(client),
         watcher::Config::default(),
         |snap: VirtualMachineSnapshot| {
             let ns = snap.namespace();
@@ -338,14 +368,6 @@ pub async fn run(
     )
     .graceful_shutdown_on(shutdown)
     .run(inventory::reconcile, error_policy, ctx)
-    .for_each(|_| async {});
-
-    tracing::info!("snapshot, restore, schedule and inventory controllers started");
-    futures::join!(
-        snapshot_controller,
-        restore_controller,
-        schedule_controller,
-        inventory_controller
-    );
-    tracing::info!("snapshot, restore, schedule and inventory controllers stopped");
+    .for_each(|_| async {})
+    .await;
 }
