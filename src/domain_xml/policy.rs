@@ -281,6 +281,47 @@ struct Findings {
 /// Random-number sources that read nothing of the host but entropy.
 const HARMLESS_RNG_SOURCES: [&str; 2] = ["/dev/urandom", "/dev/random"];
 
+/// Smartcard modes that reach the host, each with why and the switch that allows it, in the
+/// order they are tested.
+const HOST_SMARTCARD_MODES: [(&str, &str, PolicyFlag); 2] = [
+    (
+        "host",
+        "gives the guest the host's smartcard reader",
+        PolicyFlag::HostDevices,
+    ),
+    (
+        "host-certificates",
+        "reads certificates from a directory on the host",
+        PolicyFlag::HostPaths,
+    ),
+];
+
+/// TPM backend types that reach the host, each with why and the switch that allows it, in the
+/// order they are tested.
+const HOST_TPM_BACKENDS: [(&str, &str, PolicyFlag); 2] = [
+    (
+        "passthrough",
+        "passes the host's TPM to the guest",
+        PolicyFlag::HostDevices,
+    ),
+    (
+        "external",
+        "connects the TPM to a socket at a host path",
+        PolicyFlag::HostPaths,
+    ),
+];
+
+/// Audio backends that play and record on the host's own sound system.
+const HOST_SOUND_SYSTEMS: [&str; 7] = [
+    "alsa",
+    "oss",
+    "pulseaudio",
+    "jack",
+    "coreaudio",
+    "sdl",
+    "pipewire",
+];
+
 impl Findings {
     /// Records `element` (shown with its attribute `shown_attr`, if any).
     fn add(
@@ -466,123 +507,16 @@ impl Findings {
         self.rom_files(device);
         self.device_seclabels(device);
         match device.local_name() {
-            "emulator" => {
-                let path = device.text();
-                self.add_allowance(
-                    device,
-                    None,
-                    &format!("makes libvirt run host program {path:?} as the emulator"),
-                    AllowanceKind::Emulator,
-                    Some(path),
-                );
-            }
+            "emulator" => self.emulator(device),
             "disk" => self.disk(device),
-            "filesystem" => {
-                if device.attr_any("type", |t| t == "block") {
-                    self.add(
-                        device,
-                        Some("type"),
-                        "exports a host block device to the guest",
-                        Some(PolicyFlag::HostDevices),
-                    );
-                } else {
-                    self.add(
-                        device,
-                        Some("type"),
-                        "shares host files or directories with the guest",
-                        Some(PolicyFlag::HostPaths),
-                    );
-                }
-                for binary in device.elements_named("binary") {
-                    if binary.has_attr("path") {
-                        self.add(
-                            binary,
-                            None,
-                            "runs a host program chosen in the XML as the file-system daemon",
-                            Some(PolicyFlag::QemuPassthrough),
-                        );
-                    }
-                }
-            }
+            "filesystem" => self.filesystem(device),
             "hostdev" => self.hostdev(device),
             "interface" => self.interface(device),
             "serial" | "parallel" | "console" | "channel" | "redirdev" => self.chardev(device),
-            "smartcard" => {
-                if device.attr_any("mode", |m| m == "host") {
-                    self.add(
-                        device,
-                        Some("mode"),
-                        "gives the guest the host's smartcard reader",
-                        Some(PolicyFlag::HostDevices),
-                    );
-                } else if device.attr_any("mode", |m| m == "host-certificates") {
-                    self.add(
-                        device,
-                        Some("mode"),
-                        "reads certificates from a directory on the host",
-                        Some(PolicyFlag::HostPaths),
-                    );
-                } else {
-                    self.chardev(device);
-                }
-            }
-            "tpm" => {
-                for backend in device.elements_named("backend") {
-                    if backend.attr_any("type", |t| t == "passthrough") {
-                        self.add(
-                            backend,
-                            Some("type"),
-                            "passes the host's TPM to the guest",
-                            Some(PolicyFlag::HostDevices),
-                        );
-                    } else if backend.attr_any("type", |t| t == "external") {
-                        self.add(
-                            backend,
-                            Some("type"),
-                            "connects the TPM to a socket at a host path",
-                            Some(PolicyFlag::HostPaths),
-                        );
-                    } else if backend.elements_named("source").any(|s| s.has_attr("path")) {
-                        self.add(
-                            backend,
-                            Some("type"),
-                            "keeps the emulated TPM's state at a host path",
-                            Some(PolicyFlag::HostPaths),
-                        );
-                    }
-                }
-            }
-            "input" => {
-                let evdev_source = device
-                    .elements_named("source")
-                    .any(|s| s.has_attr("evdev") || s.has_attr("dev"));
-                if device.attr_any("type", |t| t == "passthrough" || t == "evdev") || evdev_source {
-                    self.add(
-                        device,
-                        Some("type"),
-                        "passes a host input device to the guest",
-                        Some(PolicyFlag::HostDevices),
-                    );
-                }
-            }
-            "rng" => {
-                for backend in device.elements_named("backend") {
-                    if backend.attr_any("model", |m| m == "egd") {
-                        self.chardev(backend);
-                    } else if backend.attr_any("model", |m| m == "random") {
-                        let source = backend.text();
-                        let source = trim_xml(&source);
-                        if !source.is_empty() && !HARMLESS_RNG_SOURCES.contains(&source) {
-                            self.add(
-                                backend,
-                                Some("model"),
-                                "reads a host device other than /dev/urandom or /dev/random",
-                                Some(PolicyFlag::HostDevices),
-                            );
-                        }
-                    }
-                }
-            }
+            "smartcard" => self.smartcard(device),
+            "tpm" => self.tpm(device),
+            "input" => self.input(device),
+            "rng" => self.rng(device),
             "graphics" => self.graphics(device),
             "video" if Self::uses_render_node(device) => self.add(
                 device,
@@ -590,60 +524,14 @@ impl Findings {
                 "renders on a host GPU device",
                 Some(PolicyFlag::HostDevices),
             ),
-            "audio" => {
-                if device.attr_any("type", |t| t == "file") {
-                    self.add(
-                        device,
-                        Some("type"),
-                        "records or plays the guest's audio into a host file",
-                        Some(PolicyFlag::HostPaths),
-                    );
-                } else if device.attr_any("type", |t| {
-                    matches!(
-                        t,
-                        "alsa" | "oss" | "pulseaudio" | "jack" | "coreaudio" | "sdl" | "pipewire"
-                    )
-                }) {
-                    self.add(
-                        device,
-                        Some("type"),
-                        "plays and records on the host's sound system",
-                        Some(PolicyFlag::HostDevices),
-                    );
-                }
-            }
+            "audio" => self.audio(device),
             "shmem" => self.add(
                 device,
                 None,
                 "shares host memory with other guests or host processes",
                 Some(PolicyFlag::HostPaths),
             ),
-            "memory" => {
-                let has_path = device
-                    .elements_named("source")
-                    .flat_map(|s| s.elements_named("path"))
-                    .any(Element::has_text);
-                if has_path {
-                    self.add(
-                        device,
-                        Some("model"),
-                        "maps a host file into the guest's memory",
-                        Some(PolicyFlag::HostPaths),
-                    );
-                }
-                let hugepages = device
-                    .elements_named("source")
-                    .any(|s| s.elements_named("pagesize").next().is_some());
-                if hugepages {
-                    self.add_allowance(
-                        device,
-                        Some("model"),
-                        "backs the memory device with the host's reserved huge pages",
-                        AllowanceKind::Hugepages,
-                        None,
-                    );
-                }
-            }
+            "memory" => self.memory(device),
             "lease" => self.add(
                 device,
                 None,
@@ -657,6 +545,163 @@ impl Findings {
                 Some(PolicyFlag::HostPaths),
             ),
             _ => {}
+        }
+    }
+
+    /// `<emulator>`: the host program libvirt runs as QEMU, allowed path by path.
+    fn emulator(&mut self, emulator: &Element<'_>) {
+        let path = emulator.text();
+        self.add_allowance(
+            emulator,
+            None,
+            &format!("makes libvirt run host program {path:?} as the emulator"),
+            AllowanceKind::Emulator,
+            Some(path),
+        );
+    }
+
+    /// `<filesystem>`: every kind reaches the host, a block device through its own switch; a
+    /// daemon binary of its choosing besides.
+    fn filesystem(&mut self, filesystem: &Element<'_>) {
+        if filesystem.attr_any("type", |t| t == "block") {
+            self.add(
+                filesystem,
+                Some("type"),
+                "exports a host block device to the guest",
+                Some(PolicyFlag::HostDevices),
+            );
+        } else {
+            self.add(
+                filesystem,
+                Some("type"),
+                "shares host files or directories with the guest",
+                Some(PolicyFlag::HostPaths),
+            );
+        }
+        for binary in filesystem.elements_named("binary") {
+            if binary.has_attr("path") {
+                self.add(
+                    binary,
+                    None,
+                    "runs a host program chosen in the XML as the file-system daemon",
+                    Some(PolicyFlag::QemuPassthrough),
+                );
+            }
+        }
+    }
+
+    /// `<smartcard>`: the host modes reach the host themselves; any other mode is a character
+    /// device, checked as one.
+    fn smartcard(&mut self, smartcard: &Element<'_>) {
+        let host_mode = HOST_SMARTCARD_MODES
+            .iter()
+            .find(|(mode, ..)| smartcard.attr_any("mode", |m| m == *mode));
+        match host_mode {
+            Some(&(_, reason, flag)) => self.add(smartcard, Some("mode"), reason, Some(flag)),
+            None => self.chardev(smartcard),
+        }
+    }
+
+    /// `<tpm>`: each backend that passes the host's TPM, talks to a host socket or keeps its
+    /// state at a host path.
+    fn tpm(&mut self, tpm: &Element<'_>) {
+        for backend in tpm.elements_named("backend") {
+            let host_backend = HOST_TPM_BACKENDS
+                .iter()
+                .find(|(backend_type, ..)| backend.attr_any("type", |t| t == *backend_type));
+            if let Some(&(_, reason, flag)) = host_backend {
+                self.add(backend, Some("type"), reason, Some(flag));
+            } else if backend.elements_named("source").any(|s| s.has_attr("path")) {
+                self.add(
+                    backend,
+                    Some("type"),
+                    "keeps the emulated TPM's state at a host path",
+                    Some(PolicyFlag::HostPaths),
+                );
+            }
+        }
+    }
+
+    /// `<input>`: by type, or by a host event device named as its source whatever the type.
+    fn input(&mut self, input: &Element<'_>) {
+        let evdev_source = input
+            .elements_named("source")
+            .any(|s| s.has_attr("evdev") || s.has_attr("dev"));
+        if input.attr_any("type", |t| t == "passthrough" || t == "evdev") || evdev_source {
+            self.add(
+                input,
+                Some("type"),
+                "passes a host input device to the guest",
+                Some(PolicyFlag::HostDevices),
+            );
+        }
+    }
+
+    /// `<rng>`: an `egd` backend is a character device; a `random` one may read only entropy.
+    fn rng(&mut self, rng: &Element<'_>) {
+        for backend in rng.elements_named("backend") {
+            if backend.attr_any("model", |m| m == "egd") {
+                self.chardev(backend);
+            } else if backend.attr_any("model", |m| m == "random") {
+                let source = backend.text();
+                let source = trim_xml(&source);
+                if !source.is_empty() && !HARMLESS_RNG_SOURCES.contains(&source) {
+                    self.add(
+                        backend,
+                        Some("model"),
+                        "reads a host device other than /dev/urandom or /dev/random",
+                        Some(PolicyFlag::HostDevices),
+                    );
+                }
+            }
+        }
+    }
+
+    /// `<audio>`: a file backend writes on the host, a sound-system backend uses its hardware.
+    fn audio(&mut self, audio: &Element<'_>) {
+        if audio.attr_any("type", |t| t == "file") {
+            self.add(
+                audio,
+                Some("type"),
+                "records or plays the guest's audio into a host file",
+                Some(PolicyFlag::HostPaths),
+            );
+        } else if audio.attr_any("type", |t| HOST_SOUND_SYSTEMS.contains(&t)) {
+            self.add(
+                audio,
+                Some("type"),
+                "plays and records on the host's sound system",
+                Some(PolicyFlag::HostDevices),
+            );
+        }
+    }
+
+    /// A `<memory>` device: backed by a host file, or by huge pages (allowed by their own
+    /// setting).
+    fn memory(&mut self, memory: &Element<'_>) {
+        let has_path = memory
+            .elements_named("source")
+            .flat_map(|s| s.elements_named("path"))
+            .any(Element::has_text);
+        if has_path {
+            self.add(
+                memory,
+                Some("model"),
+                "maps a host file into the guest's memory",
+                Some(PolicyFlag::HostPaths),
+            );
+        }
+        let hugepages = memory
+            .elements_named("source")
+            .any(|s| s.elements_named("pagesize").next().is_some());
+        if hugepages {
+            self.add_allowance(
+                memory,
+                Some("model"),
+                "backs the memory device with the host's reserved huge pages",
+                AllowanceKind::Hugepages,
+                None,
+            );
         }
     }
 
@@ -745,33 +790,16 @@ impl Findings {
     /// `<interface>`: host NICs, bridges, networks, tap ports, vhost-user sockets, host
     /// scripts, backend device paths.
     fn interface(&mut self, interface: &Element<'_>) {
+        // Checked type by type in this order, so that an interface spelling `type` several
+        // times reports each of them, always in the same order.
         let has_type = |t: &str| interface.attr_any("type", |v| v == t);
-        let named_by = |child: &str, attr: &str| -> Vec<String> {
-            interface
-                .elements_named(child)
-                .flat_map(|c| c.attr_values(attr))
-                .collect()
-        };
         if has_type("hostdev") {
-            match pci_sources(interface) {
-                Some(addresses) => self.add_named(
-                    interface,
-                    addresses,
-                    |a| format!("passes host PCI network device {a} to the guest"),
-                    AllowanceKind::PciDevice,
-                ),
-                None => self.add(
-                    interface,
-                    Some("type"),
-                    "passes a host network device to the guest",
-                    Some(PolicyFlag::HostDevices),
-                ),
-            }
+            self.hostdev_interface(interface);
         }
         if has_type("direct") {
             self.add_named(
                 interface,
-                named_by("source", "dev"),
+                named_by(interface, "source", "dev"),
                 |d| format!("attaches the guest directly to host network interface {d} (macvtap)"),
                 AllowanceKind::DirectDevice,
             );
@@ -779,7 +807,7 @@ impl Findings {
         if has_type("bridge") {
             self.add_named(
                 interface,
-                named_by("source", "bridge"),
+                named_by(interface, "source", "bridge"),
                 |b| format!("connects the guest to host bridge {b}"),
                 AllowanceKind::Bridge,
             );
@@ -787,7 +815,7 @@ impl Findings {
         if has_type("network") {
             self.add_named(
                 interface,
-                named_by("source", "network"),
+                named_by(interface, "source", "network"),
                 |n| format!("connects the guest to libvirt network {n} of the host"),
                 AllowanceKind::Network,
             );
@@ -803,23 +831,54 @@ impl Findings {
         if has_type("vhostuser") {
             self.add_named(
                 interface,
-                named_by("source", "path"),
+                named_by(interface, "source", "path"),
                 |p| format!("connects the guest to vhost-user socket {p} on the host"),
                 AllowanceKind::VhostUserDir,
             );
         }
-        if has_type("ethernet")
-            && interface
-                .elements_named("target")
-                .any(|t| t.attr_any("managed", |m| m == "no"))
-        {
+        if has_type("ethernet") {
+            self.unmanaged_tap_interface(interface);
+        }
+        self.interface_scripts_and_backend(interface);
+    }
+
+    /// `<interface type="hostdev">`: a PCI network device is allowed address by address, any
+    /// other only by its switch.
+    fn hostdev_interface(&mut self, interface: &Element<'_>) {
+        match pci_sources(interface) {
+            Some(addresses) => self.add_named(
+                interface,
+                addresses,
+                |a| format!("passes host PCI network device {a} to the guest"),
+                AllowanceKind::PciDevice,
+            ),
+            None => self.add(
+                interface,
+                Some("type"),
+                "passes a host network device to the guest",
+                Some(PolicyFlag::HostDevices),
+            ),
+        }
+    }
+
+    /// `<interface type="ethernet">`: libvirt creates and owns its tap device unless
+    /// `managed="no"` hands it one the host already has, allowed name by name.
+    fn unmanaged_tap_interface(&mut self, interface: &Element<'_>) {
+        let unmanaged = interface
+            .elements_named("target")
+            .any(|t| t.attr_any("managed", |m| m == "no"));
+        if unmanaged {
             self.add_named(
                 interface,
-                named_by("target", "dev"),
+                named_by(interface, "target", "dev"),
                 |d| format!("uses existing host tap device {d}"),
                 AllowanceKind::TapDevice,
             );
         }
+    }
+
+    /// An interface's host scripts and backend paths, whatever its type.
+    fn interface_scripts_and_backend(&mut self, interface: &Element<'_>) {
         for child in interface.elements() {
             match child.local_name() {
                 "script" | "downscript" if child.has_attr("path") => self.add(
@@ -934,6 +993,15 @@ impl Findings {
             );
         }
     }
+}
+
+/// The values of attribute `attr` on the `child` elements of `element` (what an interface
+/// names: its bridge, host device, network, socket path...).
+fn named_by(element: &Element<'_>, child: &str, attr: &str) -> Vec<String> {
+    element
+        .elements_named(child)
+        .flat_map(|c| c.attr_values(attr))
+        .collect()
 }
 
 /// The PCI addresses of an element's `<source><address>` children, as `dddd:bb:ss.f`; `None`
