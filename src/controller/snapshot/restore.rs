@@ -38,12 +38,15 @@ use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, now, rbd, reset_failures, write_status};
 use crate::api::{
     DesiredState, Disk, DiskSource, DomainState, OperationError, Phase, RESTORE_FINALIZER, RESTORE_LABEL,
-    RESTORE_UID_ANNOTATION, RestorePhase, SnapshotPhase, VirtualMachine, VirtualMachineRestore,
-    VirtualMachineRestoreStatus, VirtualMachineSnapshot, VirtualMachineSpec, VmSource, condition_types as ct,
+    RESTORE_UID_ANNOTATION, RestorePhase, SnapshotDiskStatus, SnapshotPhase, VirtualMachine,
+    VirtualMachineRestore, VirtualMachineRestoreSpec, VirtualMachineRestoreStatus, VirtualMachineSnapshot,
+    VirtualMachineSpec, VmSource, condition_types as ct,
 };
+use crate::ceph::SnapInfo;
 use crate::controller::conditions::{Desired, merge};
 use crate::controller::frame;
 use crate::controller::phase;
+use crate::controller::storage::StorageError;
 use crate::field_manager;
 
 const KIND: &str = "VirtualMachineRestore";
@@ -322,149 +325,11 @@ async fn apply(step: &Step<'_>) -> Result<Action, Error> {
 }
 
 async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+    let (vm, name) = match restorable(step).await {
+        Ok(checked) => checked,
+        Err(halt) => return halt.report(step, status).await,
+    };
     let spec = &step.restore.spec;
-    let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(step.ctx.client.clone(), &step.namespace);
-    let Some(snapshot) = snapshots.get_opt(&spec.snapshot).await? else {
-        let created = step.restore.metadata.creation_timestamp.as_ref().map(|t| &t.0);
-        let Some(left) = missing_snapshot_wait(created, k8s_openapi::jiff::Timestamp::now()) else {
-            let message = format!(
-                "VirtualMachineSnapshot {} does not exist (waited {} s for it); create the snapshot, \
-                 then a new VirtualMachineRestore. Later restores of VirtualMachine {} are no longer held back",
-                spec.snapshot,
-                MISSING_SNAPSHOT_GRACE.as_secs(),
-                spec.vm_name
-            );
-            return step.refuse(status, "SnapshotNotFound", message).await;
-        };
-        let message = format!(
-            "VirtualMachineSnapshot {} does not exist; the restore fails in {} s unless it is created",
-            spec.snapshot,
-            left.as_secs().max(1)
-        );
-        step.write(status, RestorePhase::Pending, "SnapshotNotFound", &message)
-            .await?;
-        return Ok(Action::requeue(left.min(Duration::from_secs(5))));
-    };
-    if snapshot.spec.vm_name != spec.vm_name {
-        return step
-            .refuse(
-                status,
-                "SnapshotOfAnotherVm",
-                format!(
-                    "VirtualMachineSnapshot {} is a snapshot of VirtualMachine {}, not of {}",
-                    spec.snapshot, snapshot.spec.vm_name, spec.vm_name
-                ),
-            )
-            .await;
-    }
-    let snap_status = snapshot.status.clone().unwrap_or_default();
-    match snap_status.phase {
-        Some(SnapshotPhase::Ready) if snap_status.ready_to_use => {}
-        Some(SnapshotPhase::Failed | SnapshotPhase::Deleting) | Some(SnapshotPhase::Ready) => {
-            return step
-                .refuse(
-                    status,
-                    "SnapshotNotUsable",
-                    format!(
-                        "VirtualMachineSnapshot {} cannot be restored: {}",
-                        spec.snapshot,
-                        match snap_status.phase {
-                            Some(SnapshotPhase::Failed) => "it failed",
-                            Some(SnapshotPhase::Deleting) => "it is being deleted",
-                            _ => "it is not ready to use (its RBD snapshot is missing on some image)",
-                        }
-                    ),
-                )
-                .await;
-        }
-        _ => {
-            let message = format!("waiting for VirtualMachineSnapshot {} to be Ready", spec.snapshot);
-            step.write(status, RestorePhase::Pending, "SnapshotNotReady", &message)
-                .await?;
-            return Ok(Action::requeue(Duration::from_secs(3)));
-        }
-    }
-    let Some(vm) = step.vm().await? else {
-        return step
-            .refuse(
-                status,
-                "VmNotFound",
-                format!("VirtualMachine {} does not exist", spec.vm_name),
-            )
-            .await;
-    };
-    if vm.metadata.deletion_timestamp.is_some() {
-        return step
-            .refuse(
-                status,
-                "VmBeingDeleted",
-                format!("VirtualMachine {} is being deleted", spec.vm_name),
-            )
-            .await;
-    }
-    if snap_status.vm_uid.is_some() && snap_status.vm_uid != vm.metadata.uid {
-        return step
-            .refuse(
-                status,
-                "SnapshotOfAnotherVm",
-                format!(
-                    "VirtualMachineSnapshot {} was taken of an earlier VirtualMachine named {} (another UID)",
-                    spec.snapshot, spec.vm_name
-                ),
-            )
-            .await;
-    }
-    if spec.target.is_none()
-        && let Some(other) = competing(step.restore, &step.ctx.restores.state())
-    {
-        return step
-            .refuse(
-                status,
-                "RestoreInProgress",
-                format!(
-                    "VirtualMachineRestore {other} came first and has not finished restoring VirtualMachine {}; nothing was stopped",
-                    spec.vm_name
-                ),
-            )
-            .await;
-    }
-    // The snapshot must be on every disk the VM has now.
-    let name = snap_status
-        .snapshot_name
-        .clone()
-        .unwrap_or_else(|| rbd_name(&snapshot));
-    let images = step
-        .ctx
-        .storage
-        .vm_names(&step.namespace, &vm.storage_name())
-        .images(vm.spec.data_disks.len());
-    let found = {
-        let name = name.clone();
-        per_image(step.ctx, &step.namespace, &images, move |io, image| {
-            rbd::find(io, &image, &name)
-        })
-        .await?
-    };
-    let mut missing = Vec::new();
-    for ((image, result), index) in images.iter().zip(found).zip(0..) {
-        let recorded = snap_status.disks.get(index).and_then(|d| d.snapshot_id);
-        match result? {
-            Some(Some(info)) if recorded.is_none_or(|id| id as u64 == info.id) => {}
-            _ => missing.push(image.clone()),
-        }
-    }
-    if !missing.is_empty() {
-        return step
-            .refuse(
-                status,
-                "SnapshotIncomplete",
-                format!(
-                    "RBD snapshot '{name}' is missing on image(s) {}",
-                    missing.join(", ")
-                ),
-            )
-            .await;
-    }
     if let Some(target) = &spec.target {
         return create_target(step, status, &vm, &target.name, &name).await;
     }
@@ -480,6 +345,227 @@ async fn pending(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Re
         .advance(status, RestorePhase::Stopping, "RestoreStarted", message)
         .await?;
     stopping(step, status).await
+}
+
+/// Why `pending` stops before the restore starts: nothing is stopped or created until every
+/// check passed.
+enum Halt {
+    /// What is missing may still come: stays `Pending`, looks again `after`.
+    Wait {
+        reason: &'static str,
+        message: String,
+        after: Duration,
+    },
+    /// Waiting cannot make it pass: `Failed`, before anything is touched.
+    Refuse { reason: &'static str, message: String },
+    /// A failed read: retried as any reconcile error.
+    Error(Error),
+}
+
+impl From<Error> for Halt {
+    fn from(e: Error) -> Self {
+        Halt::Error(e)
+    }
+}
+
+impl From<kube::Error> for Halt {
+    fn from(e: kube::Error) -> Self {
+        Halt::Error(e.into())
+    }
+}
+
+impl Halt {
+    async fn report(self, step: &Step<'_>, status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
+        match self {
+            Halt::Wait {
+                reason,
+                message,
+                after,
+            } => {
+                step.write(status, RestorePhase::Pending, reason, &message)
+                    .await?;
+                Ok(Action::requeue(after))
+            }
+            Halt::Refuse { reason, message } => step.refuse(status, reason, message).await,
+            Halt::Error(e) => Err(e),
+        }
+    }
+}
+
+/// The checks of `Pending`, cheapest first (Ceph is read last); the VM to restore and the name
+/// of the RBD snapshot to restore it to.
+async fn restorable(step: &Step<'_>) -> Result<(VirtualMachine, String), Halt> {
+    let spec = &step.restore.spec;
+    let snapshots: Api<VirtualMachineSnapshot> = Api::namespaced(step.ctx.client.clone(), &step.namespace);
+    let Some(snapshot) = snapshots.get_opt(&spec.snapshot).await? else {
+        let created = step.restore.metadata.creation_timestamp.as_ref().map(|t| &t.0);
+        let left = missing_snapshot_wait(created, k8s_openapi::jiff::Timestamp::now());
+        return Err(missing_snapshot(spec, left));
+    };
+    snapshot_usable(spec, &snapshot)?;
+    let snap_status = snapshot.status.clone().unwrap_or_default();
+    let vm = vm_restorable(spec, snap_status.vm_uid.as_deref(), step.vm().await?)?;
+    if spec.target.is_none()
+        && let Some(other) = competing(step.restore, &step.ctx.restores.state())
+    {
+        return Err(Halt::Refuse {
+            reason: "RestoreInProgress",
+            message: format!(
+                "VirtualMachineRestore {other} came first and has not finished restoring VirtualMachine {}; nothing was stopped",
+                spec.vm_name
+            ),
+        });
+    }
+    // The snapshot must be on every disk the VM has now.
+    let name = snap_status
+        .snapshot_name
+        .clone()
+        .unwrap_or_else(|| rbd_name(&snapshot));
+    let missing = images_lacking(step, &vm, &name, &snap_status.disks).await?;
+    if !missing.is_empty() {
+        return Err(Halt::Refuse {
+            reason: "SnapshotIncomplete",
+            message: format!(
+                "RBD snapshot '{name}' is missing on image(s) {}",
+                missing.join(", ")
+            ),
+        });
+    }
+    Ok((vm, name))
+}
+
+/// `left`: how much longer the restore may wait for its snapshot (see [`missing_snapshot_wait`]).
+fn missing_snapshot(spec: &VirtualMachineRestoreSpec, left: Option<Duration>) -> Halt {
+    let Some(left) = left else {
+        return Halt::Refuse {
+            reason: "SnapshotNotFound",
+            message: format!(
+                "VirtualMachineSnapshot {} does not exist (waited {} s for it); create the snapshot, \
+                 then a new VirtualMachineRestore. Later restores of VirtualMachine {} are no longer held back",
+                spec.snapshot,
+                MISSING_SNAPSHOT_GRACE.as_secs(),
+                spec.vm_name
+            ),
+        };
+    };
+    Halt::Wait {
+        reason: "SnapshotNotFound",
+        message: format!(
+            "VirtualMachineSnapshot {} does not exist; the restore fails in {} s unless it is created",
+            spec.snapshot,
+            left.as_secs().max(1)
+        ),
+        after: left.min(Duration::from_secs(5)),
+    }
+}
+
+/// Whether `snapshot` is one of the restore's VM that can be restored now: one still being taken
+/// is waited for, one that never will be usable is refused.
+fn snapshot_usable(spec: &VirtualMachineRestoreSpec, snapshot: &VirtualMachineSnapshot) -> Result<(), Halt> {
+    if snapshot.spec.vm_name != spec.vm_name {
+        return Err(Halt::Refuse {
+            reason: "SnapshotOfAnotherVm",
+            message: format!(
+                "VirtualMachineSnapshot {} is a snapshot of VirtualMachine {}, not of {}",
+                spec.snapshot, snapshot.spec.vm_name, spec.vm_name
+            ),
+        });
+    }
+    let snap_status = snapshot.status.clone().unwrap_or_default();
+    match snap_status.phase {
+        Some(SnapshotPhase::Ready) if snap_status.ready_to_use => Ok(()),
+        Some(SnapshotPhase::Failed | SnapshotPhase::Deleting) | Some(SnapshotPhase::Ready) => {
+            Err(Halt::Refuse {
+                reason: "SnapshotNotUsable",
+                message: format!(
+                    "VirtualMachineSnapshot {} cannot be restored: {}",
+                    spec.snapshot,
+                    match snap_status.phase {
+                        Some(SnapshotPhase::Failed) => "it failed",
+                        Some(SnapshotPhase::Deleting) => "it is being deleted",
+                        _ => "it is not ready to use (its RBD snapshot is missing on some image)",
+                    }
+                ),
+            })
+        }
+        _ => Err(Halt::Wait {
+            reason: "SnapshotNotReady",
+            message: format!("waiting for VirtualMachineSnapshot {} to be Ready", spec.snapshot),
+            after: Duration::from_secs(3),
+        }),
+    }
+}
+
+/// `vm`: the VM of the restore's name now; `taken_of`: the UID the snapshot was taken of. A VM
+/// deleted and created again under the same name is another VM: its snapshots are not its own.
+fn vm_restorable(
+    spec: &VirtualMachineRestoreSpec,
+    taken_of: Option<&str>,
+    vm: Option<VirtualMachine>,
+) -> Result<VirtualMachine, Halt> {
+    let Some(vm) = vm else {
+        return Err(Halt::Refuse {
+            reason: "VmNotFound",
+            message: format!("VirtualMachine {} does not exist", spec.vm_name),
+        });
+    };
+    if vm.metadata.deletion_timestamp.is_some() {
+        return Err(Halt::Refuse {
+            reason: "VmBeingDeleted",
+            message: format!("VirtualMachine {} is being deleted", spec.vm_name),
+        });
+    }
+    if taken_of.is_some() && taken_of != vm.metadata.uid.as_deref() {
+        return Err(Halt::Refuse {
+            reason: "SnapshotOfAnotherVm",
+            message: format!(
+                "VirtualMachineSnapshot {} was taken of an earlier VirtualMachine named {} (another UID)",
+                spec.snapshot, spec.vm_name
+            ),
+        });
+    }
+    Ok(vm)
+}
+
+/// The images of `vm` on which RBD snapshot `name` is missing; `recorded`: the snapshot's disks.
+async fn images_lacking(
+    step: &Step<'_>,
+    vm: &VirtualMachine,
+    name: &str,
+    recorded: &[SnapshotDiskStatus],
+) -> Result<Vec<String>, Error> {
+    let images = step
+        .ctx
+        .storage
+        .vm_names(&step.namespace, &vm.storage_name())
+        .images(vm.spec.data_disks.len());
+    let found = {
+        let name = name.to_owned();
+        per_image(step.ctx, &step.namespace, &images, move |io, image| {
+            rbd::find(io, &image, &name)
+        })
+        .await?
+    };
+    Ok(missing_images(&images, found, recorded)?)
+}
+
+/// `found`: what [`rbd::find`] found on each of `images`. A snapshot of that name with another
+/// id than the one recorded is not the snapshot's: it was removed and taken again outside the
+/// operator.
+fn missing_images(
+    images: &[String],
+    found: Vec<Result<Option<Option<SnapInfo>>, StorageError>>,
+    recorded: &[SnapshotDiskStatus],
+) -> Result<Vec<String>, StorageError> {
+    let mut missing = Vec::new();
+    for ((image, result), index) in images.iter().zip(found).zip(0..) {
+        let recorded = recorded.get(index).and_then(|d| d.snapshot_id);
+        match result? {
+            Some(Some(info)) if recorded.is_none_or(|id| id as u64 == info.id) => {}
+            _ => missing.push(image.clone()),
+        }
+    }
+    Ok(missing)
 }
 
 /// Restore into a new VM: creates it (or finds the one this restore created before a crash),
@@ -692,50 +778,15 @@ async fn rolling_back(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) 
         .storage
         .vm_names(&step.namespace, &vm.storage_name())
         .images(vm.spec.data_disks.len());
-    let lock = step.ctx.vm_lock(&step.namespace, &step.restore.spec.vm_name);
-    let guard = lock.lock().await;
-    let results = {
-        let name = name.clone();
-        per_image(step.ctx, &step.namespace, &images, move |io, image| {
-            rbd::rollback(io, &image, &name).map(Some)
-        })
-        .await?
-    };
-    drop(guard);
-    let mut done = Vec::new();
-    let mut first_error = None;
-    for (image, result) in images.iter().zip(results) {
-        match result {
-            Ok(Some(())) => {
-                step.ctx.metrics.ceph_write("snap_rollback");
-                done.push(image.clone());
-            }
-            Ok(None) => {
-                first_error.get_or_insert(crate::controller::storage::StorageError::SourceNotFound {
-                    what: format!("image {image}"),
-                    detail: "the VM's RBD namespace does not exist".into(),
-                });
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = first_error {
-        let message = format!("rolling back to '{name}': {e}");
-        status.rolled_back = done;
-        status.error = Some(OperationError {
-            time: Some(now()),
-            message: message.clone(),
-        });
-        step.write(status, RestorePhase::RollingBack, e.reason(), &message)
-            .await?;
-        step.ctx
-            .publish(step.restore, EventType::Warning, e.reason(), "Restore", message)
-            .await;
-        return Err(e.into());
+    let results = roll_back_images(step, &images, &name).await?;
+    let (done, first_error) = rollback_outcome(&images, results);
+    for _ in &done {
+        step.ctx.metrics.ceph_write("snap_rollback");
     }
     status.rolled_back = done;
+    if let Some(e) = first_error {
+        return rollback_failed(step, status, &name, e).await;
+    }
     status.error = None;
     let previous = status.previous_state.unwrap_or_default();
     let message = format!(
@@ -746,6 +797,71 @@ async fn rolling_back(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) 
         .advance(status, RestorePhase::Starting, "DisksRolledBack", message)
         .await?;
     starting(step, status).await
+}
+
+/// Under the VM's lock: no other Ceph work on its disks while they are rolled back.
+async fn roll_back_images(
+    step: &Step<'_>,
+    images: &[String],
+    name: &str,
+) -> Result<Vec<Result<Option<()>, StorageError>>, Error> {
+    let lock = step.ctx.vm_lock(&step.namespace, &step.restore.spec.vm_name);
+    let guard = lock.lock().await;
+    let results = {
+        let name = name.to_owned();
+        per_image(step.ctx, &step.namespace, images, move |io, image| {
+            rbd::rollback(io, &image, &name).map(Some)
+        })
+        .await?
+    };
+    drop(guard);
+    Ok(results)
+}
+
+/// The images rolled back, and the first error, the one reported. `None` in `results`: the VM's
+/// RBD namespace does not exist, an error too: its disks are not there to roll back.
+fn rollback_outcome(
+    images: &[String],
+    results: Vec<Result<Option<()>, StorageError>>,
+) -> (Vec<String>, Option<StorageError>) {
+    let mut done = Vec::new();
+    let mut first_error = None;
+    for (image, result) in images.iter().zip(results) {
+        match result {
+            Ok(Some(())) => done.push(image.clone()),
+            Ok(None) => {
+                first_error.get_or_insert(StorageError::SourceNotFound {
+                    what: format!("image {image}"),
+                    detail: "the VM's RBD namespace does not exist".into(),
+                });
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    (done, first_error)
+}
+
+/// Stays `RollingBack` (recording the images done so far) and returns the error, so that the
+/// roll-back is retried: a VM is never left with half its disks rolled back.
+async fn rollback_failed(
+    step: &Step<'_>,
+    mut status: VirtualMachineRestoreStatus,
+    name: &str,
+    e: StorageError,
+) -> Result<Action, Error> {
+    let message = format!("rolling back to '{name}': {e}");
+    status.error = Some(OperationError {
+        time: Some(now()),
+        message: message.clone(),
+    });
+    step.write(status, RestorePhase::RollingBack, e.reason(), &message)
+        .await?;
+    step.ctx
+        .publish(step.restore, EventType::Warning, e.reason(), "Restore", message)
+        .await;
+    Err(e.into())
 }
 
 async fn starting(step: &Step<'_>, mut status: VirtualMachineRestoreStatus) -> Result<Action, Error> {
@@ -1015,5 +1131,188 @@ mod tests {
             Some("c")
         );
         assert_eq!(competing(&new, &[new.clone(), newer.clone()]), None);
+    }
+
+    /// What `pending` does on a halt, and its reason (`None`: it goes on).
+    fn halted(result: Result<(), Halt>) -> Option<(&'static str, &'static str)> {
+        match result.err()? {
+            Halt::Wait { reason, .. } => Some(("wait", reason)),
+            Halt::Refuse { reason, .. } => Some(("refuse", reason)),
+            Halt::Error(_) => Some(("error", "")),
+        }
+    }
+
+    #[test]
+    fn only_a_ready_snapshot_of_the_vm_is_restored() {
+        let spec = restore("r", 1, None).spec.clone();
+        let snapshot = |of: &str, phase: Option<SnapshotPhase>, ready_to_use: bool| {
+            let mut s: VirtualMachineSnapshot = serde_json::from_value(json!({
+                "apiVersion": "seapath.lfenergy.org/v1alpha1", "kind": "VirtualMachineSnapshot",
+                "metadata": {"name": "s", "namespace": "ns"},
+                "spec": {"vmName": of}
+            }))
+            .unwrap();
+            s.status = Some(crate::api::VirtualMachineSnapshotStatus {
+                phase,
+                ready_to_use,
+                ..Default::default()
+            });
+            s
+        };
+        let table = [
+            ("vm1", Some(SnapshotPhase::Ready), true, None),
+            (
+                "vm2",
+                Some(SnapshotPhase::Ready),
+                true,
+                Some(("refuse", "SnapshotOfAnotherVm")),
+            ),
+            (
+                "vm1",
+                Some(SnapshotPhase::Ready),
+                false,
+                Some(("refuse", "SnapshotNotUsable")),
+            ),
+            (
+                "vm1",
+                Some(SnapshotPhase::Failed),
+                false,
+                Some(("refuse", "SnapshotNotUsable")),
+            ),
+            (
+                "vm1",
+                Some(SnapshotPhase::Deleting),
+                true,
+                Some(("refuse", "SnapshotNotUsable")),
+            ),
+            (
+                "vm1",
+                Some(SnapshotPhase::InProgress),
+                false,
+                Some(("wait", "SnapshotNotReady")),
+            ),
+            (
+                "vm1",
+                Some(SnapshotPhase::Pending),
+                false,
+                Some(("wait", "SnapshotNotReady")),
+            ),
+            ("vm1", None, false, Some(("wait", "SnapshotNotReady"))),
+        ];
+        for (of, phase, ready_to_use, expected) in table {
+            assert_eq!(
+                halted(snapshot_usable(&spec, &snapshot(of, phase, ready_to_use))),
+                expected,
+                "{of} {phase:?} {ready_to_use}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_vm_must_be_the_one_the_snapshot_was_taken_of() {
+        let spec = restore("r", 1, None).spec.clone();
+        let with_uid = |uid: &str| {
+            let mut vm = vm(None, None, None, 1);
+            vm.metadata.uid = Some(uid.into());
+            vm
+        };
+        let mut deleting = with_uid("u1");
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(1).unwrap()));
+        let table = [
+            (Some(with_uid("u1")), Some("u1"), None),
+            // Taken before the controller recorded UIDs.
+            (Some(with_uid("u1")), None, None),
+            (
+                Some(with_uid("u2")),
+                Some("u1"),
+                Some(("refuse", "SnapshotOfAnotherVm")),
+            ),
+            (None, Some("u1"), Some(("refuse", "VmNotFound"))),
+            (Some(deleting), Some("u1"), Some(("refuse", "VmBeingDeleted"))),
+        ];
+        for (vm, taken_of, expected) in table {
+            let uid = vm.as_ref().and_then(|vm| vm.metadata.uid.clone());
+            assert_eq!(
+                halted(vm_restorable(&spec, taken_of, vm).map(drop)),
+                expected,
+                "{uid:?} {taken_of:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_snapshot_is_waited_for_then_refused() {
+        let spec = restore("r", 1, None).spec.clone();
+        let Halt::Wait { after, .. } = missing_snapshot(&spec, Some(Duration::from_secs(20))) else {
+            panic!("waits while it may come");
+        };
+        assert_eq!(after, Duration::from_secs(5));
+        let Halt::Wait { after, message, .. } = missing_snapshot(&spec, Some(Duration::from_millis(300)))
+        else {
+            panic!("waits while it may come");
+        };
+        assert_eq!(after, Duration::from_millis(300));
+        assert!(message.contains("fails in 1 s"), "{message}");
+        assert!(matches!(
+            missing_snapshot(&spec, None),
+            Halt::Refuse {
+                reason: "SnapshotNotFound",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_snapshot_must_be_on_every_image_with_its_recorded_id() {
+        let images = ["sys".to_string(), "data".to_string()];
+        let info = |id| {
+            Ok(Some(Some(SnapInfo {
+                id,
+                name: "before".into(),
+                size: 1,
+                timestamp: std::time::SystemTime::UNIX_EPOCH,
+                namespace: crate::ceph::SnapNamespace::User,
+            })))
+        };
+        let recorded = |ids: &[i64]| -> Vec<SnapshotDiskStatus> {
+            ids.iter()
+                .map(|&id| SnapshotDiskStatus {
+                    image: String::new(),
+                    snapshot_id: Some(id),
+                    size_bytes: None,
+                })
+                .collect()
+        };
+        let table: [(Vec<_>, Vec<SnapshotDiskStatus>, Vec<&str>); 6] = [
+            (vec![info(4), info(7)], recorded(&[4, 7]), vec![]),
+            // Ids not recorded: any snapshot of that name.
+            (vec![info(4), info(7)], vec![], vec![]),
+            // Removed and taken again outside the operator.
+            (vec![info(4), info(9)], recorded(&[4, 7]), vec!["data"]),
+            (vec![info(4), Ok(Some(None))], recorded(&[4, 7]), vec!["data"]),
+            // Image or RBD namespace gone.
+            (vec![Ok(None), info(7)], recorded(&[4, 7]), vec!["sys"]),
+            (vec![Ok(None), Ok(None)], vec![], vec!["sys", "data"]),
+        ];
+        for (found, recorded, expected) in table {
+            assert_eq!(missing_images(&images, found, &recorded).unwrap(), expected);
+        }
+        let failed = vec![Ok(None), Err(StorageError::Internal("ceph down".into()))];
+        assert!(missing_images(&images, failed, &[]).is_err());
+    }
+
+    #[test]
+    fn a_roll_back_reports_the_images_done_and_the_first_error() {
+        let images = ["sys".to_string(), "data1".to_string(), "data2".to_string()];
+        let busy = || Err(StorageError::Internal("busy".into()));
+        let (done, error) = rollback_outcome(&images, vec![Ok(Some(())), Ok(Some(())), Ok(Some(()))]);
+        assert_eq!(done, images);
+        assert!(error.is_none());
+        let (done, error) = rollback_outcome(&images, vec![Ok(Some(())), busy(), Ok(None)]);
+        assert_eq!(done, ["sys"]);
+        assert!(matches!(error, Some(StorageError::Internal(m)) if m == "busy"));
+        let (done, error) = rollback_outcome(&images, vec![Ok(None), Ok(None), Ok(None)]);
+        assert!(done.is_empty());
+        assert_eq!(error.unwrap().reason(), "SourceNotFound");
     }
 }
