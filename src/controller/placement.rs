@@ -185,39 +185,8 @@ pub fn place(
             .map(|b| b.message)
     };
     if let Some(pinned) = pinned {
-        return match candidates.iter().find(|c| c.name == pinned) {
-            Some(c) if usable(&c) => match required_break(pinned) {
-                None => Decision::Node(c.name.clone()),
-                Some(broken) => Decision::Unschedulable {
-                    reason: REASON_RULES_UNSATISFIABLE,
-                    message: format!("the VM is pinned to hypervisor {pinned}, but {broken}"),
-                },
-            },
-            Some(c) if !c.ready => Decision::Unschedulable {
-                reason: "PinnedNodeNotReady",
-                message: format!("the VM is pinned to hypervisor {pinned}, which is not Ready"),
-            },
-            // Cordoned before full: uncordoning is what the user must do, whatever the memory.
-            Some(c) if c.unschedulable => Decision::Unschedulable {
-                reason: "PinnedNodeUnschedulable",
-                message: format!(
-                    "the VM is pinned to hypervisor {pinned}, which is cordoned (spec.unschedulable is true) \
-                     and takes no new VM: uncordon it (kubectl patch hypervisor {pinned} --type merge \
-                     -p '{{\"spec\":{{\"unschedulable\":false}}}}') or pin the VM to another hypervisor"
-                ),
-            },
-            Some(c) => Decision::Unschedulable {
-                reason: "PinnedNodeFull",
-                message: format!(
-                    "the VM is pinned to hypervisor {pinned}, which has {} MiB free of the {vm_memory_mib} MiB it needs",
-                    free(c)
-                ),
-            },
-            None => Decision::Unschedulable {
-                reason: "PinnedNodeUnknown",
-                message: format!("the VM is pinned to hypervisor {pinned}, which has no Hypervisor object"),
-            },
-        };
+        let node = candidates.iter().find(|c| c.name == pinned);
+        return place_pinned(pinned, node, vm_memory_mib, free, usable, required_break);
     }
     let with_room: Vec<&Candidate> = candidates.iter().filter(usable).collect();
     if with_room.is_empty() {
@@ -256,6 +225,51 @@ pub fn place(
         .max_by(|a, b| free(a).cmp(&free(b)).then_with(|| b.name.cmp(&a.name)))
         .map(|c| Decision::Node(c.name.clone()))
         .expect("at least one node is allowed")
+}
+
+/// Where a pinned VM goes: its node when that one can take it, otherwise the reason it cannot,
+/// in the order a user must act on (not Ready, cordoned, full).
+fn place_pinned(
+    pinned: &str,
+    node: Option<&Candidate>,
+    vm_memory_mib: i64,
+    free: impl Fn(&Candidate) -> i64,
+    usable: impl Fn(&&Candidate) -> bool,
+    required_break: impl Fn(&str) -> Option<String>,
+) -> Decision {
+    match node {
+        Some(c) if usable(&c) => match required_break(pinned) {
+            None => Decision::Node(c.name.clone()),
+            Some(broken) => Decision::Unschedulable {
+                reason: REASON_RULES_UNSATISFIABLE,
+                message: format!("the VM is pinned to hypervisor {pinned}, but {broken}"),
+            },
+        },
+        Some(c) if !c.ready => Decision::Unschedulable {
+            reason: "PinnedNodeNotReady",
+            message: format!("the VM is pinned to hypervisor {pinned}, which is not Ready"),
+        },
+        // Cordoned before full: uncordoning is what the user must do, whatever the memory.
+        Some(c) if c.unschedulable => Decision::Unschedulable {
+            reason: "PinnedNodeUnschedulable",
+            message: format!(
+                "the VM is pinned to hypervisor {pinned}, which is cordoned (spec.unschedulable is true) \
+                 and takes no new VM: uncordon it (kubectl patch hypervisor {pinned} --type merge \
+                 -p '{{\"spec\":{{\"unschedulable\":false}}}}') or pin the VM to another hypervisor"
+            ),
+        },
+        Some(c) => Decision::Unschedulable {
+            reason: "PinnedNodeFull",
+            message: format!(
+                "the VM is pinned to hypervisor {pinned}, which has {} MiB free of the {vm_memory_mib} MiB it needs",
+                free(c)
+            ),
+        },
+        None => Decision::Unschedulable {
+            reason: "PinnedNodeUnknown",
+            message: format!("the VM is pinned to hypervisor {pinned}, which has no Hypervisor object"),
+        },
+    }
 }
 
 /// Where a VirtualMachineMigration moves the VM, when it is time: a live migration hands the
