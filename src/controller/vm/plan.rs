@@ -289,12 +289,6 @@ fn resolve_source(
     scope: &SourceScope,
     others: &[std::sync::Arc<VirtualMachine>],
 ) -> Result<ResolvedSource, PlanError> {
-    let SourceScope {
-        pool,
-        rbd_namespace,
-        namespace_map,
-        ..
-    } = *scope;
     if let Some(http) = &source.http {
         return Ok(ResolvedSource::Http {
             url: http.url.clone(),
@@ -309,74 +303,116 @@ fn resolve_source(
         });
     }
     if let Some(rbd) = &source.rbd {
-        let source_pool = rbd.pool.clone().unwrap_or_else(|| pool.to_owned());
-        let namespace = rbd.namespace.clone().unwrap_or_else(|| rbd_namespace.to_owned());
-        scope.check_reach(disk_index, "rbd", &source_pool, &namespace, &rbd.image)?;
-        return Ok(ResolvedSource::Rbd {
-            pool: source_pool,
-            namespace,
-            image: rbd.image.clone(),
-        });
+        return resolve_rbd_source(disk_index, rbd, scope);
     }
     if let Some(golden) = &source.golden {
-        let source_pool = golden.pool.clone().unwrap_or_else(|| pool.to_owned());
-        let namespace = golden.namespace.clone().unwrap_or_default();
-        scope.check_reach(disk_index, "golden", &source_pool, &namespace, &golden.image)?;
-        return Ok(ResolvedSource::Golden {
-            pool: source_pool,
-            namespace,
-            image: golden.image.clone(),
-            snapshot: golden.snapshot.clone(),
-        });
+        return resolve_golden_source(disk_index, golden, scope);
     }
     if let Some(clone) = &source.vm {
-        if clone.name == vm.name_any() {
-            return Err(PlanError::CloneOfItself { disk: disk_index });
-        }
-        let namespace = vm.namespace().unwrap_or_default();
-        let source_vm = others
-            .iter()
-            .find(|o| o.name_any() == clone.name && o.namespace().as_deref() == Some(namespace.as_str()))
-            .ok_or_else(|| PlanError::SourceNotFound {
-                disk: disk_index,
-                source_vm: clone.name.clone(),
-            })?;
-        if source_vm.metadata.deletion_timestamp.is_some() {
-            return Err(PlanError::SourceBeingDeleted {
-                disk: disk_index,
-                source_vm: clone.name.clone(),
-            });
-        }
-        let ready = source_vm.status.as_ref().is_some_and(|s| {
-            crate::controller::conditions::is_true(&s.conditions, api::condition_types::STORAGE_READY)
-        });
-        if !ready {
-            return Err(PlanError::SourceNotReady {
-                disk: disk_index,
-                source_vm: clone.name.clone(),
-            });
-        }
-        if disk_index > source_vm.spec.data_disks.len() {
-            return Err(PlanError::SourceHasNoSuchDisk {
-                disk: disk_index,
-                source_vm: clone.name.clone(),
-            });
-        }
-        let names = VmNames::new(
-            &namespace_map.rbd_namespace(&namespace),
-            &source_vm.storage_name(),
-        );
-        let image = names
-            .images(source_vm.spec.data_disks.len())
-            .swap_remove(disk_index);
-        return Ok(ResolvedSource::CloneOf {
-            pool: pool.to_owned(),
-            namespace: names.rbd_namespace,
-            image,
-            snapshot: clone.snapshot.clone(),
-        });
+        return resolve_clone_source(disk_index, clone, vm, scope, others);
     }
     Ok(ResolvedSource::Blank)
+}
+
+fn resolve_rbd_source(
+    disk_index: usize,
+    rbd: &api::RbdSource,
+    scope: &SourceScope,
+) -> Result<ResolvedSource, PlanError> {
+    let source_pool = rbd.pool.clone().unwrap_or_else(|| scope.pool.to_owned());
+    let namespace = rbd
+        .namespace
+        .clone()
+        .unwrap_or_else(|| scope.rbd_namespace.to_owned());
+    scope.check_reach(disk_index, "rbd", &source_pool, &namespace, &rbd.image)?;
+    Ok(ResolvedSource::Rbd {
+        pool: source_pool,
+        namespace,
+        image: rbd.image.clone(),
+    })
+}
+
+fn resolve_golden_source(
+    disk_index: usize,
+    golden: &api::GoldenSource,
+    scope: &SourceScope,
+) -> Result<ResolvedSource, PlanError> {
+    let source_pool = golden.pool.clone().unwrap_or_else(|| scope.pool.to_owned());
+    let namespace = golden.namespace.clone().unwrap_or_default();
+    scope.check_reach(disk_index, "golden", &source_pool, &namespace, &golden.image)?;
+    Ok(ResolvedSource::Golden {
+        pool: source_pool,
+        namespace,
+        image: golden.image.clone(),
+        snapshot: golden.snapshot.clone(),
+    })
+}
+
+fn resolve_clone_source(
+    disk_index: usize,
+    clone: &api::VmSource,
+    vm: &VirtualMachine,
+    scope: &SourceScope,
+    others: &[std::sync::Arc<VirtualMachine>],
+) -> Result<ResolvedSource, PlanError> {
+    if clone.name == vm.name_any() {
+        return Err(PlanError::CloneOfItself { disk: disk_index });
+    }
+    let namespace = vm.namespace().unwrap_or_default();
+    let source_vm = clone_source_vm(disk_index, &clone.name, &namespace, others)?;
+    let names = VmNames::new(
+        &scope.namespace_map.rbd_namespace(&namespace),
+        &source_vm.storage_name(),
+    );
+    let image = names
+        .images(source_vm.spec.data_disks.len())
+        .swap_remove(disk_index);
+    Ok(ResolvedSource::CloneOf {
+        pool: scope.pool.to_owned(),
+        namespace: names.rbd_namespace,
+        image,
+        snapshot: clone.snapshot.clone(),
+    })
+}
+
+/// The VirtualMachine `source_name` of `namespace` that disk `disk_index` is cloned from, or
+/// why it cannot be (yet: a missing or unready source may still come, see
+/// [`PlanError::is_retryable`]).
+fn clone_source_vm<'a>(
+    disk_index: usize,
+    source_name: &str,
+    namespace: &str,
+    others: &'a [std::sync::Arc<VirtualMachine>],
+) -> Result<&'a VirtualMachine, PlanError> {
+    let source_vm = others
+        .iter()
+        .find(|o| o.name_any() == source_name && o.namespace().as_deref() == Some(namespace))
+        .ok_or_else(|| PlanError::SourceNotFound {
+            disk: disk_index,
+            source_vm: source_name.to_owned(),
+        })?;
+    if source_vm.metadata.deletion_timestamp.is_some() {
+        return Err(PlanError::SourceBeingDeleted {
+            disk: disk_index,
+            source_vm: source_name.to_owned(),
+        });
+    }
+    let ready = source_vm.status.as_ref().is_some_and(|s| {
+        crate::controller::conditions::is_true(&s.conditions, api::condition_types::STORAGE_READY)
+    });
+    if !ready {
+        return Err(PlanError::SourceNotReady {
+            disk: disk_index,
+            source_vm: source_name.to_owned(),
+        });
+    }
+    if disk_index > source_vm.spec.data_disks.len() {
+        return Err(PlanError::SourceHasNoSuchDisk {
+            disk: disk_index,
+            source_vm: source_name.to_owned(),
+        });
+    }
+    Ok(source_vm)
 }
 
 /// Whether the VM's status records `image` as built: it exists whatever became of its source.
@@ -429,58 +465,18 @@ pub fn plan(
         .uuid
         .or(stored_uuid)
         .unwrap_or_else(|| generated_uuid(&uid));
-    if let Some(other) = uuid_owner(vm, uuid, others) {
-        // Another tenant's VM is not named to this one.
-        let other = if other.namespace() == vm.namespace() {
-            format!("VirtualMachine {namespace}/{}", other.name_any())
-        } else {
-            "a VirtualMachine of another namespace".to_owned()
-        };
-        return Err(PlanError::DuplicateUuid { uuid, other });
-    }
+    check_uuid_not_taken(vm, uuid, others)?;
 
     let rbd_namespace = namespace_map.rbd_namespace(&namespace);
     let storage_name = vm.storage_name();
     let names = VmNames::new(&rbd_namespace, &storage_name);
-    let all_disks: Vec<&api::Disk> = std::iter::once(&vm.spec.system_disk)
-        .chain(&vm.spec.data_disks)
-        .collect();
-    let image_names = names.images(vm.spec.data_disks.len());
     let scope = SourceScope {
         pool,
         rbd_namespace: &rbd_namespace,
         namespace_map,
         settings,
     };
-    let mut disks = Vec::with_capacity(all_disks.len());
-    let mut disk_specs = Vec::with_capacity(all_disks.len());
-    for (index, (disk, image)) in all_disks.iter().zip(&image_names).enumerate() {
-        let size_bytes = disk
-            .size
-            .as_deref()
-            .map(parse_quantity)
-            .transpose()
-            .map_err(|e| PlanError::InvalidSize {
-                disk: index,
-                message: e.to_string(),
-            })?;
-        let resolved = resolve_source(index, &disk.source, vm, &scope, others);
-        let source = match resolved {
-            Ok(source) => source,
-            // A clone's source may go away once the copy exists: the copy does not need it.
-            Err(err) if built_already(vm, image) => ResolvedSource::Built {
-                unavailable: err.to_string(),
-            },
-            Err(err) => return Err(err),
-        };
-        disks.push(DiskRequest { source, size_bytes });
-        disk_specs.push(DiskSpec {
-            pool: pool.to_owned(),
-            namespace: Some(rbd_namespace.clone()).filter(|ns| !ns.is_empty()),
-            image: image.clone(),
-            bus: bus(disk.bus),
-        });
-    }
+    let (disks, disk_specs) = plan_disks(vm, &names, &scope, others)?;
     let owner = domain_xml::DomainOwner {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -509,13 +505,84 @@ pub fn plan(
             rendered_xml: rendered.xml,
             metadata: vm.spec.metadata.clone(),
             internal: internal_metadata(vm),
-            creation_defaults: BTreeMap::from([(
-                naming::META_STOP_TIMEOUT.to_owned(),
-                api::DEFAULT_STOP_TIMEOUT_SECONDS.to_string(),
-            )]),
+            creation_defaults: creation_defaults(),
         },
         warnings: mixed_bus_warning(vm).into_iter().collect(),
     })
+}
+
+/// Refuses `uuid` when another VM keeps it (see [`uuid_owner`]).
+fn check_uuid_not_taken(
+    vm: &VirtualMachine,
+    uuid: Uuid,
+    others: &[std::sync::Arc<VirtualMachine>],
+) -> Result<(), PlanError> {
+    let Some(other) = uuid_owner(vm, uuid, others) else {
+        return Ok(());
+    };
+    // Another tenant's VM is not named to this one.
+    let other = if other.namespace() == vm.namespace() {
+        let namespace = vm.namespace().unwrap_or_default();
+        format!("VirtualMachine {namespace}/{}", other.name_any())
+    } else {
+        "a VirtualMachine of another namespace".to_owned()
+    };
+    Err(PlanError::DuplicateUuid { uuid, other })
+}
+
+/// What to build for each disk, the system disk first, and how the domain XML attaches it.
+fn plan_disks(
+    vm: &VirtualMachine,
+    names: &VmNames,
+    scope: &SourceScope,
+    others: &[std::sync::Arc<VirtualMachine>],
+) -> Result<(Vec<DiskRequest>, Vec<DiskSpec>), PlanError> {
+    let all_disks: Vec<&api::Disk> = std::iter::once(&vm.spec.system_disk)
+        .chain(&vm.spec.data_disks)
+        .collect();
+    let image_names = names.images(vm.spec.data_disks.len());
+    let mut disks = Vec::with_capacity(all_disks.len());
+    let mut disk_specs = Vec::with_capacity(all_disks.len());
+    for (index, (disk, image)) in all_disks.iter().zip(&image_names).enumerate() {
+        let size_bytes = disk_size_bytes(index, disk)?;
+        let resolved = resolve_source(index, &disk.source, vm, scope, others);
+        let source = match resolved {
+            Ok(source) => source,
+            // A clone's source may go away once the copy exists: the copy does not need it.
+            Err(err) if built_already(vm, image) => ResolvedSource::Built {
+                unavailable: err.to_string(),
+            },
+            Err(err) => return Err(err),
+        };
+        disks.push(DiskRequest { source, size_bytes });
+        disk_specs.push(DiskSpec {
+            pool: scope.pool.to_owned(),
+            namespace: Some(scope.rbd_namespace.to_owned()).filter(|ns| !ns.is_empty()),
+            image: image.clone(),
+            bus: bus(disk.bus),
+        });
+    }
+    Ok((disks, disk_specs))
+}
+
+fn disk_size_bytes(disk_index: usize, disk: &api::Disk) -> Result<Option<u64>, PlanError> {
+    disk.size
+        .as_deref()
+        .map(parse_quantity)
+        .transpose()
+        .map_err(|e| PlanError::InvalidSize {
+            disk: disk_index,
+            message: e.to_string(),
+        })
+}
+
+/// The operator's defaults for what the spec leaves unset, so that vm_manager agrees with the
+/// operator on a VM the operator made (see [`VmStorageRequest::creation_defaults`]).
+fn creation_defaults() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        naming::META_STOP_TIMEOUT.to_owned(),
+        api::DEFAULT_STOP_TIMEOUT_SECONDS.to_string(),
+    )])
 }
 
 #[cfg(test)]
