@@ -22,8 +22,8 @@ use serde_json::json;
 use tracing::debug;
 
 use super::checks::{self, RecentChecks};
-use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, rbd, reset_failures};
+use super::{per_image, rbd_name};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
 use crate::ceph::SnapInfo;
 use crate::controller::frame;

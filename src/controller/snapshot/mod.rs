@@ -198,6 +198,37 @@ fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action 
     frame::error_policy(obj.as_ref(), err, &ctx.failures)
 }
 
+/// The RBD snapshot name: `spec.snapshotName`, else the object name (CEL makes sure one fits).
+pub(crate) fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
+    snap.spec.snapshot_name.clone().unwrap_or_else(|| snap.name_any())
+}
+
+/// Runs `f` on every image at once (one blocking task per image). `None` for every image when
+/// the VM's RBD namespace does not exist.
+pub(super) async fn per_image<T, F>(
+    ctx: &Ctx,
+    namespace: &str,
+    images: &[String],
+    f: F,
+) -> Result<Vec<Result<Option<T>, StorageError>>, StorageError>
+where
+    T: Send + 'static,
+    F: Fn(&crate::ceph::IoCtx, String) -> Result<Option<T>, StorageError> + Clone + Send + 'static,
+{
+    let rbd_namespace = ctx.storage.namespace_map.rbd_namespace(namespace);
+    let (cluster, pool) = (ctx.storage.cluster.clone(), ctx.storage.pool.clone());
+    let io = crate::controller::storage::blocking(move || rbd::io_context(&cluster, &pool, &rbd_namespace))
+        .await?;
+    let Some(io) = io else {
+        return Ok(images.iter().map(|_| Ok(None)).collect());
+    };
+    Ok(futures::future::join_all(images.iter().map(|image| {
+        let (io, image, f) = (io.clone(), image.clone(), f.clone());
+        crate::controller::storage::blocking(move || f(&io, image))
+    }))
+    .await)
+}
+
 fn reset_failures<K: Resource>(ctx: &Ctx, obj: &K) {
     ctx.failures.reset(&obj.meta().uid.clone().unwrap_or_default());
 }

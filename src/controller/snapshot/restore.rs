@@ -34,8 +34,8 @@ use kube::runtime::finalizer;
 use serde_json::json;
 use tracing::info;
 
-use super::vmsnapshot::{per_image, rbd_name};
 use super::{Ctx, Error, now, rbd, reset_failures, write_status};
+use super::{per_image, rbd_name};
 use crate::api::{
     DesiredState, Disk, DiskSource, DomainState, OperationError, Phase, RESTORE_FINALIZER, RESTORE_LABEL,
     RESTORE_UID_ANNOTATION, RestorePhase, SnapshotDiskStatus, SnapshotPhase, VirtualMachine,

@@ -16,7 +16,7 @@ use kube::runtime::finalizer;
 use tracing::info;
 
 use super::rbd::{self, Removed};
-use super::{Ctx, Error, VmLock, checks, cron, now, reset_failures, write_status};
+use super::{Ctx, Error, VmLock, checks, cron, now, per_image, rbd_name, reset_failures, write_status};
 use crate::api::{
     OperationError, SNAPSHOT_FINALIZER, SnapshotDeletionPolicy, SnapshotDiskStatus, SnapshotPhase,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
@@ -36,11 +36,6 @@ pub fn is_settled(snap: &VirtualMachineSnapshot) -> bool {
         snap.status.as_ref().and_then(|s| s.phase),
         Some(SnapshotPhase::Ready | SnapshotPhase::Failed)
     )
-}
-
-/// The RBD snapshot name: `spec.snapshotName`, else the object name (CEL makes sure one fits).
-pub fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
-    snap.spec.snapshot_name.clone().unwrap_or_else(|| snap.name_any())
 }
 
 /// What a Ready snapshot's check depends on besides Ceph: the object as people change it
@@ -602,32 +597,6 @@ pub fn duplicate_of(snap: &VirtualMachineSnapshot, all: &[Arc<VirtualMachineSnap
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .find(|o| key(o) < key(snap))
         .map(|o| o.name_any())
-}
-
-/// Runs `f` on every image at once (one blocking task per image). `None` for every image when
-/// the VM's RBD namespace does not exist.
-pub(super) async fn per_image<T, F>(
-    ctx: &Ctx,
-    namespace: &str,
-    images: &[String],
-    f: F,
-) -> Result<Vec<Result<Option<T>, StorageError>>, StorageError>
-where
-    T: Send + 'static,
-    F: Fn(&crate::ceph::IoCtx, String) -> Result<Option<T>, StorageError> + Clone + Send + 'static,
-{
-    let rbd_namespace = ctx.storage.namespace_map.rbd_namespace(namespace);
-    let (cluster, pool) = (ctx.storage.cluster.clone(), ctx.storage.pool.clone());
-    let io = crate::controller::storage::blocking(move || rbd::io_context(&cluster, &pool, &rbd_namespace))
-        .await?;
-    let Some(io) = io else {
-        return Ok(images.iter().map(|_| Ok(None)).collect());
-    };
-    Ok(join_all(images.iter().map(|image| {
-        let (io, image, f) = (io.clone(), image.clone(), f.clone());
-        crate::controller::storage::blocking(move || f(&io, image))
-    }))
-    .await)
 }
 
 async fn storage_error(
