@@ -6,7 +6,7 @@ use std::sync::{Arc, Once};
 use uuid::Uuid;
 use virt::connect::Connect;
 
-use super::domain::{Domain, StateInfo};
+use super::domain::{DefineOptions, Domain, StateInfo, domain_name_from_xml};
 use super::error::{Error, Operation, Result, Target};
 
 /// A libvirt version (`major.minor.release`), decoded from libvirt's
@@ -166,6 +166,57 @@ impl Hypervisor {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
+    }
+}
+
+/// The domains of the hypervisor, by name or UUID.
+impl Hypervisor {
+    /// Defines (or updates, when name and UUID match an existing one) a persistent domain.
+    /// A name that exists with another UUID is an operation-failed error; malformed XML, or
+    /// XML failing the schema with `validate`, is an invalid-XML error.
+    pub fn define_domain(&self, xml: &str, options: DefineOptions) -> Result<Domain> {
+        let target = || {
+            domain_name_from_xml(xml)
+                .map(Target::Domain)
+                .unwrap_or(Target::DomainXml)
+        };
+        let flags = if options.validate {
+            virt::sys::VIR_DOMAIN_DEFINE_VALIDATE
+        } else {
+            0
+        };
+        let dom = self
+            .conn
+            .define_domain_xml_flags(xml, flags)
+            .map_err(|e| self.err(Operation::Define, target(), e))?;
+        Domain::wrap(dom, &self.uri, Operation::Define)
+    }
+
+    /// The domain called `name`; a missing one is a no-domain error.
+    pub fn lookup_domain(&self, name: &str) -> Result<Domain> {
+        let dom = self
+            .conn
+            .lookup_domain_by_name(name)
+            .map_err(|e| self.err(Operation::Lookup, Target::Domain(name.to_owned()), e))?;
+        Domain::wrap(dom, &self.uri, Operation::Lookup)
+    }
+
+    /// The domain with this UUID; a missing one is a no-domain error.
+    pub fn lookup_domain_by_uuid(&self, uuid: Uuid) -> Result<Domain> {
+        let dom = self
+            .conn
+            .lookup_domain_by_uuid(uuid)
+            .map_err(|e| self.err(Operation::Lookup, Target::DomainUuid(uuid), e))?;
+        Domain::wrap(dom, &self.uri, Operation::Lookup)
+    }
+
+    /// Like [`Self::lookup_domain`], with `None` for a missing domain.
+    pub fn find_domain(&self, name: &str) -> Result<Option<Domain>> {
+        match self.lookup_domain(name) {
+            Ok(dom) => Ok(Some(dom)),
+            Err(e) if e.is_no_domain() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

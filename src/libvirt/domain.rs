@@ -9,7 +9,6 @@ use quick_xml::events::Event;
 use uuid::Uuid;
 use virt::sys;
 
-use super::connection::Hypervisor;
 use super::error::{Error, Operation, Result, Target};
 
 /// How often [`Domain::wait_for_shutoff`] and [`Domain::shutdown_with_timeout`] poll the state.
@@ -409,7 +408,7 @@ fn raw_reason(reason: virt::domain::DomainStateReasonEnum) -> i32 {
 }
 
 /// The `<name>` of a `<domain>` document, best effort (used to name the domain in errors).
-fn domain_name_from_xml(xml: &str) -> Option<String> {
+pub(super) fn domain_name_from_xml(xml: &str) -> Option<String> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut depth = 0usize;
     let mut in_name = false;
@@ -436,69 +435,12 @@ fn domain_name_from_xml(xml: &str) -> Option<String> {
             Event::GeneralRef(r) if in_name => {
                 let c = match r.resolve_char_ref().ok()? {
                     Some(c) => c,
-                    None => match &*r {
-                        "lt" => '<',
-                        "gt" => '>',
-                        "amp" => '&',
-                        "apos" => '\'',
-                        "quot" => '"',
-                        _ => return None,
-                    },
+                    None => quick_xml::escape::resolve_xml_entity(&r)?.chars().next()?,
                 };
                 name.push(c);
             }
             Event::Eof => return None,
             _ => {}
-        }
-    }
-}
-
-impl Hypervisor {
-    /// Defines (or updates, when name and UUID match an existing one) a persistent domain.
-    /// A name that exists with another UUID is an operation-failed error; malformed XML, or
-    /// XML failing the schema with `validate`, is an invalid-XML error.
-    pub fn define_domain(&self, xml: &str, options: DefineOptions) -> Result<Domain> {
-        let target = || {
-            domain_name_from_xml(xml)
-                .map(Target::Domain)
-                .unwrap_or(Target::DomainXml)
-        };
-        let flags = if options.validate {
-            sys::VIR_DOMAIN_DEFINE_VALIDATE
-        } else {
-            0
-        };
-        let dom = self
-            .conn
-            .define_domain_xml_flags(xml, flags)
-            .map_err(|e| self.err(Operation::Define, target(), e))?;
-        Domain::wrap(dom, &self.uri, Operation::Define)
-    }
-
-    /// The domain called `name`; a missing one is a no-domain error.
-    pub fn lookup_domain(&self, name: &str) -> Result<Domain> {
-        let dom = self
-            .conn
-            .lookup_domain_by_name(name)
-            .map_err(|e| self.err(Operation::Lookup, Target::Domain(name.to_owned()), e))?;
-        Domain::wrap(dom, &self.uri, Operation::Lookup)
-    }
-
-    /// The domain with this UUID; a missing one is a no-domain error.
-    pub fn lookup_domain_by_uuid(&self, uuid: Uuid) -> Result<Domain> {
-        let dom = self
-            .conn
-            .lookup_domain_by_uuid(uuid)
-            .map_err(|e| self.err(Operation::Lookup, Target::DomainUuid(uuid), e))?;
-        Domain::wrap(dom, &self.uri, Operation::Lookup)
-    }
-
-    /// Like [`Self::lookup_domain`], with `None` for a missing domain.
-    pub fn find_domain(&self, name: &str) -> Result<Option<Domain>> {
-        match self.lookup_domain(name) {
-            Ok(dom) => Ok(Some(dom)),
-            Err(e) if e.is_no_domain() => Ok(None),
-            Err(e) => Err(e),
         }
     }
 }
