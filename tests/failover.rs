@@ -473,6 +473,17 @@ impl Bed {
         .await
     }
 
+    /// Waits for migration `name` to end, and checks it succeeded.
+    async fn migration_succeeded(&self, name: &str) {
+        let done = self.migration_ended(name).await;
+        assert_eq!(
+            migration_phase(&done),
+            Some(MigrationPhase::Succeeded),
+            "{:?}",
+            done.status
+        );
+    }
+
     /// What a drain of `hv` did, for a failure's message: its progress, every migration of the
     /// test's namespace with its outcome, and where each VM is.
     async fn drain_story(&self, hv: &str) -> String {
@@ -1267,13 +1278,7 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     bed.kill(1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     bed.restart(1);
-    let done = bed.migration_ended(&home).await;
-    assert_eq!(
-        migration_phase(&done),
-        Some(MigrationPhase::Succeeded),
-        "{:?}",
-        done.status
-    );
+    bed.migration_succeeded(&home).await;
     bed.started_on(&vm, &hv1).await;
     let (last, _) = eventually("the guest counting on hv1 again", async || {
         counter(&namespace, &image).await.filter(|(_, n)| *n > after + 10)
@@ -1314,13 +1319,7 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     })
     .await;
     bed.operator.kill_controller(Duration::from_secs(2)).await;
-    let done = bed.migration_ended(&again).await;
-    assert_eq!(
-        migration_phase(&done),
-        Some(MigrationPhase::Succeeded),
-        "{:?}",
-        done.status
-    );
+    bed.migration_succeeded(&again).await;
     bed.started_on(&vm, &hv1).await;
     let (again_boot, _) = eventually(
         "the guest counting on hv1 after the controller's death",
