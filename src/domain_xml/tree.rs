@@ -204,14 +204,7 @@ pub(crate) fn trim_xml(s: &str) -> &str {
 
 /// The five entities XML predefines; nothing else (no HTML entities, no DTD).
 fn predefined_entity(name: &str) -> Option<&'static str> {
-    match name {
-        "lt" => Some("<"),
-        "gt" => Some(">"),
-        "amp" => Some("&"),
-        "apos" => Some("'"),
-        "quot" => Some("\""),
-        _ => None,
-    }
+    quick_xml::escape::resolve_xml_entity(name)
 }
 
 /// The character a reference stands for, if it is predefined or a valid character reference.
@@ -338,60 +331,109 @@ impl<'a> Builder<'a> {
             let attr =
                 attr.map_err(|e| self.malformed(offset, format!("bad attribute in <{qname}>: {e}")))?;
             let key = attr.key.0;
-            if !is_qname(key) {
-                return Err(self.malformed(
-                    offset,
-                    format!("{key:?} is not a valid attribute name (in <{qname}>)"),
-                ));
-            }
-            if attr.value.contains('<') {
-                return Err(self.malformed(
-                    offset,
-                    format!("attribute {key} of <{qname}> contains a raw '<'; write &lt;"),
-                ));
-            }
-            let value = normalized_value(&attr).map_err(|e| match e {
-                quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(_, name)) => {
-                    DomainXmlError::UndefinedEntity { line, name }
-                }
-                other => self.malformed(offset, format!("attribute {key} of <{qname}>: {other}")),
-            })?;
-            if let Some(bad) = value.chars().find(|&c| !is_xml_char(c)) {
-                return Err(self.malformed(
-                    offset,
-                    format!(
-                        "attribute {key} of <{qname}> contains character U+{:04X}, which XML does not allow",
-                        u32::from(bad)
-                    ),
-                ));
-            }
+            let value = self.attribute_value(&attr, &qname, offset)?;
             if key == "xmlns" {
                 bindings.push((None, value.into_owned()));
             } else if let Some(prefix) = key.strip_prefix("xmlns:") {
-                let uri = value.into_owned();
-                if prefix == "xmlns"
-                    || (prefix == "xml") != (uri == XML_NAMESPACE)
-                    || uri == "http://www.w3.org/2000/xmlns/"
-                {
-                    return Err(self.malformed(
-                        offset,
-                        format!("<{qname}> binds the reserved prefix or namespace of {key}={uri:?}"),
-                    ));
-                }
-                if uri.is_empty() {
-                    return Err(self.malformed(
-                        offset,
-                        format!("<{qname}>: {key}=\"\" is not allowed (a prefix cannot be unbound)"),
-                    ));
-                }
-                bindings.push((Some(prefix.to_owned()), uri));
+                bindings.push(self.prefix_binding(&qname, key, prefix, value.into_owned(), offset)?);
             } else if key.contains(':') {
                 prefixed_attrs.push(key.to_owned());
             }
         }
-        for key in &prefixed_attrs {
+        // Prefixes are checked once every attribute is read: a declaration may follow its use.
+        self.check_attribute_prefixes(&bindings, &prefixed_attrs, &qname, offset)?;
+        let ns = self.element_namespace(&bindings, &qname, offset)?;
+        let element = Element {
+            start,
+            ns,
+            line,
+            children: Vec::new(),
+        };
+        Ok((element, bindings))
+    }
+
+    /// An attribute's normalized value, once its name, raw text, references and characters
+    /// pass XML's rules; namespace declarations are checked like any other attribute.
+    fn attribute_value<'v>(
+        &self,
+        attr: &Attribute<'v>,
+        qname: &str,
+        offset: usize,
+    ) -> Result<Cow<'v, str>, DomainXmlError> {
+        let key = attr.key.0;
+        if !is_qname(key) {
+            return Err(self.malformed(
+                offset,
+                format!("{key:?} is not a valid attribute name (in <{qname}>)"),
+            ));
+        }
+        if attr.value.contains('<') {
+            return Err(self.malformed(
+                offset,
+                format!("attribute {key} of <{qname}> contains a raw '<'; write &lt;"),
+            ));
+        }
+        let value = normalized_value(attr).map_err(|e| match e {
+            quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(_, name)) => {
+                DomainXmlError::UndefinedEntity {
+                    line: self.lines.line(offset),
+                    name,
+                }
+            }
+            other => self.malformed(offset, format!("attribute {key} of <{qname}>: {other}")),
+        })?;
+        if let Some(bad) = value.chars().find(|&c| !is_xml_char(c)) {
+            return Err(self.malformed(
+                offset,
+                format!(
+                    "attribute {key} of <{qname}> contains character U+{:04X}, which XML does not allow",
+                    u32::from(bad)
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// The binding an `xmlns:prefix` attribute declares, refused when it touches the reserved
+    /// `xml`/`xmlns` prefixes or namespaces, or tries to unbind a prefix.
+    fn prefix_binding(
+        &self,
+        qname: &str,
+        key: &str,
+        prefix: &str,
+        uri: String,
+        offset: usize,
+    ) -> Result<Binding, DomainXmlError> {
+        if prefix == "xmlns"
+            || (prefix == "xml") != (uri == XML_NAMESPACE)
+            || uri == "http://www.w3.org/2000/xmlns/"
+        {
+            return Err(self.malformed(
+                offset,
+                format!("<{qname}> binds the reserved prefix or namespace of {key}={uri:?}"),
+            ));
+        }
+        if uri.is_empty() {
+            return Err(self.malformed(
+                offset,
+                format!("<{qname}>: {key}=\"\" is not allowed (a prefix cannot be unbound)"),
+            ));
+        }
+        Ok((Some(prefix.to_owned()), uri))
+    }
+
+    /// Refuses prefixed attributes whose prefix is bound neither by the element itself nor by
+    /// an ancestor.
+    fn check_attribute_prefixes(
+        &self,
+        bindings: &[Binding],
+        prefixed_attrs: &[String],
+        qname: &str,
+        offset: usize,
+    ) -> Result<(), DomainXmlError> {
+        for key in prefixed_attrs {
             let prefix = key.split_once(':').map(|(p, _)| p);
-            if self.lookup(&bindings, prefix).is_none() {
+            if self.lookup(bindings, prefix).is_none() {
                 return Err(self.malformed(
                     offset,
                     format!(
@@ -401,28 +443,30 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The namespace the element's name resolves to; an empty default namespace (`xmlns=""`)
+    /// means none, an undeclared prefix is an error.
+    fn element_namespace(
+        &self,
+        bindings: &[Binding],
+        qname: &str,
+        offset: usize,
+    ) -> Result<Option<String>, DomainXmlError> {
         let prefix = qname.split_once(':').map(|(p, _)| p);
-        let ns = match self.lookup(&bindings, prefix) {
-            Some(uri) if uri.is_empty() => None,
-            Some(uri) => Some(uri),
-            None if prefix.is_none() => None,
-            None => {
-                return Err(self.malformed(
-                    offset,
-                    format!(
-                        "<{qname}> uses the namespace prefix {} which is not declared",
-                        prefix.unwrap_or_default()
-                    ),
-                ));
-            }
-        };
-        let element = Element {
-            start,
-            ns,
-            line,
-            children: Vec::new(),
-        };
-        Ok((element, bindings))
+        match self.lookup(bindings, prefix) {
+            Some(uri) if uri.is_empty() => Ok(None),
+            Some(uri) => Ok(Some(uri)),
+            None if prefix.is_none() => Ok(None),
+            None => Err(self.malformed(
+                offset,
+                format!(
+                    "<{qname}> uses the namespace prefix {} which is not declared",
+                    prefix.unwrap_or_default()
+                ),
+            )),
+        }
     }
 
     /// Checks the first element of the document.
@@ -519,38 +563,152 @@ impl<'a> Builder<'a> {
             None => self.epilog.push(node),
         }
     }
+
+    /// A builder with nothing parsed yet.
+    fn new(input: &'a str) -> Self {
+        Builder {
+            lines: LineIndex::new(input),
+            open: Vec::new(),
+            scopes: Vec::new(),
+            prolog: Vec::new(),
+            root: None,
+            epilog: Vec::new(),
+        }
+    }
+
+    /// XML forbids some characters (most control characters) anywhere in a document; one pass
+    /// over the whole input covers text, attributes and markup alike.
+    fn check_characters(&self, input: &str) -> Result<(), DomainXmlError> {
+        match input.char_indices().find(|&(_, c)| !is_xml_char(c)) {
+            Some((offset, c)) => Err(self.malformed(
+                offset,
+                format!("character U+{:04X} is not allowed in XML", u32::from(c)),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps the XML declaration if it opens the document, declares a valid version and an
+    /// encoding that is UTF-8 (the only one the input, a Rust string, can be in).
+    fn declaration(
+        &mut self,
+        decl: BytesDecl<'a>,
+        offset: usize,
+        at_start: bool,
+    ) -> Result<(), DomainXmlError> {
+        if !at_start || offset != 0 {
+            return Err(self.malformed(
+                offset,
+                "an XML declaration (<?xml ...?>) may only appear at the very beginning",
+            ));
+        }
+        if let Err(e) = decl.xml_version() {
+            return Err(self.malformed(offset, format!("bad XML declaration: {e}")));
+        }
+        match decl.encoding() {
+            Some(Ok(encoding))
+                if !encoding.eq_ignore_ascii_case("utf-8") && !encoding.eq_ignore_ascii_case("utf8") =>
+            {
+                return Err(DomainXmlError::UnsupportedEncoding {
+                    line: self.lines.line(offset),
+                    encoding: encoding.into_owned(),
+                });
+            }
+            Some(Err(e)) => {
+                return Err(self.malformed(offset, format!("bad XML declaration: {e}")));
+            }
+            Some(Ok(_)) | None => {}
+        }
+        self.prolog.push(Node::Decl(decl));
+        Ok(())
+    }
+
+    /// Adds text, refusing the CDATA end marker that XML forbids in plain text.
+    fn text(&mut self, text: BytesText<'a>, offset: usize) -> Result<(), DomainXmlError> {
+        if text.contains("]]>") {
+            return Err(self.malformed(offset, "the sequence ]]> is not allowed in text"));
+        }
+        let blank = is_xml_whitespace(&text);
+        self.character_data(Node::Text(text), blank, offset)
+    }
+
+    /// Adds a reference if it is a valid character reference or a predefined entity; there is
+    /// no DTD, so any other entity is undefined.
+    fn reference(&mut self, reference: BytesRef<'a>, offset: usize) -> Result<(), DomainXmlError> {
+        if reference.is_char_ref() {
+            match reference.resolve_char_ref() {
+                Ok(Some(c)) if is_xml_char(c) => {}
+                _ => {
+                    return Err(self.malformed(
+                        offset,
+                        format!("&{}; is not a valid character reference", &*reference),
+                    ));
+                }
+            }
+        } else if predefined_entity(&reference).is_none() {
+            return Err(DomainXmlError::UndefinedEntity {
+                line: self.lines.line(offset),
+                name: reference.to_string(),
+            });
+        }
+        self.character_data(Node::Ref(reference), false, offset)
+    }
+
+    /// Adds a processing instruction; one targeting `xml` would be a misplaced declaration.
+    fn processing_instruction(&mut self, pi: BytesPI<'a>, offset: usize) -> Result<(), DomainXmlError> {
+        if pi.target().eq_ignore_ascii_case("xml") {
+            return Err(self.malformed(
+                offset,
+                "an XML declaration (<?xml ...?>) may only appear at the very beginning",
+            ));
+        }
+        self.markup(Node::Pi(pi));
+        Ok(())
+    }
+
+    /// The document, once the input is exhausted: every element closed and a root found.
+    fn finish(self, end: usize) -> Result<Document<'a>, DomainXmlError> {
+        if let Some(unclosed) = self.open.last() {
+            return Err(self.malformed(
+                end,
+                format!(
+                    "<{}> opened on line {} is never closed",
+                    unclosed.qname(),
+                    unclosed.line
+                ),
+            ));
+        }
+        let root = self.root.ok_or(DomainXmlError::NoRoot)?;
+        Ok(Document {
+            prolog: self.prolog,
+            root,
+            epilog: self.epilog,
+        })
+    }
+}
+
+/// A reader as strict as XML: it checks end tags and comments and refuses stray `&`, and it
+/// keeps whitespace and empty-element tags as written so the tree can be written back.
+fn strict_reader(input: &str) -> Reader<&[u8]> {
+    let mut reader = Reader::from_str(input);
+    let config = reader.config_mut();
+    config.trim_text(false);
+    config.expand_empty_elements = false;
+    config.check_end_names = true;
+    config.check_comments = true;
+    config.allow_unmatched_ends = false;
+    config.allow_dangling_amp = false;
+    reader
 }
 
 /// Parses a base XML (or a generated one) into a tree, rejecting anything that is not a
 /// well-formed document with a single `<domain>` root, a DOCTYPE, and undefined entities.
 pub(crate) fn parse(input: &str) -> Result<Document<'_>, DomainXmlError> {
     let input = input.strip_prefix('\u{FEFF}').unwrap_or(input);
-    let mut b = Builder {
-        lines: LineIndex::new(input),
-        open: Vec::new(),
-        scopes: Vec::new(),
-        prolog: Vec::new(),
-        root: None,
-        epilog: Vec::new(),
-    };
-    if let Some((offset, c)) = input.char_indices().find(|&(_, c)| !is_xml_char(c)) {
-        return Err(b.malformed(
-            offset,
-            format!("character U+{:04X} is not allowed in XML", u32::from(c)),
-        ));
-    }
+    let mut b = Builder::new(input);
+    b.check_characters(input)?;
 
-    let mut reader = Reader::from_str(input);
-    {
-        let config = reader.config_mut();
-        config.trim_text(false);
-        config.expand_empty_elements = false;
-        config.check_end_names = true;
-        config.check_comments = true;
-        config.allow_unmatched_ends = false;
-        config.allow_dangling_amp = false;
-    }
-
+    let mut reader = strict_reader(input);
     let mut first = true;
     loop {
         let offset = usize::try_from(reader.buffer_position()).unwrap_or(usize::MAX);
@@ -561,94 +719,24 @@ pub(crate) fn parse(input: &str) -> Result<Document<'_>, DomainXmlError> {
                 return Err(b.malformed(at, e.to_string()));
             }
         };
-        let line = b.lines.line(offset);
         let was_first = std::mem::replace(&mut first, false);
         match event {
             Event::Eof => break,
-            Event::Decl(decl) => {
-                if !was_first || offset != 0 {
-                    return Err(b.malformed(
-                        offset,
-                        "an XML declaration (<?xml ...?>) may only appear at the very beginning",
-                    ));
-                }
-                if let Err(e) = decl.xml_version() {
-                    return Err(b.malformed(offset, format!("bad XML declaration: {e}")));
-                }
-                match decl.encoding() {
-                    Some(Ok(encoding))
-                        if !encoding.eq_ignore_ascii_case("utf-8")
-                            && !encoding.eq_ignore_ascii_case("utf8") =>
-                    {
-                        return Err(DomainXmlError::UnsupportedEncoding {
-                            line,
-                            encoding: encoding.into_owned(),
-                        });
-                    }
-                    Some(Err(e)) => {
-                        return Err(b.malformed(offset, format!("bad XML declaration: {e}")));
-                    }
-                    Some(Ok(_)) | None => {}
-                }
-                b.prolog.push(Node::Decl(decl));
+            Event::Decl(decl) => b.declaration(decl, offset, was_first)?,
+            Event::DocType(_) => {
+                return Err(DomainXmlError::Doctype {
+                    line: b.lines.line(offset),
+                });
             }
-            Event::DocType(_) => return Err(DomainXmlError::Doctype { line }),
             Event::Start(start) => b.open(start, offset, false)?,
             Event::Empty(start) => b.open(start, offset, true)?,
             Event::End(end) => b.close(end.name().0, offset)?,
-            Event::Text(text) => {
-                if text.contains("]]>") {
-                    return Err(b.malformed(offset, "the sequence ]]> is not allowed in text"));
-                }
-                let blank = is_xml_whitespace(&text);
-                b.character_data(Node::Text(text), blank, offset)?;
-            }
+            Event::Text(text) => b.text(text, offset)?,
             Event::CData(cdata) => b.character_data(Node::CData(cdata), false, offset)?,
-            Event::GeneralRef(reference) => {
-                if reference.is_char_ref() {
-                    match reference.resolve_char_ref() {
-                        Ok(Some(c)) if is_xml_char(c) => {}
-                        _ => {
-                            return Err(b.malformed(
-                                offset,
-                                format!("&{}; is not a valid character reference", &*reference),
-                            ));
-                        }
-                    }
-                } else if predefined_entity(&reference).is_none() {
-                    return Err(DomainXmlError::UndefinedEntity {
-                        line,
-                        name: reference.to_string(),
-                    });
-                }
-                b.character_data(Node::Ref(reference), false, offset)?;
-            }
+            Event::GeneralRef(reference) => b.reference(reference, offset)?,
             Event::Comment(comment) => b.markup(Node::Comment(comment)),
-            Event::PI(pi) => {
-                if pi.target().eq_ignore_ascii_case("xml") {
-                    return Err(b.malformed(
-                        offset,
-                        "an XML declaration (<?xml ...?>) may only appear at the very beginning",
-                    ));
-                }
-                b.markup(Node::Pi(pi));
-            }
+            Event::PI(pi) => b.processing_instruction(pi, offset)?,
         }
     }
-    if let Some(unclosed) = b.open.last() {
-        return Err(b.malformed(
-            input.len(),
-            format!(
-                "<{}> opened on line {} is never closed",
-                unclosed.qname(),
-                unclosed.line
-            ),
-        ));
-    }
-    let root = b.root.ok_or(DomainXmlError::NoRoot)?;
-    Ok(Document {
-        prolog: b.prolog,
-        root,
-        epilog: b.epilog,
-    })
+    b.finish(input.len())
 }
