@@ -22,7 +22,7 @@ use serde_json::json;
 use tracing::debug;
 
 use super::checks::{self, RecentChecks};
-use super::{Ctx, Error, rbd, reset_failures};
+use super::{Error, SnapshotContext, rbd, reset_failures};
 use super::{per_image, rbd_name};
 use crate::api::{SnapshotPhase, UnmanagedSnapshot, VirtualMachine, VirtualMachineSnapshot};
 use crate::ceph::SnapInfo;
@@ -129,7 +129,7 @@ impl Seen {
     }
 }
 
-pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<SnapshotContext>) -> Result<Action, Error> {
     let namespace = vm.namespace().unwrap_or_default();
     let run = async {
         let action = refresh(&vm, &ctx, &namespace).await?;
@@ -139,7 +139,7 @@ pub async fn reconcile(vm: Arc<VirtualMachine>, ctx: Arc<Ctx>) -> Result<Action,
     frame::observed(KIND, vm.as_ref(), &ctx.metrics, run).await
 }
 
-async fn refresh(vm: &VirtualMachine, ctx: &Ctx, namespace: &str) -> Result<Action, Error> {
+async fn refresh(vm: &VirtualMachine, ctx: &SnapshotContext, namespace: &str) -> Result<Action, Error> {
     let uid = vm.metadata.uid.clone().unwrap_or_default();
     let Some(storage) = vm.status.as_ref().and_then(|s| s.storage.as_ref()) else {
         return Ok(Action::requeue(ctx.inventory.period()));

@@ -102,8 +102,9 @@ impl FrameError for Error {
 /// Serialises the Ceph work on one VM's disks.
 pub(super) type VmLock = Arc<tokio::sync::Mutex<()>>;
 
-/// What the three controllers share.
-pub struct Ctx {
+/// What the snapshot, restore, schedule and inventory controllers share (the VM controller has
+/// its own [`crate::controller::context::Context`]).
+pub struct SnapshotContext {
     pub client: Client,
     pub storage: StorageContext,
     pub metrics: Metrics,
@@ -139,7 +140,7 @@ impl RecentlyCleaned {
     }
 }
 
-impl Ctx {
+impl SnapshotContext {
     /// The lock serialising Ceph work on one VM's disks in this process.
     pub fn vm_lock(&self, namespace: &str, vm: &str) -> VmLock {
         let mut locks = self.vm_locks.lock().expect("vm lock table poisoned");
@@ -194,7 +195,7 @@ where
 /// Retries with a delay that grows with the failures of this object, up to two minutes;
 /// waiting is not a failure, nor is a disk another client holds: that client may be a dead
 /// process whose lock is broken once Ceph drops its watch (30 s), so it is polled.
-fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Ctx>) -> Action {
+fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<SnapshotContext>) -> Action {
     frame::error_policy(obj.as_ref(), err, &ctx.failures)
 }
 
@@ -206,7 +207,7 @@ pub(crate) fn rbd_name(snap: &VirtualMachineSnapshot) -> String {
 /// Runs `f` on every image at once (one blocking task per image). `None` for every image when
 /// the VM's RBD namespace does not exist.
 pub(super) async fn per_image<T, F>(
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     namespace: &str,
     images: &[String],
     f: F,
@@ -229,7 +230,7 @@ where
     .await)
 }
 
-fn reset_failures<K: Resource>(ctx: &Ctx, obj: &K) {
+fn reset_failures<K: Resource>(ctx: &SnapshotContext, obj: &K) {
     ctx.failures.reset(&obj.meta().uid.clone().unwrap_or_default());
 }
 
@@ -254,7 +255,7 @@ pub async fn run(
         controller: "seapath-snapshot-controller".into(),
         instance: std::env::var("POD_NAME").ok(),
     };
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(SnapshotContext {
         client: client.clone(),
         storage,
         metrics,
@@ -282,7 +283,7 @@ pub async fn run(
 /// Retain), and they say so now rather than at their next period.
 async fn run_snapshots(
     controller: kube::runtime::Controller<VirtualMachineSnapshot>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<SnapshotContext>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let woken = ctx.clone();
@@ -298,7 +299,7 @@ async fn run_snapshots(
         .await;
 }
 
-fn snapshots_woken_by(vm: &VirtualMachine, ctx: &Ctx) -> Vec<ObjectRef<VirtualMachineSnapshot>> {
+fn snapshots_woken_by(vm: &VirtualMachine, ctx: &SnapshotContext) -> Vec<ObjectRef<VirtualMachineSnapshot>> {
     let ns = vm.namespace();
     let going = vm.metadata.deletion_timestamp.is_some();
     ctx.snapshots
@@ -318,7 +319,7 @@ fn snapshots_woken_by(vm: &VirtualMachine, ctx: &Ctx) -> Vec<ObjectRef<VirtualMa
 /// A VM's changes wake the restores of that VM (or into it) that are still at work.
 async fn run_restores(
     controller: kube::runtime::Controller<VirtualMachineRestore>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<SnapshotContext>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let restores = ctx.restores.clone();
@@ -352,7 +353,10 @@ fn restores_woken_by(
 }
 
 /// A schedule's snapshots wake it when they change (run outcome, retention).
-async fn run_schedules(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+async fn run_schedules(
+    ctx: Arc<SnapshotContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     crate::watch::controller(
         Api::<VirtualMachineSnapshotSchedule>::all(client.clone()),
@@ -379,7 +383,10 @@ async fn run_schedules(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send 
 /// and every refresh period (snapshots taken or removed by hand leave no trace here). The
 /// debounce lets the snapshot controller's cache (which says what is claimed) catch up with the
 /// change that triggered the reconcile: it comes through another watch.
-async fn run_inventory(ctx: Arc<Ctx>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+async fn run_inventory(
+    ctx: Arc<SnapshotContext>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
     crate::watch::controller(
         Api::<VirtualMachine>::all(client.clone()),

@@ -34,7 +34,7 @@ use kube::runtime::finalizer;
 use serde_json::json;
 use tracing::info;
 
-use super::{Ctx, Error, now, rbd, reset_failures, write_status};
+use super::{Error, SnapshotContext, now, rbd, reset_failures, write_status};
 use super::{per_image, rbd_name};
 use crate::api::{
     DesiredState, Disk, DiskSource, DomainState, OperationError, Phase, RESTORE_FINALIZER, RESTORE_LABEL,
@@ -197,7 +197,7 @@ fn conditions_for(phase: RestorePhase, reason: &str, message: &str) -> Vec<Desir
 }
 
 struct Step<'a> {
-    ctx: &'a Ctx,
+    ctx: &'a SnapshotContext,
     api: &'a Api<VirtualMachineRestore>,
     vms: Api<VirtualMachine>,
     restore: &'a VirtualMachineRestore,
@@ -284,7 +284,10 @@ impl Step<'_> {
     }
 }
 
-pub async fn reconcile(restore: Arc<VirtualMachineRestore>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub async fn reconcile(
+    restore: Arc<VirtualMachineRestore>,
+    ctx: Arc<SnapshotContext>,
+) -> Result<Action, Error> {
     let namespace = restore.namespace().unwrap_or_default();
     let api: Api<VirtualMachineRestore> = Api::namespaced(ctx.client.clone(), &namespace);
     let (ctx, api) = (&ctx, &api);

@@ -19,7 +19,7 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::cron::{Cron, parse_duration, time_zone};
-use super::{Ctx, Error, now, reset_failures, write_status};
+use super::{Error, SnapshotContext, now, reset_failures, write_status};
 use crate::api::{
     Retention, SCHEDULE_LABEL, SCHEDULE_UID_LABEL, SCHEDULED_TIME_ANNOTATION, SnapshotPhase, VM_LABEL,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotSchedule,
@@ -211,7 +211,7 @@ fn conditions_for(ready: bool, reason: &str, message: &str, stalled: bool) -> Ve
 
 pub async fn reconcile(
     schedule: Arc<VirtualMachineSnapshotSchedule>,
-    ctx: Arc<Ctx>,
+    ctx: Arc<SnapshotContext>,
 ) -> Result<Action, Error> {
     let namespace = schedule.namespace().unwrap_or_default();
     let run = async {
@@ -233,7 +233,7 @@ pub async fn reconcile(
 
 async fn apply(
     schedule: &VirtualMachineSnapshotSchedule,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     namespace: &str,
 ) -> Result<Action, Error> {
     let api: Api<VirtualMachineSnapshotSchedule> = Api::namespaced(ctx.client.clone(), namespace);
@@ -319,7 +319,7 @@ fn scheduled_at(snapshot: &VirtualMachineSnapshot) -> Option<Timestamp> {
 /// The VMs the schedule names, and those its selector matches.
 async fn selected_vms(
     schedule: &VirtualMachineSnapshotSchedule,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     namespace: &str,
     selector: Option<&Selector>,
 ) -> Result<BTreeSet<String>, Error> {
@@ -336,7 +336,7 @@ async fn selected_vms(
 /// may suspend the schedule (`maxFailures`), a success resets them.
 async fn account_last_run(
     schedule: &VirtualMachineSnapshotSchedule,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     status: &mut VirtualMachineSnapshotScheduleStatus,
     owned: &[VirtualMachineSnapshot],
 ) {
@@ -388,7 +388,7 @@ async fn account_last_run(
 /// again.
 async fn run_if_due(
     schedule: &VirtualMachineSnapshotSchedule,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     namespace: &str,
     vms: &BTreeSet<String>,
     (cron, tz): (&Cron, &k8s_openapi::jiff::tz::TimeZone),
@@ -520,7 +520,7 @@ async fn retention_views(
 /// the other (the RBD work happens in each snapshot's own cleanup); returns how many went.
 async fn purge(
     schedule: &VirtualMachineSnapshotSchedule,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     snapshots: &Api<VirtualMachineSnapshot>,
     doomed: Vec<String>,
 ) -> Result<i64, Error> {

@@ -16,7 +16,9 @@ use kube::runtime::finalizer;
 use tracing::info;
 
 use super::rbd::{self, Removed};
-use super::{Ctx, Error, VmLock, checks, cron, now, per_image, rbd_name, reset_failures, write_status};
+use super::{
+    Error, SnapshotContext, VmLock, checks, cron, now, per_image, rbd_name, reset_failures, write_status,
+};
 use crate::api::{
     OperationError, SNAPSHOT_FINALIZER, SnapshotDeletionPolicy, SnapshotDiskStatus, SnapshotPhase,
     VirtualMachine, VirtualMachineSnapshot, VirtualMachineSnapshotStatus, condition_types as ct,
@@ -124,7 +126,10 @@ impl Writer<'_> {
     }
 }
 
-pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+pub async fn reconcile(
+    snap: Arc<VirtualMachineSnapshot>,
+    ctx: Arc<SnapshotContext>,
+) -> Result<Action, Error> {
     let api: Api<VirtualMachineSnapshot> =
         Api::namespaced(ctx.client.clone(), &snap.namespace().unwrap_or_default());
     frame::finalized(
@@ -156,7 +161,7 @@ pub async fn reconcile(snap: Arc<VirtualMachineSnapshot>, ctx: Arc<Ctx>) -> Resu
 
 async fn apply(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     api: &Api<VirtualMachineSnapshot>,
 ) -> Result<Action, Error> {
     let writer = Writer { api, snap };
@@ -192,7 +197,11 @@ async fn apply(
 }
 
 /// Whether the object as stored (not as cached) is still Pending.
-async fn still_pending(snap: &VirtualMachineSnapshot, ctx: &Ctx, namespace: &str) -> Result<bool, Error> {
+async fn still_pending(
+    snap: &VirtualMachineSnapshot,
+    ctx: &SnapshotContext,
+    namespace: &str,
+) -> Result<bool, Error> {
     let api: Api<VirtualMachineSnapshot> = Api::namespaced(ctx.client.clone(), namespace);
     Ok(api.get_opt(&snap.name_any()).await?.is_some_and(|stored| {
         stored
@@ -206,7 +215,7 @@ async fn still_pending(snap: &VirtualMachineSnapshot, ctx: &Ctx, namespace: &str
 /// Pending and InProgress: check, record the intent, take the snapshots.
 async fn take(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     status: VirtualMachineSnapshotStatus,
     deadline: Option<Timestamp>,
@@ -235,7 +244,7 @@ const WAIT_FOR_VM: Duration = Duration::from_secs(3);
 /// adopts the snapshot already there.
 async fn begin(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     deadline: Option<Timestamp>,
@@ -301,7 +310,7 @@ async fn begin(
 /// object takes a snapshot of that name of it.
 async fn snapshotable_vm(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     status: &VirtualMachineSnapshotStatus,
 ) -> Result<ControlFlow<Action, VirtualMachine>, Error> {
@@ -342,7 +351,7 @@ async fn snapshotable_vm(
 /// it is adopted: then what each image has). A missing image waits; a failure is reported.
 async fn names_free(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     status: &VirtualMachineSnapshotStatus,
     images: &[String],
@@ -405,7 +414,7 @@ async fn names_free(
 /// abandoned in its thread could take a snapshot after the cleanup removed the others.
 async fn finish(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     deadline: Option<Timestamp>,
@@ -541,7 +550,7 @@ pub fn adoption(
 #[allow(clippy::too_many_arguments)]
 async fn adopt(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     vm: &VirtualMachine,
@@ -601,7 +610,7 @@ pub fn duplicate_of(snap: &VirtualMachineSnapshot, all: &[Arc<VirtualMachineSnap
 
 async fn storage_error(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     e: StorageError,
@@ -621,7 +630,7 @@ async fn storage_error(
 /// Marks the snapshot Failed (irreversible) and removes the part it took.
 async fn fail(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
     reason: &str,
@@ -645,7 +654,7 @@ async fn fail(
 /// Removes the RBD snapshots a Failed object took (`status.disks` empty: nothing left).
 async fn clean_failed(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
 ) -> Result<(), Error> {
@@ -679,7 +688,7 @@ async fn clean_failed(
 /// Removes this object's RBD snapshots from its images; returns how many were removed.
 async fn remove_own(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     status: &VirtualMachineSnapshotStatus,
 ) -> Result<usize, Error> {
     let namespace = snap.namespace().unwrap_or_default();
@@ -787,7 +796,7 @@ fn unusable(verdict: &Verdict, name: &str, vm: &str) -> (&'static str, String) {
 /// Ready: from time to time, check the RBD snapshots are all still there.
 async fn verify(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     writer: &Writer<'_>,
     mut status: VirtualMachineSnapshotStatus,
 ) -> Result<Action, Error> {
@@ -849,7 +858,7 @@ async fn verify(
 /// Deletion: wait for restores using it, then remove the RBD snapshots (unless Retain).
 async fn cleanup(
     snap: &VirtualMachineSnapshot,
-    ctx: &Ctx,
+    ctx: &SnapshotContext,
     api: &Api<VirtualMachineSnapshot>,
 ) -> Result<Action, Error> {
     let writer = Writer { api, snap };
