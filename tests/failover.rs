@@ -1310,7 +1310,15 @@ async fn a_counting_guest_live_migrates_without_a_restart_and_a_refused_migratio
     .await;
 
     // The controller dies as a migration starts and comes back: libvirt carries the guest over,
-    // and the new controller finishes the hand-over from what the agents report.
+    // and the new controller finishes the hand-over from what the agents report. (The drain's
+    // migration ends first: one migration of a VM runs at a time.)
+    eventually("the drain's migrations ended", async || {
+        let all = bed.migrations().list(&ListParams::default()).await.ok()?;
+        let mut mine = all.items.iter().filter(|m| m.spec.vm_name == vm);
+        mine.all(|m| migration_phase(m).is_some_and(MigrationPhase::is_final))
+            .then_some(())
+    })
+    .await;
     let again = format!("{vm}-again");
     bed.create_migration(&again, &vm, Some(&hv1)).await;
     eventually("the source told to migrate", async || {

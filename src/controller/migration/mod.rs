@@ -178,7 +178,12 @@ async fn step(
         MigrationPhase::Pending => Some(ctx.scheduling.lock().await),
         _ => None,
     };
-    let vm = observe_vm(ctx, migration);
+    // Right after a restart the hypervisor cache may not have listed any host yet: deciding
+    // from it would fail the migration for a target it does not know.
+    if ctx.vm.hypervisors.state().is_empty() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let vm = observe_vm(ctx, migration).await?;
     let others = ctx.vm.vms.state();
     let (candidates, mut allocated, memory) = match vm.as_deref() {
         Some(vm) => (
@@ -236,9 +241,20 @@ async fn step(
     })
 }
 
-fn observe_vm(ctx: &MigrationContext, migration: &VirtualMachineMigration) -> Option<Arc<VirtualMachine>> {
-    let key = ObjectRef::new(&migration.spec.vm_name).within(&migration.namespace().unwrap_or_default());
-    ctx.vm.vms.get(&key)
+/// The migration's VM, from the cache. One the cache does not hold is asked of the API server:
+/// right after a restart the cache may not have listed it yet, and deciding from that would
+/// fail the migration as "VM deleted" while the guest moves.
+async fn observe_vm(
+    ctx: &MigrationContext,
+    migration: &VirtualMachineMigration,
+) -> Result<Option<Arc<VirtualMachine>>, MigrationError> {
+    let namespace = migration.namespace().unwrap_or_default();
+    let key = ObjectRef::new(&migration.spec.vm_name).within(&namespace);
+    if let Some(vm) = ctx.vm.vms.get(&key) {
+        return Ok(Some(vm));
+    }
+    let api: Api<VirtualMachine> = Api::namespaced(ctx.vm.client.clone(), &namespace);
+    Ok(api.get_opt(&migration.spec.vm_name).await?.map(Arc::new))
 }
 
 /// The memory other unfinished migrations are bringing to their targets: not yet placed
