@@ -179,8 +179,10 @@ async fn step(
         _ => None,
     };
     // Right after a restart the hypervisor cache may not have listed any host yet: deciding
-    // from it would fail the migration for a target it does not know.
-    if ctx.vm.hypervisors.state().is_empty() {
+    // from it would fail the migration for a target it does not know. A deletion still goes
+    // ahead: its cancel needs no host, and waiting could hold the object forever.
+    let deleting = migration.metadata.deletion_timestamp.is_some();
+    if !deleting && ctx.vm.hypervisors.state().is_empty() {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let vm = observe_vm(ctx, migration).await?;

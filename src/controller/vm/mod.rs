@@ -878,7 +878,8 @@ fn evacuate(
 }
 
 /// The VMs of higher priority than `vm` waiting to be placed: their storage is ready, yet no
-/// node took them (the last reconcile found no room, or this one has not finished placing them).
+/// node took them (their last reconcile found no room) and this process has not placed them
+/// since.
 fn waiting_ahead<'a>(
     ctx: &Context,
     vm: &VirtualMachine,
